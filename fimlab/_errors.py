@@ -1,0 +1,72 @@
+"""The exceptions and warnings fimlab raises.
+
+Every error raised at fimlab's public boundary is a :class:`FimlabError`, and also
+subclasses the built-in exception that fits (``ValueError`` for bad values,
+``MemoryError`` for dense requests beyond the memory limit, ...), so that code which
+catches the built-in keeps working. Messages say what was wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FimlabError",
+    "ShapeError",
+    "NonFiniteError",
+    "DampingError",
+    "UnknownNameError",
+    "DenseMemoryError",
+    "SingularMatrixError",
+    "ConvergenceError",
+    "ConvergenceWarning",
+    "BackendError",
+    "DataError",
+    "DivergenceError",
+]
+
+
+class FimlabError(Exception):
+    """Base class of every fimlab error."""
+
+
+class ShapeError(FimlabError, ValueError):
+    """Arrays whose shapes do not fit together (or do not fit the network)."""
+
+
+class NonFiniteError(FimlabError, ValueError):
+    """NaN or infinite values where finite ones are required."""
+
+
+class DampingError(FimlabError, ValueError):
+    """A damping that is not a positive finite number, or an unknown damping rule."""
+
+
+class UnknownNameError(FimlabError, ValueError):
+    """An unknown option name (activation, likelihood, Fisher type, method, ...)."""
+
+
+class DenseMemoryError(FimlabError, MemoryError):
+    """A dense matrix was requested that would exceed the memory limit."""
+
+
+class SingularMatrixError(FimlabError, ArithmeticError):
+    """A matrix that must be inverted is singular or numerically singular."""
+
+
+class ConvergenceError(FimlabError, RuntimeError):
+    """An iterative method did not reach its tolerance within its iteration cap."""
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative method stopped at its cap; the result is reported with its residual."""
+
+
+class BackendError(FimlabError, RuntimeError):
+    """An array backend that is unknown, not installed, or has no device."""
+
+
+class DataError(FimlabError, ValueError):
+    """A data file that is missing or malformed."""
+
+
+class DivergenceError(FimlabError, FloatingPointError):
+    """A training run whose loss became non-finite."""

@@ -1,0 +1,165 @@
+"""The factor batch: the one object underneath every Fisher-type matrix (DESIGN.md).
+
+For an MLP with layers ``l = 0..L−1``, ``a[l]`` holds the bias-augmented inputs ``ā`` of
+layer ``l`` (``(N, d_in+1)``) and ``g[l]`` the ``K`` vectors back-propagated to its
+pre-activation per sample (``(N, K, d_out)``). Models produce factor batches (see
+:func:`fimlab.factor_batch`); every curvature object consumes them; any framework can
+build one from its own arrays with ``fl.FactorBatch(a=..., g=...)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ._errors import ShapeError
+from ._validation import check_dense_memory, check_finite
+from .backend import array_namespace, device_of
+
+__all__ = ["FactorBatch"]
+
+
+class FactorBatch:
+    """Per-layer inputs ``ā`` and back-propagated vectors ``g`` of a batch of samples.
+
+    Parameters
+    ----------
+    a : sequence of arrays
+        ``a[l]`` of shape ``(N, d_in_l + 1)``: bias-augmented input of layer ``l``.
+    g : sequence of arrays
+        ``g[l]`` of shape ``(N, K, d_out_l)``: the ``K`` vectors back-propagated to the
+        pre-activation of layer ``l`` for each sample (DESIGN.md table).
+    fisher : str, optional
+        A label of what ``g`` holds (``"exact"``, ``"mc"``, ``"empirical"``); informative.
+
+    Notes
+    -----
+    The arrays keep their namespace and device (NumPy, CuPy, ``array_api_strict``): no
+    conversion happens here. Shapes, dtypes and finiteness are checked.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> b = FactorBatch(a=[rng.normal(size=(5, 4))], g=[rng.normal(size=(5, 1, 3))])
+    >>> b.n_samples, b.n_vectors, b.n_params
+    (5, 1, 12)
+    """
+
+    def __init__(self, a: Sequence, g: Sequence, fisher: str | None = None):
+        a, g = list(a), list(g)
+        if len(a) == 0 or len(a) != len(g):
+            raise ShapeError(
+                f"a FactorBatch needs one 'a' and one 'g' array per layer, got {len(a)} and "
+                f"{len(g)}"
+            )
+        xp = array_namespace(*a, *g)
+        N = a[0].shape[0] if a[0].ndim >= 1 else None
+        K = g[0].shape[1] if g[0].ndim == 3 else None
+        dtype = a[0].dtype
+        for l, (al, gl) in enumerate(zip(a, g)):
+            if al.ndim != 2:
+                raise ShapeError(
+                    f"a[{l}] must have shape (N, d_in+1), got {tuple(al.shape)}"
+                )
+            if gl.ndim != 3:
+                raise ShapeError(
+                    f"g[{l}] must have shape (N, K, d_out), got {tuple(gl.shape)}; for one "
+                    "vector per sample use g[:, None, :]"
+                )
+            if al.shape[0] != N or gl.shape[0] != N:
+                raise ShapeError(
+                    f"layer {l}: a has {al.shape[0]} samples and g has {gl.shape[0]}, layer 0 "
+                    f"has {N}; every layer must hold the same samples"
+                )
+            if gl.shape[1] != K:
+                raise ShapeError(
+                    f"layer {l}: g holds {gl.shape[1]} vectors per sample, layer 0 holds {K}"
+                )
+            for name, arr in (("a", al), ("g", gl)):
+                if not xp.isdtype(arr.dtype, "real floating"):
+                    raise TypeError(
+                        f"{name}[{l}] has dtype {arr.dtype}; factor batches hold float32 or "
+                        "float64 arrays"
+                    )
+                if arr.dtype != dtype:
+                    raise TypeError(
+                        f"{name}[{l}] has dtype {arr.dtype} but a[0] has {dtype}; use one dtype"
+                    )
+                check_finite(arr, f"{name}[{l}]")
+        if N == 0 or K == 0:
+            raise ShapeError("a FactorBatch needs at least one sample and one vector")
+        self.a, self.g = a, g
+        self.xp = xp
+        self.dtype = dtype
+        self.fisher = fisher
+        self.n_samples = int(N)
+        self.n_vectors = int(K)
+        self.n_layers = len(a)
+        self.d_a = [int(al.shape[1]) for al in a]
+        self.d_g = [int(gl.shape[2]) for gl in g]
+        self.block_sizes = [da * dg for da, dg in zip(self.d_a, self.d_g)]
+        self.offsets = [0]
+        for s in self.block_sizes:
+            self.offsets.append(self.offsets[-1] + s)
+        self.n_params = self.offsets[-1]
+
+    @property
+    def device(self):
+        return device_of(self.a[0])
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{da}x{dg}" for da, dg in zip(self.d_a, self.d_g))
+        return (
+            f"<FactorBatch N={self.n_samples} K={self.n_vectors} layers=[{shapes}] "
+            f"fisher={self.fisher!r} dtype={self.dtype}>"
+        )
+
+    def layer(self, l: int) -> FactorBatch:
+        """The one-layer factor batch of layer ``l``."""
+        return FactorBatch([self.a[l]], [self.g[l]], fisher=self.fisher)
+
+    def subset(self, idx) -> FactorBatch:
+        """The factor batch of the samples ``idx`` (a slice or an integer index array)."""
+        return FactorBatch([al[idx, ...] for al in self.a], [gl[idx, ...] for gl in self.g],
+                           fisher=self.fisher)
+
+    def astype(self, dtype) -> FactorBatch:
+        xp = self.xp
+        return FactorBatch([xp.astype(al, dtype) for al in self.a],
+                           [xp.astype(gl, dtype) for gl in self.g], fisher=self.fisher)
+
+    # -- dense per-sample Jacobians (tests, teaching, dense assembly) -------------------
+    def jacobian(self, l: int, start: int = 0, stop: int | None = None):
+        """Rows ``j_nk`` of layer ``l`` for samples ``start:stop``: shape ``(n·K, d_a·d_g)``,
+        row ``(n, k)`` equal to ``ā_n ⊗ g_nk`` (column-major vec of ``g_nk ā_nᵀ``)."""
+        xp = self.xp
+        a = self.a[l][start:stop, ...]
+        g = self.g[l][start:stop, ...]
+        n = a.shape[0]
+        J = a[:, None, :, None] * g[:, :, None, :]  # (n, K, d_a, d_g)
+        return xp.reshape(J, (n * self.n_vectors, self.d_a[l] * self.d_g[l]))
+
+    def jacobian_matrix(self, start: int = 0, stop: int | None = None, max_bytes=None):
+        """All layers' rows side by side: ``U`` of shape ``(n·K, P)`` with ``F = UᵀU/N``."""
+        stop = self.n_samples if stop is None else stop
+        check_dense_memory(
+            ((stop - start) * self.n_vectors, self.n_params), self.dtype, max_bytes,
+            "per-sample Jacobian U", "FisherOperator.matmat",
+        )
+        xp = self.xp
+        return xp.concat([self.jacobian(l, start, stop) for l in range(self.n_layers)], axis=1)
+
+    def gram(self, l: int | None = None):
+        """Gram matrix ``U Uᵀ`` of the rows ``j_nk`` (``N·K × N·K``), of layer ``l`` or of
+        the whole network: ``(ā_nᵀ ā_n')·(g_nkᵀ g_n'k')`` summed over layers."""
+        xp = self.xp
+        N, K = self.n_samples, self.n_vectors
+        layers = range(self.n_layers) if l is None else [l]
+        out = None
+        for i in layers:
+            Ga = self.a[i] @ xp.matrix_transpose(self.a[i])  # (N, N)
+            gf = xp.reshape(self.g[i], (N * K, self.d_g[i]))
+            Gg = xp.reshape(gf @ xp.matrix_transpose(gf), (N, K, N, K))
+            term = xp.reshape(Ga[:, None, :, None] * Gg, (N * K, N * K))
+            out = term if out is None else out + term
+        return out

@@ -1,0 +1,297 @@
+"""Factor batches and the Fisher matrix they define, as a matrix-free operator.
+
+Every Fisher-type matrix of the papers is (DESIGN.md)::
+
+    F = (1/N) Σ_n Σ_k j_nk j_nkᵀ,    j_nk = [ā_0,n ⊗ g_0,nk ; … ; ā_{L−1},n ⊗ g_{L−1},nk]
+
+A :class:`FactorBatch` holds, per layer ``l``, ``a[l]`` of shape ``(N, d_in+1)`` (the
+bias-augmented inputs ``ā``) and ``g[l]`` of shape ``(N, K, d_out)`` (the vectors
+back-propagated to the pre-activations). :class:`FisherOperator` is ``F`` as a
+:class:`~fimlab.operators.CurvatureOperator`: products cost GEMMs on the factor batch,
+the exact damped inverse is Woodbury on the ``N·K`` rows (PAPERS.md F3), and Frobenius
+norms come from Gram matrices — ``F`` itself is never formed unless asked for.
+"""
+
+from __future__ import annotations
+
+from ._errors import ShapeError
+from ._validation import check_damping, check_dense_memory, check_finite, nbytes_of
+from .backend import array_namespace, device_of
+from .operators import BlockDiagonalOperator, CurvatureOperator
+
+__all__ = ["FactorBatch", "FisherOperator", "FisherBlock"]
+
+from .batch import FactorBatch  # noqa: E402  (re-exported)
+
+#: Per-sample Jacobian chunks are built in pieces of at most this many bytes.
+_CHUNK_BYTES = 256 * 1024**2
+
+
+def _split_rows(X, offsets):
+    return [X[offsets[i] : offsets[i + 1], ...] for i in range(len(offsets) - 1)]
+
+
+class FisherOperator(CurvatureOperator):
+    """The Fisher matrix ``F = (1/N) Σ_{n,k} j_nk j_nkᵀ`` of a factor batch, matrix-free.
+
+    Parameters
+    ----------
+    batch : FactorBatch
+        From :func:`fimlab.factor_batch` (exact, Monte-Carlo or empirical Fisher) or
+        from arrays produced by any framework.
+
+    Notes
+    -----
+    ``F @ X`` costs ``O(N·K·P·k)`` in GEMMs: per layer, ``u_nk = g_nkᵀ V ā_n`` summed over
+    layers, then ``(1/N) Σ_n ā_n (Σ_k g_nk u_nk)ᵀ`` back. ``solve`` is the exact damped
+    natural gradient by Woodbury (PAPERS.md F3)::
+
+        (F + λI)⁻¹ v = (1/λ) [v − Uᵀ (NλI + UUᵀ)⁻¹ U v]
+
+    with ``U v`` and ``Uᵀ y`` applied matrix-free and ``UUᵀ`` from Gram matrices.
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> rng = np.random.default_rng(0)
+    >>> b = fl.FactorBatch(a=[rng.normal(size=(8, 3))], g=[rng.normal(size=(8, 2, 2))])
+    >>> F = fl.FisherOperator(b)
+    >>> v = rng.normal(size=F.shape[0])
+    >>> bool(np.allclose(F @ v, F.to_dense() @ v))
+    True
+    """
+
+    def __init__(self, batch: FactorBatch):
+        if not isinstance(batch, FactorBatch):
+            raise TypeError(
+                f"FisherOperator needs a FactorBatch, got {type(batch).__name__}; build one "
+                "with fl.factor_batch(net, X) or fl.FactorBatch(a=..., g=...)"
+            )
+        self.batch = batch
+        self.xp = batch.xp
+        self.dtype = batch.dtype
+        P = batch.n_params
+        self.shape = (P, P)
+        self._woodbury_cache: dict = {}
+
+    def _device(self):
+        return self.batch.device
+
+    @property
+    def n_blocks(self) -> int:
+        return self.batch.n_layers
+
+    @property
+    def offsets(self):
+        return self.batch.offsets
+
+    def block_slice(self, i: int) -> slice:
+        return slice(self.batch.offsets[i], self.batch.offsets[i + 1])
+
+    # -- U and Uᵀ, matrix-free ---------------------------------------------------------
+    def _U(self, X, layers=None):
+        """``U X`` reshaped ``(N, K, k)``: ``Σ_l g_l,nkᵀ V_l ā_l,n`` for each column."""
+        b, xp = self.batch, self.xp
+        N, K, k = b.n_samples, b.n_vectors, X.shape[1]
+        layers = range(b.n_layers) if layers is None else layers
+        out = None
+        parts = _split_rows(X, b.offsets) if X.shape[0] == b.n_params else None
+        for i, l in enumerate(layers):
+            Xl = parts[l] if parts is not None else X
+            da, dg = b.d_a[l], b.d_g[l]
+            # grid layout: Xl -> (d_a, d_g*k); a (N, d_a) @ it -> (N, d_g, k)
+            Z = xp.reshape(b.a[l] @ xp.reshape(Xl, (da, dg * k)), (N, dg, k))
+            u = b.g[l] @ Z  # (N, K, k)
+            out = u if out is None else out + u
+        return out
+
+    def _Ut(self, Y, layers=None):
+        """``Uᵀ Y`` for ``Y`` of shape ``(N, K, k)``, stacked over ``layers``."""
+        b, xp = self.batch, self.xp
+        N, k = b.n_samples, Y.shape[2]
+        layers = range(b.n_layers) if layers is None else layers
+        outs = []
+        for l in layers:
+            da, dg = b.d_a[l], b.d_g[l]
+            H = xp.matrix_transpose(b.g[l]) @ Y  # (N, d_g, k)
+            outs.append(xp.reshape(xp.matrix_transpose(b.a[l]) @ xp.reshape(H, (N, dg * k)),
+                                   (da * dg, k)))
+        return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
+
+    def _matmat(self, X):
+        return self._Ut(self._U(X)) / self.batch.n_samples
+
+    # -- dense -----------------------------------------------------------------------------
+    def to_dense(self, max_bytes: int | None = None):
+        """Dense ``F`` (``P × P``), assembled as ``UᵀU/N`` with BLAS-3 calls over sample
+        chunks (memory-guarded: the message names the matrix-free alternative)."""
+        b, xp = self.batch, self.xp
+        P = b.n_params
+        check_dense_memory(
+            (P, P), self.dtype, max_bytes, "Fisher matrix",
+            "FisherOperator.matvec/matmat, .solve (Woodbury) or .block(i, j)",
+        )
+        row_bytes = nbytes_of((b.n_vectors, P), self.dtype)
+        chunk = max(1, min(b.n_samples, _CHUNK_BYTES // max(row_bytes, 1)))
+        F = None
+        for s in range(0, b.n_samples, chunk):
+            U = b.jacobian_matrix(s, min(s + chunk, b.n_samples), max_bytes=None)
+            part = xp.matrix_transpose(U) @ U
+            F = part if F is None else F + part
+        return F / b.n_samples
+
+    def block(self, i: int, j: int | None = None, max_bytes: int | None = None):
+        """Dense block ``F_ij`` (PAPERS.md F1 for ``i == j``, F2 otherwise)."""
+        b, xp = self.batch, self.xp
+        j = i if j is None else j
+        for idx in (i, j):
+            if not 0 <= idx < b.n_layers:
+                raise IndexError(f"layer index {idx} out of range for {b.n_layers} layers")
+        check_dense_memory(
+            (b.block_sizes[i], b.block_sizes[j]), self.dtype, max_bytes,
+            f"Fisher block ({i}, {j})", f"FisherOperator.diagonal_block({i}) (matrix-free)",
+        )
+        row_bytes = nbytes_of((b.n_vectors, b.block_sizes[i] + b.block_sizes[j]), self.dtype)
+        chunk = max(1, min(b.n_samples, _CHUNK_BYTES // max(row_bytes, 1)))
+        out = None
+        for s in range(0, b.n_samples, chunk):
+            e = min(s + chunk, b.n_samples)
+            Ji = b.jacobian(i, s, e)
+            Jj = Ji if i == j else b.jacobian(j, s, e)
+            part = xp.matrix_transpose(Ji) @ Jj
+            out = part if out is None else out + part
+        return out / b.n_samples
+
+    def diagonal_block(self, l: int) -> FisherBlock:
+        """The diagonal block ``F_ll`` as a matrix-free operator (PAPERS.md F1)."""
+        return FisherBlock(self.batch, l)
+
+    def block_diagonal(self) -> BlockDiagonalOperator:
+        """``blockdiag(F_00, …, F_{L−1,L−1})`` (the exact block-diagonal Fisher)."""
+        return BlockDiagonalOperator([self.diagonal_block(l) for l in range(self.n_blocks)])
+
+    # -- norms -------------------------------------------------------------------------
+    def frobenius_norm_sq(self) -> float:
+        """``‖F‖²_F = ‖UUᵀ‖²_F / N²`` from the Gram matrix (no ``P × P`` array)."""
+        xp = self.xp
+        Gm = self.batch.gram()
+        return float(xp.sum(Gm * Gm)) / self.batch.n_samples**2
+
+    def trace(self) -> float:
+        """``tr F = (1/N) Σ_{n,k} ‖ā_n‖² ‖g_nk‖²``."""
+        b, xp = self.batch, self.xp
+        t = 0.0
+        for l in range(b.n_layers):
+            an = xp.sum(b.a[l] * b.a[l], axis=1)
+            gn = xp.sum(b.g[l] * b.g[l], axis=2)
+            t += float(xp.sum(an[:, None] * gn))
+        return t / b.n_samples
+
+    # -- exact damped inverse (Woodbury, F3) --------------------------------------------
+    def _woodbury_factor(self, lam: float):
+        key = lam
+        if key not in self._woodbury_cache:
+            xp, b = self.xp, self.batch
+            NK = b.n_samples * b.n_vectors
+            Gm = self.batch.gram()
+            Mw = Gm + (b.n_samples * lam) * xp.eye(NK, dtype=self.dtype, device=self._device())
+            L = xp.linalg.cholesky(Mw)
+            self._woodbury_cache = {key: L}
+        return self._woodbury_cache[key]
+
+    def solve(self, v, damping, rule: str = "exact", **kwargs):
+        """Exact damped natural gradient ``(F + λI)⁻¹ v`` by Woodbury (PAPERS.md F3).
+
+        ``v`` is a vector of length ``P`` or a matrix ``(P, k)``. Cost: one Cholesky of
+        the ``N·K × N·K`` matrix ``NλI + UUᵀ`` (cached per ``λ``) and matrix-free products
+        with ``U`` and ``Uᵀ``. ``rule`` is accepted for a uniform interface; only
+        ``"exact"`` is meaningful for the exact Fisher.
+        """
+        lam = check_damping(damping)
+        if rule != "exact":
+            from ._errors import DampingError
+
+            raise DampingError(
+                f"the exact Fisher's solve is always (F + λI)⁻¹ (rule='exact'); got {rule!r}"
+            )
+        xp = self.xp
+        self._check_operand(v, (1, 2))
+        vec_in = v.ndim == 1
+        X = xp.reshape(v, (-1, 1)) if vec_in else v
+        b = self.batch
+        N, K, k = b.n_samples, b.n_vectors, X.shape[1]
+        L = self._woodbury_factor(lam)
+        Uv = xp.reshape(self._U(X), (N * K, k))
+        y = _chol_solve(L, Uv, xp)
+        out = (X - self._Ut(xp.reshape(y, (N, K, k)))) / lam
+        return out[:, 0] if vec_in else out
+
+
+def _chol_solve(L, B, xp):
+    """Solve ``L Lᵀ x = B`` (``L`` lower triangular) — SciPy/CuPy triangular solves when
+    available, the standard ``linalg.solve`` otherwise."""
+    from .backend import scipy_linalg
+
+    sl = scipy_linalg(xp)
+    if sl is not None:
+        y = sl.solve_triangular(L, B, lower=True)
+        return sl.solve_triangular(xp.matrix_transpose(L), y, lower=False)
+    return xp.linalg.solve(xp.matrix_transpose(L), xp.linalg.solve(L, B))
+
+
+class FisherBlock(CurvatureOperator):
+    """The diagonal block ``F_l = (1/N) Σ_n (ā_n ā_nᵀ) ⊗ G_n`` of one layer (PAPERS.md F1),
+    matrix-free, with Gram-identity norms and inner products with Kronecker sums."""
+
+    def __init__(self, batch: FactorBatch, l: int):
+        if not 0 <= l < batch.n_layers:
+            raise IndexError(f"layer index {l} out of range for {batch.n_layers} layers")
+        self.batch, self.l = batch, l
+        self._F = FisherOperator(batch.layer(l))
+        self.xp, self.dtype = batch.xp, batch.dtype
+        self.shape = (batch.block_sizes[l],) * 2
+        self.d_a, self.d_g = batch.d_a[l], batch.d_g[l]
+        self.a, self.g = batch.a[l], batch.g[l]
+
+    def _device(self):
+        return self.batch.device
+
+    def _matmat(self, X):
+        return self._F._matmat(X)
+
+    def to_dense(self, max_bytes: int | None = None):
+        return self._F.to_dense(max_bytes=max_bytes)
+
+    def solve(self, v, damping, rule: str = "exact", **kwargs):
+        """``(F_l + λI)⁻¹ v`` by Woodbury on this layer's rows."""
+        return self._F.solve(v, damping, rule=rule, **kwargs)
+
+    def frobenius_norm_sq(self) -> float:
+        """``‖F_l‖²_F = (1/N²) Σ_{n,n'} (ā_nᵀā_n')² Σ_{k,k'} (g_nkᵀ g_n'k')²``."""
+        xp = self.xp
+        N, K = self.batch.n_samples, self.batch.n_vectors
+        Ga = self.a @ xp.matrix_transpose(self.a)
+        gf = xp.reshape(self.g, (N * K, self.d_g))
+        Gg = gf @ xp.matrix_transpose(gf)
+        GG = xp.sum(xp.reshape(Gg * Gg, (N, K, N, K)), axis=(1, 3))  # ⟨G_n, G_n'⟩
+        return float(xp.sum(Ga * Ga * GG)) / N**2
+
+    def inner_kron(self, terms) -> float:
+        """``⟨F_l, Σ_r A_r ⊗ G_r⟩_F = (1/N) Σ_r Σ_n (ā_nᵀ A_r ā_n)(Σ_k g_nkᵀ G_r g_nk)``."""
+        xp = self.xp
+        N = self.batch.n_samples
+        total = 0.0
+        for A, G in terms:
+            qa = xp.sum((self.a @ A) * self.a, axis=1)  # (N,)
+            qg = xp.sum(xp.sum((self.g @ G) * self.g, axis=2), axis=1)  # (N,)
+            total += float(xp.sum(qa * qg))
+        return total / N
+
+    def kfac_factors(self):
+        """KFAC factors of this block (PAPERS.md K1): ``A = E[ā āᵀ]``, ``G = E[Σ_k g gᵀ]``."""
+        xp = self.xp
+        N, K = self.batch.n_samples, self.batch.n_vectors
+        A = xp.matrix_transpose(self.a) @ self.a / N
+        gf = xp.reshape(self.g, (N * K, self.d_g))
+        G = xp.matrix_transpose(gf) @ gf / N
+        return A, G

@@ -1,0 +1,355 @@
+"""A multilayer perceptron with a likelihood, and the factor batches it produces.
+
+Layer ``l`` (0-based) computes ``s_l = W_l ā_l`` with ``ā_l = [a_{l−1}; 1]`` (bias in the
+last column of ``W_l``, shape ``(d_out, d_in + 1)``) and ``a_l = φ_l(s_l)``; the last layer
+has no activation: its output ``z`` goes to the likelihood. The parameter vector ``θ``
+concatenates ``vec(W_0), …, vec(W_{L−1})`` (column-major ``vec``; DESIGN.md).
+
+The model is written against the array namespace of its parameters (NumPy by default; a
+model created under ``fl.set_backend("cupy")`` lives on the GPU). Initialisation and
+Monte-Carlo draws use host NumPy generators, so a seed gives the same numbers everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .._errors import ShapeError, UnknownNameError
+from .._validation import check_choice, check_dense_memory, check_finite
+from ..backend import array_namespace, default_namespace, from_host, vec
+from ..batch import FactorBatch
+from .likelihoods import Likelihood, get_likelihood
+
+__all__ = ["MLP", "factor_batch", "exact_fisher", "empirical_fisher", "ACTIVATIONS", "FISHER_TYPES"]
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "linear")
+FISHER_TYPES = ("exact", "mc", "empirical")
+
+
+def _act(name, s, xp):
+    if name == "relu":
+        return xp.maximum(s, xp.zeros_like(s))
+    if name == "tanh":
+        return xp.tanh(s)
+    if name == "sigmoid":
+        e = xp.exp(-xp.abs(s))
+        return xp.where(s >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return s
+
+
+def _dact(name, s, h, xp):
+    """Derivative of the activation at ``s`` (``h = φ(s)`` already computed)."""
+    if name == "relu":
+        return xp.astype(s > 0, s.dtype)
+    if name == "tanh":
+        return 1.0 - h * h
+    if name == "sigmoid":
+        return h * (1.0 - h)
+    return xp.ones_like(s)
+
+
+class MLP:
+    """A fully connected network with a likelihood on its output.
+
+    Parameters
+    ----------
+    layer_sizes : sequence of int
+        ``[d_0, d_1, …, d_L]``: input size, hidden sizes, output size (``L`` layers).
+    activation : str or sequence of str
+        ``"relu"``, ``"tanh"``, ``"sigmoid"`` or ``"linear"``: one for every hidden layer,
+        or one per hidden layer (``L − 1`` names). The output layer is linear; the
+        likelihood supplies the link.
+    likelihood : {"categorical", "gaussian", "bernoulli"}
+        Softmax, unit-variance Gaussian, or independent Bernoulli (sigmoid) outputs.
+    seed : int
+        Seed of the initialisation: ``W ~ N(0, gain²/d_in)`` (gain 1, or √2 for ReLU),
+        biases zero.
+    dtype : {"float64", "float32"}
+        Parameter dtype (float64 by default).
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> net = fl.MLP([4, 8, 3], activation="tanh", likelihood="categorical", seed=0)
+    >>> [W.shape for W in net.params]
+    [(8, 5), (3, 9)]
+    >>> X = np.ones((2, 4)); net.forward(X).shape
+    (2, 3)
+    """
+
+    def __init__(
+        self,
+        layer_sizes: Sequence[int],
+        activation: str | Sequence[str] = "tanh",
+        likelihood: str | Likelihood = "categorical",
+        seed: int = 0,
+        dtype="float64",
+    ):
+        sizes = [int(s) for s in layer_sizes]
+        if len(sizes) < 2 or any(s < 1 for s in sizes):
+            raise ShapeError(
+                f"layer_sizes must list at least an input and an output size, all >= 1; got "
+                f"{list(layer_sizes)}"
+            )
+        L = len(sizes) - 1
+        if isinstance(activation, str):
+            acts = [activation] * (L - 1)
+        else:
+            acts = list(activation)
+            if len(acts) != L - 1:
+                raise ShapeError(
+                    f"{L - 1} hidden layer(s) need {L - 1} activation name(s), got {len(acts)}"
+                )
+        for a in acts:
+            check_choice(a, ACTIVATIONS, "activation")
+        if isinstance(activation, str):
+            check_choice(activation, ACTIVATIONS, "activation")
+        self.layer_sizes = sizes
+        self.activations = acts + ["linear"]
+        self.likelihood = get_likelihood(likelihood)
+        if str(dtype) not in ("float64", "float32"):
+            raise UnknownNameError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+        self.seed = seed
+        rng = np.random.default_rng(seed)
+        params = []
+        for l in range(L):
+            d_in, d_out = sizes[l], sizes[l + 1]
+            gain = np.sqrt(2.0) if self.activations[max(l - 1, 0)] == "relu" and l > 0 else 1.0
+            W = np.zeros((d_out, d_in + 1))
+            W[:, :d_in] = rng.standard_normal((d_out, d_in)) * gain / np.sqrt(d_in)
+            params.append(from_host(W.astype(str(dtype)), default_namespace()))
+        self._params = params
+
+    # -- parameters ----------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_sizes) - 1
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        return [(self.layer_sizes[l + 1], self.layer_sizes[l] + 1) for l in range(self.n_layers)]
+
+    @property
+    def n_params(self) -> int:
+        return sum(r * c for r, c in self.shapes)
+
+    @property
+    def params(self) -> list:
+        """``[W_0, …, W_{L−1}]``, ``W_l`` of shape ``(d_out, d_in + 1)``, bias last."""
+        return self._params
+
+    @params.setter
+    def params(self, new):
+        new = list(new)
+        if len(new) != self.n_layers:
+            raise ShapeError(f"expected {self.n_layers} weight matrices, got {len(new)}")
+        for l, (W, shp) in enumerate(zip(new, self.shapes)):
+            if tuple(W.shape) != shp:
+                raise ShapeError(f"W_{l} must have shape {shp}, got {tuple(W.shape)}")
+            check_finite(W, f"W_{l}")
+        self._params = new
+
+    @property
+    def dtype(self):
+        return self._params[0].dtype
+
+    @property
+    def xp(self):
+        return array_namespace(self._params[0])
+
+    def get_flat(self):
+        """``θ = [vec(W_0); …; vec(W_{L−1})]`` (column-major vec)."""
+        xp = self.xp
+        return xp.concat([vec(W, xp) for W in self._params])
+
+    def set_flat(self, theta) -> None:
+        """Set the parameters from a flat ``θ`` (inverse of :meth:`get_flat`)."""
+        self.params = self.unflatten(theta)
+
+    def unflatten(self, theta) -> list:
+        """Split a flat vector into matrices shaped like the weights."""
+        xp = array_namespace(theta)
+        if theta.ndim != 1 or theta.shape[0] != self.n_params:
+            raise ShapeError(f"θ must have shape ({self.n_params},), got {tuple(theta.shape)}")
+        out, o = [], 0
+        for r, c in self.shapes:
+            out.append(xp.matrix_transpose(xp.reshape(theta[o : o + r * c], (c, r))))
+            o += r * c
+        return out
+
+    def flatten(self, mats) -> object:
+        """Concatenate ``vec`` of matrices shaped like the weights."""
+        xp = array_namespace(*mats)
+        return xp.concat([vec(M, xp) for M in mats])
+
+    # -- forward / backward --------------------------------------------------------------
+    def _check_X(self, X):
+        if X.ndim != 2 or X.shape[1] != self.layer_sizes[0]:
+            raise ShapeError(
+                f"X must have shape (N, {self.layer_sizes[0]}) for this network, got "
+                f"{tuple(X.shape)}"
+            )
+        check_finite(X, "X")
+        xp = self.xp
+        if X.dtype != self.dtype:
+            X = xp.astype(xp.asarray(X), self.dtype)
+        return X
+
+    def _forward(self, X):
+        xp = self.xp
+        X = self._check_X(X)
+        abar, s_list, h_list = [], [], []
+        h = X
+        ones = xp.ones((X.shape[0], 1), dtype=X.dtype)
+        for W, act in zip(self._params, self.activations):
+            ab = xp.concat([h, ones], axis=1)
+            s = ab @ xp.matrix_transpose(W)
+            h = _act(act, s, xp)
+            abar.append(ab)
+            s_list.append(s)
+            h_list.append(h)
+        return abar, s_list, h_list
+
+    def forward(self, X):
+        """Network output ``z`` (logits or means), shape ``(N, d_L)``."""
+        return self._forward(X)[2][-1]
+
+    def predict(self, X):
+        """``E[y | z]``: probabilities (categorical, bernoulli) or means (gaussian)."""
+        return self.likelihood.mean(self.forward(X))
+
+    def backprop(self, s_list, h_list, vectors):
+        """Back-propagate output-space vectors ``(N, K, d_L)`` to every layer's
+        pre-activation: returns ``[g_0, …, g_{L−1}]``, ``g_l`` of shape ``(N, K, d_out_l)``."""
+        xp = self.xp
+        g = vectors
+        gs = [None] * self.n_layers
+        gs[-1] = g
+        for l in range(self.n_layers - 1, 0, -1):
+            W = self._params[l][:, :-1]
+            d = _dact(self.activations[l - 1], s_list[l - 1], h_list[l - 1], xp)
+            g = (g @ W) * d[:, None, :]
+            gs[l - 1] = g
+        return gs
+
+    def _targets(self, y, N):
+        if y is None:
+            raise ShapeError("targets y are required here")
+        return self.likelihood.check_targets(y, N, self.layer_sizes[-1])
+
+    def loss(self, X, y) -> float:
+        """Mean negative log-likelihood over the samples."""
+        z = self.forward(X)
+        return self.likelihood.loss(z, self._targets(y, X.shape[0]))
+
+    def loss_and_gradient(self, X, y):
+        """``(loss, [∂loss/∂W_l])`` for the mean loss (shapes like :attr:`params`)."""
+        abar, s_list, h_list = self._forward(X)
+        xp = self.xp
+        y = self._targets(y, X.shape[0])
+        z = h_list[-1]
+        loss = self.likelihood.loss(z, y)
+        delta = self.likelihood.dloss(z, y)[:, None, :]  # (N, 1, C)
+        gs = self.backprop(s_list, h_list, delta)
+        N = X.shape[0]
+        grads = [xp.matrix_transpose(g[:, 0, :]) @ ab / N for g, ab in zip(gs, abar)]
+        return loss, grads
+
+    def gradient(self, X, y) -> list:
+        """Gradient of the mean loss, one matrix per layer."""
+        return self.loss_and_gradient(X, y)[1]
+
+    def per_sample_gradients(self, X, y, max_bytes=None):
+        """Dense per-sample gradients ``(N, P)`` of ``−log p(y_n|x_n)`` (tests, benchmarks)."""
+        N = X.shape[0]
+        check_dense_memory((N, self.n_params), self.dtype, max_bytes, "per-sample gradients",
+                           "factor_batch(..., fisher='empirical') and FisherOperator")
+        b = factor_batch(self, X, y, fisher="empirical")
+        return b.jacobian_matrix()
+
+    def __repr__(self) -> str:
+        return (f"MLP({self.layer_sizes}, activation={self.activations[:-1]}, "
+                f"likelihood={self.likelihood.name!r}, seed={self.seed})")
+
+
+def factor_batch(
+    net: MLP,
+    X,
+    y=None,
+    fisher: str = "exact",
+    mc_samples: int = 1,
+    rng: np.random.Generator | int | None = None,
+) -> FactorBatch:
+    """The factor batch of ``net`` on inputs ``X`` (DESIGN.md).
+
+    Parameters
+    ----------
+    net : MLP
+    X : array, shape (N, d_0)
+    y : array, optional
+        Targets, required for ``fisher="empirical"``: class indices ``(N,)`` (categorical),
+        ``(N, d_L)`` floats (gaussian), ``(N, d_L)`` values in [0, 1] (bernoulli).
+    fisher : {"exact", "mc", "empirical"}
+        ``"exact"``: back-propagate the ``C`` columns of ``H_n^{1/2}`` (K = C): the true
+        Fisher, equal to the GGN for these likelihoods. ``"mc"``: back-propagate
+        ``∇_z(−log p(ŷ|z))/√S`` for ``S = mc_samples`` targets ŷ sampled from the model
+        (K = S). ``"empirical"``: back-propagate ``∇_z(−log p(y_n|z))`` with the true
+        targets (K = 1).
+    mc_samples : int
+        Number of sampled targets per input for ``"mc"``.
+    rng : numpy.random.Generator or int, optional
+        Source of the Monte-Carlo draws (required for reproducibility; an int is a seed;
+        ``None`` means seed 0 so that results stay deterministic).
+
+    Returns
+    -------
+    FactorBatch
+        ``a[l]``: ``(N, d_in+1)``; ``g[l]``: ``(N, K, d_out)``. No Python loop over samples.
+    """
+    if not isinstance(net, MLP):
+        raise TypeError(f"factor_batch needs an fl.MLP, got {type(net).__name__}")
+    check_choice(fisher, FISHER_TYPES, "Fisher type")
+    abar, s_list, h_list = net._forward(X)
+    z = h_list[-1]
+    N = X.shape[0]
+    lik = net.likelihood
+    if fisher == "exact":
+        vectors = lik.sqrt_fisher(z)
+    elif fisher == "mc":
+        if int(mc_samples) != mc_samples or mc_samples < 1:
+            raise ShapeError(f"mc_samples must be a positive integer, got {mc_samples!r}")
+        if rng is None or isinstance(rng, (int, np.integer)):
+            rng = np.random.default_rng(0 if rng is None else int(rng))
+        vectors = lik.mc_vectors(z, rng, int(mc_samples))
+    else:
+        if y is None:
+            raise ShapeError("the empirical Fisher needs the true targets: pass y=...")
+        yy = net._targets(y, N)
+        vectors = lik.dloss(z, yy)[:, None, :]
+    g = net.backprop(s_list, h_list, vectors)
+    return FactorBatch(abar, g, fisher=fisher)
+
+
+def exact_fisher(net: MLP, X, max_bytes: int | None = None):
+    """Dense exact Fisher ``(P, P)`` of ``net`` on ``X`` (= the GGN), memory-guarded.
+
+    For large networks use ``FisherOperator(factor_batch(net, X))`` instead, which never
+    forms the matrix.
+    """
+    from ..curvature import FisherOperator
+
+    check_dense_memory((net.n_params, net.n_params), net.dtype, max_bytes, "exact Fisher",
+                       "FisherOperator(factor_batch(net, X)) (matvec, solve, block)")
+    return FisherOperator(factor_batch(net, X, fisher="exact")).to_dense(max_bytes=max_bytes)
+
+
+def empirical_fisher(net: MLP, X, y, max_bytes: int | None = None):
+    """Dense empirical Fisher ``(1/N) Σ_n ∇ℓ_n ∇ℓ_nᵀ`` of ``net`` on ``(X, y)``."""
+    from ..curvature import FisherOperator
+
+    check_dense_memory((net.n_params, net.n_params), net.dtype, max_bytes, "empirical Fisher",
+                       "FisherOperator(factor_batch(net, X, y, fisher='empirical'))")
+    b = factor_batch(net, X, y, fisher="empirical")
+    return FisherOperator(b).to_dense(max_bytes=max_bytes)
