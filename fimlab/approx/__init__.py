@@ -1,5 +1,23 @@
-"""Approximations of the Fisher: KFAC, the KPSVD family, two-level corrections."""
+"""Approximations of the Fisher: KFAC, the KPSVD family, two-level corrections.
+
+``APPROXIMATIONS`` maps a method name (as used by ``fimlab study`` and ``fimlab train``)
+to a builder ``f(batch, solver="exact", **options) -> CurvatureOperator``; each module
+registers its methods here.
+"""
 
 from .kfac import KFAC, kfac_factors
 
-__all__ = ["KFAC", "kfac_factors"]
+__all__ = ["KFAC", "kfac_factors", "APPROXIMATIONS", "build_approximation"]
+
+#: name -> builder(batch, solver="exact", **options); the order is the display order.
+APPROXIMATIONS = {
+    "KFAC": lambda batch, solver="exact", **kw: KFAC(batch),
+}
+
+
+def build_approximation(name: str, batch, solver: str = "exact", **options):
+    """Build the approximation ``name`` (a key of :data:`APPROXIMATIONS`) on ``batch``."""
+    from .._validation import check_choice
+
+    check_choice(name, APPROXIMATIONS, "approximation")
+    return APPROXIMATIONS[name](batch, solver=solver, **options)
