@@ -59,9 +59,13 @@ def per_sample_loss_gradients(net, X, y, h=1e-6):
     N = X.shape[0]
     out = np.zeros((N, theta.size))
     for n in range(N):
-        out[n] = fd_gradient(
-            lambda t: (net.set_flat(t), net.loss(X[n : n + 1], y[n : n + 1]))[1], theta, h
-        )
+        Xn, yn = X[n : n + 1], y[n : n + 1]
+
+        def loss_n(t, Xn=Xn, yn=yn):
+            net.set_flat(t)
+            return net.loss(Xn, yn)
+
+        out[n] = fd_gradient(loss_n, theta, h)
     net.set_flat(theta)
     return out
 

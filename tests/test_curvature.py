@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import scipy.sparse.linalg as spla
-from conftest import SMALL_NETS, make_targets
-from naive import output_hessians, output_jacobians, per_sample_loss_gradients
 
 import fimlab as fl
+
+from conftest import SMALL_NETS, make_targets
+from naive import output_hessians, output_jacobians, per_sample_loss_gradients
 
 
 def _net(i):

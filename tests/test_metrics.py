@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
-from conftest import SMALL_NETS, make_targets
 
 import fimlab as fl
+
+from conftest import SMALL_NETS, make_targets
 
 
 @pytest.mark.parametrize("i", range(len(SMALL_NETS)))
