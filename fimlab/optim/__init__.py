@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from .base import Optimizer, OptionError, check_lr
 from .baselines import SGD, Adam
-from .ngd import EMA_MODES, KL_CLIP_FORMS, NGD, ngd_methods, resolve_method, window_batch
+from .ngd import (
+    EMA_MODES,
+    KL_CLIP_FORMS,
+    NGD,
+    ngd_methods,
+    resolve_method,
+    window_batch,
+)
 
 __all__ = [
     "Optimizer", "OptionError", "NGD", "SGD", "Adam", "make_optimizer", "optimizer_names",

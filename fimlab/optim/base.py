@@ -88,13 +88,15 @@ class Optimizer:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             loss, grads = net.loss_and_gradient(X, y)
             if not math.isfinite(loss):
-                raise DivergenceError(f"the mini-batch loss is {loss} at iteration {self.t}")
+                raise DivergenceError(
+                    f"the mini-batch loss became {loss} (optimizer iteration {self.t})")
             theta = net.get_flat()
             g = net.flatten(grads)
             new = self._update(theta, g, X, y)
             if not bool(xp.all(xp.isfinite(new))):
                 raise DivergenceError(
-                    f"the parameters became non-finite in the update of iteration {self.t}")
+                    f"the parameters became non-finite in the update (optimizer iteration "
+                    f"{self.t})")
         net.set_flat(new)
         self.t += 1
         return float(loss)
