@@ -876,8 +876,13 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in cli.items() if v is not None}
     overrides.update(_parse_set(args.set))
     if args.methods:
-        names = [m for item in args.methods for m in item.split(",") if m.strip()]
-        methods = [{"method": m.strip()} for m in names]
+        names = [m.strip() for item in args.methods for m in item.split(",") if m.strip()]
+        methods = []
+        for name in names:  # a method the TOML defines keeps its settings from there
+            found = [e for e in exp["methods"] if str(e.get("method", "")).lower() == name.lower()
+                     or str(e.get("label", "")).lower() == name.lower()]
+            methods += [{k: v for k, v in e.items() if k != "optional"} for e in found] or [
+                {"method": name}]
     elif exp["methods"]:
         methods = exp["methods"]
     else:
