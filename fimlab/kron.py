@@ -457,7 +457,6 @@ class KronSVD(NamedTuple):
     @property
     def terms(self) -> list[tuple]:
         """The Kronecker terms ``(√σ_r A_r, √σ_r G_r)``, balanced between the factors."""
-        xp = array_namespace(self.A)
         out = []
         for r in range(self.sigma.shape[0]):
             s = math.sqrt(float(self.sigma[r]))
@@ -1007,7 +1006,7 @@ class _GK:
         x = self.op.matvec(self.V[:, j])
         self.n_products += 1
         if j > 0 and self.beta[j - 1] != 0.0:
-            x = x - self.beta[j - 1] * self.U[:, j - 1]
+            x = x - float(self.beta[j - 1]) * self.U[:, j - 1]
         x = self._orth(x, self.U, j)
         a = _norm(x, xp)
         self.scale = max(self.scale, a)

@@ -447,15 +447,18 @@ class Lanczos(_KPSVDFamily):
     def _paper(self, a, g, warm, rng):
         xp = array_namespace(a, g)
         op = _kron.RearrangedFisher(a, g)
-        if warm is not None:
-            starts = [self._start(G, a) for _, G in warm[:2]]
-            starts = [v for v in starts if v is not None]
+        AK, GK = kfac_factors(a, g)
+        scale = float(xp.linalg.vector_norm(AK)) * float(xp.linalg.vector_norm(GK))
+        if warm is not None:  # v₁ + v₂ of the previous factors
+            starts = [v for v in (self._start(G, a) for _, G in warm[:2]) if v is not None]
             v0 = starts[0] + starts[1] if len(starts) == 2 else (starts[0] if starts else None)
-        else:
-            vk = self._start(kfac_factors(a, g)[1], a)
+        else:  # the KFAC direction plus a random one (v₂ is unknown)
             r = rng.standard_normal(op.shape[1])
-            v0 = vk + asarray_on(r / np.linalg.norm(r), a, dtype=a.dtype)
-        scale = float(xp.linalg.vector_norm(op.matvec(v0 / xp.linalg.vector_norm(v0))))
+            v0 = 0.5 * asarray_on(r / np.linalg.norm(r), a, dtype=a.dtype)
+            vk = self._start(GK, a)
+            v0 = v0 if vk is None else v0 + vk
+        if v0 is not None and float(xp.linalg.vector_norm(v0)) == 0.0:
+            v0 = None  # cancelled: a random start
         s, U, V, rep = _kron.lanczos_svd(
             op, k=2, steps=self.steps, v0=v0, tol=self.tol, max_restarts=self.max_restarts,
             rng=rng, zero_tol=(self.rank_rtol or 1e-8) * scale,
