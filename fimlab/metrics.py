@@ -268,7 +268,7 @@ def direction_angle(zeta, F, g, damping: float, *, reference=None,
 
 
 def energy_error(zeta, F, g, damping: float, *, reference=None,
-                 relative: bool = True) -> float:
+                 relative: bool = True, rescale: bool = False) -> float:
     """(E5) the energy error ``‖ζ − F_λ⁻¹g‖²_{F_λ} / ‖F_λ⁻¹g‖²_{F_λ}`` of a direction.
 
     The energy norm is the one the residual two-level form minimises (PAPERS.md T4): for
@@ -282,6 +282,11 @@ def energy_error(zeta, F, g, damping: float, *, reference=None,
         As in :func:`direction_angle`.
     relative : bool
         ``False`` returns the energy ``‖ζ − F_λ⁻¹g‖²_{F_λ}`` itself.
+    rescale : bool
+        Measure ``αζ`` with the energy-optimal step ``α = ζᵀg / ζᵀF_λζ`` instead of ``ζ``
+        (a learning rate or KL-clipping rescales the direction anyway). The relative error
+        is then ``1 − (ζᵀg)² / (ζᵀF_λζ · gᵀF_λ⁻¹g)``: the squared sine of the angle between
+        ``ζ`` and ``F_λ⁻¹g`` in the ``F_λ`` inner product, in ``[0, 1]``.
 
     Examples
     --------
@@ -294,6 +299,11 @@ def energy_error(zeta, F, g, damping: float, *, reference=None,
     lam, ref = _exact_direction(F, g, damping, reference)
     _check_direction(zeta, F.shape[0])
     xp = array_namespace(zeta, ref)
+    if rescale:
+        zF = float(xp.sum(zeta * (F.matvec(zeta) + lam * zeta)))
+        if not zF > 0:
+            raise ShapeError("rescale=True needs a non-zero direction")
+        zeta = (float(xp.sum(zeta * g)) / zF) * zeta
     e = zeta - ref
     num = float(xp.sum(e * (F.matvec(e) + lam * e)))
     if not relative:

@@ -65,6 +65,21 @@ def test_angle_and_energy_vs_dense(setup):
             fl.energy_error(z, F, g, LAM), rel=1e-12)
 
 
+def test_rescaled_energy_error_vs_dense(setup):
+    b, F, Fl, g, K = setup
+    ex = np.linalg.solve(Fl, g)
+    for z in (K.solve(g, LAM), g, -3.0 * ex):
+        alphas = np.linspace(-5, 5, 20001) * (z @ g) / (z @ Fl @ z)
+        errs = [((a * z - ex) @ Fl @ (a * z - ex)) / (ex @ Fl @ ex) for a in alphas]
+        cos2 = (z @ Fl @ ex) ** 2 / ((z @ Fl @ z) * (ex @ Fl @ ex))
+        got = fl.energy_error(z, F, g, LAM, rescale=True)
+        np.testing.assert_allclose(got, 1.0 - cos2, rtol=1e-7, atol=1e-12)
+        assert got <= min(errs) + 1e-12 and got >= min(errs) - 1e-6
+        assert got <= fl.energy_error(z, F, g, LAM) + 1e-12
+    with pytest.raises(fl.ShapeError, match="non-zero direction"):
+        fl.energy_error(np.zeros_like(g), F, g, LAM, rescale=True)
+
+
 def test_exact_direction_scores_zero(setup):
     b, F, Fl, g, K = setup
     ex = np.linalg.solve(Fl, g)

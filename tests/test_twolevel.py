@@ -541,3 +541,78 @@ def test_array_api_strict_namespace():
             Ts = fl.TwoLevel(Ks, name, bs, form=form, damping=p.lam)
             T = fl.TwoLevel(p.fine, name, b, form=form, damping=p.lam)
             np.testing.assert_allclose(np.asarray(Ts.solve(gs)), T.solve(p.g), rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------
+# fimlab study --two-level
+# ---------------------------------------------------------------------------------------
+def test_study_two_level(tmp_path, capsys):
+    import csv
+
+    from fimlab import cli
+
+    out = tmp_path / "s"
+    assert cli.main(["study", "--two-level", "--damping", "0.01", "--iterations", "2",
+                     "--every", "2", "--n-samples", "200", "--batch-size", "50",
+                     "--methods", "KFAC", "--fisher", "exact", "--out", str(out),
+                     "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "two-level corrections of KFAC" in text and "krylov-residual/residual" in text
+    rows = list(csv.DictReader((out / "two_level.csv").open()))
+    assert (out / "two_level.png").stat().st_size > 10_000
+    its = sorted({int(r["iteration"]) for r in rows})
+    assert its == [0, 2]
+    per_it = 1 + 2 * len(fl.COARSE_SPACES)
+    assert len(rows) == per_it * len(its)
+    for it in its:
+        rs = {r["method"]: r for r in rows if int(r["iteration"]) == it}
+        e5k = float(rs["KFAC"]["e5"])
+        for cs in fl.COARSE_SPACES:
+            if cs != "previous":  # T4: the residual form never increases the energy
+                assert float(rs[f"{cs}/residual"]["e5"]) <= e5k * (1 + 1e-9)
+        assert 0.0 <= float(rs["KFAC"]["offdiag_share"]) <= 1.0
+
+    # iteration 0, recomputed independently with dense matrices
+    from sklearn.datasets import load_digits
+
+    X = load_digits().data[:200] / 16.0
+    y = load_digits().target[:200]
+    idx = np.random.default_rng(0).permutation(200)[:50]
+    net = fl.MLP([64, 32, 10], activation="tanh", likelihood="categorical", seed=0)
+    b = fl.factor_batch(net, X[idx], fisher="exact")
+    g = net.flatten(net.gradient(X[idx], y[idx]))
+    lam = 0.01
+    P = b.n_params
+    Fd = fl.FisherOperator(b).to_dense()
+    Fl = Fd + lam * np.eye(P)
+    ex = np.linalg.solve(Fl, g)
+    Minv = blockdiag(dense_fine_inverse_blocks(fl.KFAC(b), lam))
+    R0 = np.zeros((2, P))
+    R0[0, :b.offsets[1]] = 1.0
+    R0[1, b.offsets[1]:] = 1.0
+    zK = Minv @ g
+    z = zK + R0.T @ np.linalg.solve(R0 @ Fl @ R0.T, R0 @ (g - Fl @ zK))
+    rs = {r["method"]: r for r in rows if int(r["iteration"]) == 0}
+
+    def e5(v):
+        return (v - ex) @ Fl @ (v - ex) / (ex @ Fl @ ex)
+
+    def e4(v):
+        return np.degrees(np.arccos(v @ ex / np.linalg.norm(v) / np.linalg.norm(ex)))
+
+    assert float(rs["KFAC"]["e5"]) == pytest.approx(e5(zK), rel=1e-7)
+    assert float(rs["KFAC"]["e4_deg"]) == pytest.approx(e4(zK), rel=1e-7)
+    assert float(rs["nicolaides/residual"]["e5"]) == pytest.approx(e5(z), rel=1e-7)
+    assert float(rs["nicolaides/residual"]["e4_deg"]) == pytest.approx(e4(z), rel=1e-7)
+    s = b.offsets[1]
+    diag = np.sum(Fd[:s, :s] ** 2) + np.sum(Fd[s:, s:] ** 2)
+    assert float(rs["KFAC"]["offdiag_share"]) == pytest.approx(1 - diag / np.sum(Fd**2),
+                                                               rel=1e-7)
+
+
+def test_study_two_level_bad_damping():
+    from fimlab.study import run_study
+
+    with pytest.raises(fl.DampingError):
+        run_study({"two_level": True, "damping": -1.0, "iterations": 0, "n_samples": 50,
+                   "out": None}, progress=False, verbose=False)
