@@ -616,3 +616,27 @@ def test_study_two_level_bad_damping():
     with pytest.raises(fl.DampingError):
         run_study({"two_level": True, "damping": -1.0, "iterations": 0, "n_samples": 50,
                    "out": None}, progress=False, verbose=False)
+
+
+def test_experiment_two_level_coupling_fast(tmp_path):
+    """The documented experiment runs in its fast mode and writes its outputs."""
+    import csv
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "two_level_coupling.py"
+    spec = importlib.util.spec_from_file_location("two_level_coupling", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "tlc"
+    assert mod.main(["--fast", "--cases", "deep-linear,mlp", "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "two_level_coupling.csv").open()))
+    assert {r["case"] for r in rows} == {"deep-linear", "mlp"}
+    assert len(rows) == 2 * (1 + 2 * len(fl.COARSE_SPACES))
+    for case in ("deep-linear", "mlp"):
+        rs = {r["method"]: r for r in rows if r["case"] == case}
+        for cs in ("nicolaides", "residual", "krylov-nicolaides", "krylov-residual"):
+            assert float(rs[f"{cs}/residual"]["e5"]) <= float(rs["KFAC"]["e5"]) * (1 + 1e-9)
+    md = (out / "two_level_coupling.md").read_text()
+    assert "| nicolaides/residual |" in md and "Command:" in md
+    assert (out / "two_level_coupling.png").stat().st_size > 10_000
