@@ -30,7 +30,7 @@ from ._errors import (
     SingularMatrixError,
     UnknownNameError,
 )
-from .approx import KFAC, kfac_factors
+from .approx import KFAC, KPSVD, Deflation, KFACCorrected, Lanczos, kfac_factors
 from .approx.twolevel import (
     COARSE_SPACES,
     CoarseSpace,
@@ -72,7 +72,7 @@ __all__ = [
     # the Fisher
     "FisherOperator", "FisherBlock", "exact_fisher", "empirical_fisher",
     # approximations
-    "KFAC", "kfac_factors",
+    "KFAC", "kfac_factors", "KPSVD", "KFACCorrected", "Deflation", "Lanczos",
     # two-level corrections
     "TwoLevel", "CoarseSpace", "COARSE_SPACES", "build_coarse_space", "coarse_matrix",
     "previous_coarse_matrix", "nicolaides_space", "spectral_space", "residual_space",

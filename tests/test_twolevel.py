@@ -16,7 +16,7 @@ NETS = [
     ([4, 5, 3], "tanh", "categorical"),
     ([3, 3, 3, 3], "linear", "gaussian"),  # a (small) deep linear network
 ]
-FINES = ["kfac", "rank2"]
+FINES = ["kfac", "rank2", "kfac-corrected"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -33,6 +33,8 @@ def make_fine(batch, kind, rng=None):
     K = fl.KFAC(batch)
     if kind == "kfac":
         return K
+    if kind == "kfac-corrected":  # the KPSVD family's rank-2 operator (second term indefinite)
+        return fl.KFACCorrected(batch)
     rng = np.random.default_rng(7) if rng is None else rng
     blocks = []
     for A, G in K.factors:
@@ -40,6 +42,21 @@ def make_fine(batch, kind, rng=None):
         G2 = _psd(rng, G.shape[0], 0.3 * np.trace(G) / G.shape[0])
         blocks.append(fl.KroneckerOperator([(A, G), (A2, G2)]))
     return fl.BlockDiagonalOperator(blocks)
+
+
+def _inv_sqrt(M):
+    w, Q = np.linalg.eigh(0.5 * (M + M.T))
+    return (Q / np.sqrt(w)) @ Q.T
+
+
+def dense_i1_inverse(A1, G1, A2, G2, lam):
+    """PAPERS.md (I1) with the papers' |s| rule, from explicit Kronecker products:
+    (K₁⊗K₂) diag(1/(1 + |s₁|⊗|s₂|)) (K₁⊗K₂)ᵀ."""
+    Ah, Gh = _inv_sqrt(A1 + lam * np.eye(len(A1))), _inv_sqrt(G1 + lam * np.eye(len(G1)))
+    s1, E1 = np.linalg.eigh(Ah @ A2 @ Ah)
+    s2, E2 = np.linalg.eigh(Gh @ G2 @ Gh)
+    K = np.kron(Ah @ E1, Gh @ E2)
+    return K @ np.diag(1.0 / (1.0 + np.kron(np.abs(s1), np.abs(s2)))) @ K.T
 
 
 def dense_fine_inverse_blocks(fine, lam):
@@ -53,9 +70,16 @@ def dense_fine_inverse_blocks(fine, lam):
                                np.linalg.inv(G1 + sq * np.eye(len(G1)))))
         else:
             (A2, G2), = rest
-            X = np.kron(A1 + lam * np.eye(len(A1)), G1 + lam * np.eye(len(G1))) + np.kron(A2, G2)
-            out.append(np.linalg.inv(X))
+            out.append(dense_i1_inverse(A1, G1, A2, G2, lam))
     return out
+
+
+def test_rank2_reference_is_the_true_inverse_for_psd_second_terms():
+    rng = np.random.default_rng(3)
+    A1, G1, A2, G2 = _psd(rng, 4, 1.0), _psd(rng, 3, 1.0), _psd(rng, 4, 0.3), _psd(rng, 3, 0.3)
+    X = np.kron(A1 + 0.1 * np.eye(4), G1 + 0.1 * np.eye(3)) + np.kron(A2, G2)
+    np.testing.assert_allclose(dense_i1_inverse(A1, G1, A2, G2, 0.1), np.linalg.inv(X),
+                               rtol=1e-9, atol=1e-12)
 
 
 def blockdiag(mats):
