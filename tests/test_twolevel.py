@@ -664,3 +664,26 @@ def test_experiment_two_level_coupling_fast(tmp_path):
     md = (out / "two_level_coupling.md").read_text()
     assert "| nicolaides/residual |" in md and "Command:" in md
     assert (out / "two_level_coupling.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("fine_cls", ["KPSVD", "Deflation", "Lanczos", "KFACCorrected"])
+def test_every_coarse_space_with_every_kpsvd_family_fine_level(fine_cls):
+    """Each fine operator of the KPSVD family, taken as a black box (its own solve gives the
+    dense M⁻¹), with every coarse space and both forms, against the dense formulas."""
+    p = Problem(*NETS[0], seed=15)
+    fine = getattr(fl, fine_cls)(p.batch)
+    Minv = np.hstack([fine.solve(e, p.lam)[:, None] for e in np.eye(p.P)])
+    for name in fl.COARSE_SPACES:
+        for form in ("additive", "residual"):
+            T = fl.TwoLevel(fine, name, p.batch, form=form, damping=p.lam)
+            z = T.solve(p.g)
+            R0 = T.coarse.to_dense()
+            Fc = (dense_previous_matrix(p.batch, p.lam) if name == "previous"
+                  else R0 @ p.Fl @ R0.T)
+            zK = Minv @ p.g
+            rhs = R0 @ (p.g if form == "additive" else p.g - p.Fl @ zK)
+            want = zK + R0.T @ np.linalg.solve(Fc, rhs)
+            np.testing.assert_allclose(z, want, rtol=1e-7, atol=1e-10 * np.abs(want).max(),
+                                       err_msg=f"{fine_cls} {name} {form}")
+            if form == "residual" and name != "previous":
+                assert p.energy(z) <= p.energy(zK) * (1 + 1e-10)
