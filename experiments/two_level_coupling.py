@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 import fimlab as fl
+from fimlab.approx import APPROXIMATIONS, build_approximation
 from fimlab.study import _Adam, measure_directions
 
 CASES = ("deep-linear", "deep-tanh", "autoencoder", "mlp")
@@ -78,8 +79,9 @@ def run_case(name: str, args) -> list[dict]:
         loss, grads = net.loss_and_gradient(X[idx], y[idx])
         g = net.flatten(grads)
         batch = fl.factor_batch(net, X[idx], y[idx], fisher=args.fisher, rng=mc_rng)
+        fine = build_approximation(args.fine, batch)
         for lam in args.dampings:
-            res, offdiag = measure_directions(batch, g, lam)
+            res, offdiag = measure_directions(batch, g, lam, {args.fine: fine}, fine=fine)
             for r in res:
                 rows.append({"case": name, "sizes": "-".join(map(str, net.layer_sizes)),
                              "fisher": args.fisher, "damping": lam, "batch": k, "loss": loss,
@@ -87,12 +89,13 @@ def run_case(name: str, args) -> list[dict]:
     return rows
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-    """Per case, damping and method: means over the mini-batches; E5 relative to KFAC as
-    the geometric mean of the per-batch ratios; ΔE4 = E4 − E4(KFAC), mean of differences."""
+def summarise(rows: list[dict], base: str = "KFAC") -> list[dict]:
+    """Per case, damping and method: means over the mini-batches; E5 relative to the fine
+    level ``base`` as the geometric mean of the per-batch ratios; ΔE4 = E4 − E4(base), mean
+    of differences."""
     out = []
     keys = list(dict.fromkeys((r["case"], r["damping"], r["method"]) for r in rows))
-    kfac = {(r["case"], r["damping"], r["batch"]): r for r in rows if r["method"] == "KFAC"}
+    kfac = {(r["case"], r["damping"], r["batch"]): r for r in rows if r["method"] == base}
     for case, lam, method in keys:
         rs = [r for r in rows if (r["case"], r["damping"], r["method"]) == (case, lam, method)]
         ks = [kfac[(case, lam, r["batch"])] for r in rs]
@@ -115,28 +118,29 @@ def markdown(summary: list[dict], args) -> str:
     lams = list(dict.fromkeys(s["damping"] for s in summary))
     idx = {(s["case"], s["damping"], s["method"]): s for s in summary}
     methods = list(dict.fromkeys(s["method"] for s in summary))
+    base = args.fine
     lines = [f"Fisher = {args.fisher}, {args.adam_steps} Adam steps (lr {args.lr:g}), "
-             f"{args.batches} mini-batch(es) of {args.batch_size}, KFAC damping rule "
-             "'factor'. E4: angle to F_λ⁻¹g in degrees (mean); E5 / KFAC: geometric mean over "
-             "the mini-batches of the ratio of energy errors (< 1: the correction helps); "
-             "KFAC rows give E4 and E5 themselves, and E5 of KFAC's direction with its "
-             "energy-optimal step length.", ""]
+             f"{args.batches} mini-batch(es) of {args.batch_size}, fine level {base} with the "
+             "damping rule 'factor'. E4: angle to F_λ⁻¹g in degrees (mean); "
+             f"E5 / {base}: geometric mean over the mini-batches of the ratio of energy "
+             f"errors (< 1: the correction helps); the {base} rows give E4 and E5 "
+             "themselves, and E5 of its direction with the energy-optimal step length.", ""]
     lines.append("| case | sizes | share of ‖F‖²_F off the diagonal blocks |")
     lines.append("|---|---|---|")
     for c in cases:
-        s = idx[(c, lams[0], "KFAC")]
+        s = idx[(c, lams[0], base)]
         sizes = next(r for r in args._rows if r["case"] == c)["sizes"]
         lines.append(f"| {c} | {sizes} | {s['offdiag_share']:.3f} |")
     for lam in lams:
         lines += ["", f"**λ = {lam:g}**", ""]
-        head = "| method | " + " | ".join(f"{c}: E4 | {c}: E5 / KFAC" for c in cases) + " |"
+        head = "| method | " + " | ".join(f"{c}: E4 | {c}: E5 / {base}" for c in cases) + " |"
         lines.append(head)
         lines.append("|---" * (1 + 2 * len(cases)) + "|")
         for m in methods:
             cells = []
             for c in cases:
                 s = idx[(c, lam, m)]
-                if m == "KFAC":
+                if m == base:
                     cells += [f"{s['e4_deg']:.1f}",
                               f"E5 = {s['e5']:.3g} (best step {s['e5_best_step']:.3g})"]
                 else:
@@ -146,7 +150,7 @@ def markdown(summary: list[dict], args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: list[dict], path: Path, lam: float) -> None:
+def plot(summary: list[dict], path: Path, lam: float, base: str = "KFAC") -> None:
     from fimlab.plotting import plt
 
     cases = list(dict.fromkeys(s["case"] for s in summary))
@@ -164,21 +168,22 @@ def plot(summary: list[dict], path: Path, lam: float) -> None:
         axes[1].bar(x + (j - (len(cases) - 1) / 2) * w, d4, w, color=cmap(j), label=c)
     axes[0].set_yscale("log")
     axes[0].axhline(1.0, color="k", lw=0.8)
-    axes[0].set_ylabel("E5 two-level / E5 KFAC\n(< 1: closer to F_λ⁻¹g in energy)")
+    axes[0].set_ylabel(f"E5 two-level / E5 {base}\n(< 1: closer to F_λ⁻¹g in energy)")
     axes[1].axhline(0.0, color="k", lw=0.8)
-    axes[1].set_ylabel("E4 two-level − E4 KFAC\n(degrees; < 0: better)")
+    axes[1].set_ylabel(f"E4 two-level − E4 {base}\n(degrees; < 0: better)")
     for ax in axes[:2]:
         ax.set_xticks(x)
         ax.set_xticklabels(methods, rotation=30, ha="right", fontsize=8)
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(fontsize=8)
-    axes[0].set_title(f"two-level corrections of KFAC, λ = {lam:g}")
-    shares = [idx[(c, lam, "KFAC")]["offdiag_share"] for c in cases]
+    axes[0].set_title(f"two-level corrections of {base}, λ = {lam:g}")
+    shares = [idx[(c, lam, base)]["offdiag_share"] for c in cases]
     axes[2].barh(np.arange(len(cases)), shares, color=[cmap(j) for j in range(len(cases))])
     axes[2].set_yticks(np.arange(len(cases)))
     axes[2].set_yticklabels(cases, fontsize=8)
     axes[2].set_xlim(0, 1)
-    axes[2].set_xlabel("share of ‖F‖²_F outside the diagonal blocks (what KFAC drops)")
+    axes[2].set_xlabel("share of ‖F‖²_F outside the diagonal blocks (what block-diagonal "
+                       "methods drop)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -192,6 +197,8 @@ def parse(argv=None):
     p.add_argument("--out", default="fimlab-out/two_level_coupling")
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--fisher", default="mc", choices=["mc", "exact", "empirical"])
+    p.add_argument("--fine", default="KFAC", choices=list(APPROXIMATIONS),
+                   help="the fine level (solver 'exact')")
     p.add_argument("--dampings", default="1e-3,1e-2,1e-1")
     p.add_argument("--depth", type=int, default=16, help="layers of the deep networks")
     p.add_argument("--adam-steps", type=int, default=300)
@@ -228,12 +235,12 @@ def main(argv=None) -> int:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    summary = summarise(rows)
+    summary = summarise(rows, args.fine)
     md = markdown(summary, args)
     cmd = "python experiments/two_level_coupling.py " + " ".join(argv if argv is not None
                                                                  else sys.argv[1:])
     (out / "two_level_coupling.md").write_text(f"Command: `{cmd.strip()}`\n\n" + md)
-    plot(summary, out / "two_level_coupling.png", args.plot_damping)
+    plot(summary, out / "two_level_coupling.png", args.plot_damping, args.fine)
     print(md)
     print(f"wrote {out}/two_level_coupling.{{csv,md,png}} in {time.perf_counter() - t0:.1f} s")
     return 0
