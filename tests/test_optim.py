@@ -52,6 +52,17 @@ def test_two_level_option(form):
         with pytest.raises(fl.UnknownNameError, match="twolevel"):
             NGD(net, "KFAC", two_level=tl)
         return
+    # one step by hand: θ₁ = θ₀ − η · TwoLevel(KFAC(batch), batch, λ).solve(g)
+    opt = _ngd(net, "KFAC", lr=0.05, damping=1e-2, two_level=tl)
+    seen = _record_batches(opt)
+    theta0 = net.get_flat().copy()
+    g = net.flatten(net.gradient(X, y))
+    opt.step(X, y)
+    T = fl.TwoLevel(fl.KFAC(seen[0]), batch=seen[0], damping=1e-2, **tl)
+    np.testing.assert_allclose(net.get_flat(), theta0 - 0.05 * T.solve(g), rtol=1e-10,
+                               atol=1e-14)
+    # and it trains
+    net, X, y = _problem()
     opt = NGD(net, "KFAC", lr=0.05, damping=1e-2, two_level=tl)
     l0 = net.loss(X, y)
     for _ in range(25):

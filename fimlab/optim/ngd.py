@@ -183,7 +183,9 @@ class NGD(Optimizer):
     window_weights : {"ema", "uniform"}
     two_level : dict, optional
         ``{"coarse_space": ..., "form": ..., ...}``: keyword arguments of
-        ``fimlab.TwoLevel(fine, batch=curvature batch, damping=λ, ...)``.
+        ``fimlab.TwoLevel(fine, batch=curvature batch, damping=λ, rule=damping_rule, ...)``
+        (T2, T3). The fine level is the (averaged) approximation; the coarse matrix uses
+        the Fisher of the current curvature batch (of the window with ``ema="window"``).
     seed : int
         Seed of the Monte-Carlo targets.
 
@@ -366,8 +368,9 @@ class NGD(Optimizer):
         self.preconditioner = pre
         if self.two_level is not None:
             TL = self._two_level_class()
+            opts = {"rule": self.damping_rule, **self.two_level}
             self._direction_op = TL(pre, batch=src["coarse_batch"], damping=self.damping,
-                                    **self.two_level)
+                                    **opts)
         else:
             self._direction_op = None
 
