@@ -116,7 +116,12 @@ BENCHMARKS: dict = {
         "likelihood": "bernoulli",
         "defaults": {"batch_size": 100, "stat_period": 5, "inverse_period": 5,
                      "damping": 0.01},
-        "tuned": {"sgd": {"lr": 0.003}, "adam": {"lr": 0.01}, "ngd": {"lr": 0.3}},
+        "tuned": {"sgd": {"lr": 0.003}, "adam": {"lr": 0.01}, "ngd": {"lr": 0.3},
+                  "KFAC": {"lr": 0.3, "damping": 0.01},
+                  "KPSVD": {"lr": 0.3, "damping": 0.01},
+                  "KFAC-corrected": {"lr": 0.3, "damping": 0.1},
+                  "Deflation": {"lr": 0.3, "damping": 0.1},
+                  "Lanczos": {"lr": 0.3, "damping": 0.1}},
     },
     "digits": {
         "description": "a small auto-encoder on scikit-learn's bundled 8x8 digits",
@@ -808,14 +813,15 @@ def format_table(results: list[dict]) -> str:
     by: dict = {}
     for r in results:
         by.setdefault(r["label"], []).append(r)
-    lines = [f"{'method':<28}{'seeds':>6}{'train loss':>14}{'val loss':>14}{'s/epoch':>10}"
+    w = max([28] + [len(lab) + 2 for lab in by])
+    lines = [f"{'method':<{w}}{'seeds':>6}{'train loss':>14}{'val loss':>14}{'s/epoch':>10}"
              f"{'status':>10}"]
     for lab, rs in by.items():
         def mean(k, rs=rs):
             v = [x[k] for x in rs if x[k] is not None and math.isfinite(x[k])]
             return float(np.mean(v)) if v else float("nan")
         st = ",".join(sorted({x["status"] for x in rs}))
-        lines.append(f"{lab:<28}{len(rs):>6}{mean('final_train_loss'):>14.5g}"
+        lines.append(f"{lab:<{w}}{len(rs):>6}{mean('final_train_loss'):>14.5g}"
                      f"{mean('final_val_loss'):>14.5g}{mean('seconds_per_epoch'):>10.3g}{st:>10}")
     return "\n".join(lines)
 
