@@ -357,3 +357,14 @@ def test_bad_input_errors():
         op.solve(np.ones(b.n_params), 1e-3, rule="pi")  # K3 is for one term
     with pytest.raises(fl.DampingError):
         op.solve(np.ones(b.n_params), -1.0)
+
+
+def test_example_script_runs_in_fast_mode(tmp_path, monkeypatch):
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "plot_kpsvd.py"
+    monkeypatch.setenv("FIMLAB_FAST", "1")
+    monkeypatch.setenv("FIMLAB_OUT", str(tmp_path))
+    runpy.run_path(str(script), run_name="__main__")
+    assert (tmp_path / "plot_kpsvd.png").stat().st_size > 10_000
