@@ -26,13 +26,23 @@ Two solvers (``solver=``):
   small problem, grown until the two leading Ritz triplets have residual ≤ 1e-12·σ₁ (or
   the Krylov space is exhausted). So exact Deflation, exact Lanczos and rank-2 KPSVD
   are the same matrix (PAPERS.md; a test asserts it), by three different computations.
-- ``"paper"``: the papers' algorithms and budgets on the matrix-free products with
-  ``R(F_i)`` (R3): power SVD with tolerance ``tol=1e-6`` and at most ``maxiter=1000``
-  iterations, warm-started from ``warm_start`` (the previous operator) when given;
-  Lanczos with ``steps=2`` and restarts from ``v₁ + v₂`` while the residual is above
-  ``tol`` (at most ``max_restarts=100``). Not converging within the cap emits a
+- ``"paper"``: the papers' algorithms and budgets: power SVD with tolerance
+  ``tol=1e-6`` and at most ``maxiter=1000`` iterations, warm-started from
+  ``warm_start`` (the previous operator) when given; Lanczos with ``steps=2`` and
+  restarts from ``v₁ + v₂`` while the residual is above ``tol`` (at most
+  ``max_restarts=100``). Not converging within the cap emits a
   :class:`~fimlab.ConvergenceWarning` with the residual reached, recorded in the
-  block's report.
+  block's report. The iterations run on ``products="gram"`` (default): the isometric
+  ``m``-dimensional coordinates of ``R(F_i)``
+  (:class:`fimlab.kron.GramCoordinates`, ``O(m²)`` per product), or on
+  ``products="matrix-free"``: the papers' ``d_a²``/``d_g²``-long vectors and the
+  products of R3 (``O(m(d_a² + K d_g²))`` per product). Both see the same operator on
+  its row and column spaces, so the iterates agree to round-off (a test checks it).
+
+  With two steps the restarted Krylov space ``span{x, RᵀRx}``, ``x = v₁ + v₂``,
+  contains ``(RᵀR − σ₁²)v₂``, which amplifies the *smallest* singular directions: the
+  papers' Lanczos finds ``σ₁`` but its second triplet drifts away from ``σ₂``, and its
+  error stays close to rank-1 KPSVD's (it still warns, with the residual).
 
 Every operator is a :class:`~fimlab.operators.BlockDiagonalOperator` of
 :class:`~fimlab.operators.KroneckerOperator` blocks: ``op.blocks[l].terms`` is the list
