@@ -1270,22 +1270,15 @@ def weighted_gram(X, w):
             Y = xp.reshape(X * xp.reshape(xp.sqrt(sign * w), shape), (-1, d))
             P = xp.matrix_transpose(Y) @ Y
             return P if sign > 0 else -P
-    out = None
-    for positive in (True, False):
-        idx = xp.nonzero(w > 0 if positive else w < 0)[0]
-        if idx.shape[0] == 0:
-            continue
-        Y = xp.take(X, idx, axis=0)
-        s = xp.sqrt(xp.abs(xp.take(w, idx)))
-        Y = xp.reshape(Y * xp.reshape(s, shape), (-1, d))
-        P = xp.matrix_transpose(Y) @ Y
-        if out is None:
-            out = P if positive else -P
-        else:
-            out = out - P
-    if out is None:
-        out = xp.zeros((d, d), dtype=X.dtype, device=device_of(X))
-    return out
+    # mixed signs: rows of positive weight first (one copy), then two SYRKs on views
+    neg = w < 0
+    order = xp.argsort(xp.astype(neg, xp.int8), stable=True)
+    k = int(X.shape[0]) - int(xp.sum(xp.astype(neg, xp.int64)))
+    Y = xp.take(X, order, axis=0)
+    Y *= xp.reshape(xp.sqrt(xp.abs(xp.take(w, order))), shape)
+    Y = xp.reshape(Y, (X.shape[0], -1, d))
+    Yp, Yn = xp.reshape(Y[:k, ...], (-1, d)), xp.reshape(Y[k:, ...], (-1, d))
+    return xp.matrix_transpose(Yp) @ Yp - xp.matrix_transpose(Yn) @ Yn
 
 
 class _GramSide:
