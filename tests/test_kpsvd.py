@@ -269,6 +269,20 @@ def test_paper_iterations_same_in_gram_coordinates_and_matrix_free(cls):
     assert [r.iterations for r in warm_g.reports] == [r.iterations for r in warm_f.reports]
 
 
+def test_paper_lanczos_same_in_both_representations_for_a_few_restarts():
+    b = _batch(2, "mc", N=40, seed=5)
+    warm = fl.KFACCorrected(b)  # factors in the row space of every R(F_i)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fl.ConvergenceWarning)
+        ops = [fl.Lanczos(b, solver="paper", warm_start=warm, max_restarts=4, products=p)
+               for p in ("gram", "matrix-free")]
+    assert ops[1].products == fl.Lanczos(b, max_restarts=1).products == "matrix-free"
+    for rg, rf in zip(ops[0].reports, ops[1].reports):
+        assert rg.restarts == rf.restarts
+        assert rg.sigma == pytest.approx(rf.sigma, rel=1e-8)
+        assert rg.residual == pytest.approx(rf.residual, rel=1e-6, abs=1e-12)
+
+
 
 def test_paper_solver_warm_start_and_reports():
     b = _batch(0, "mc", N=40)

@@ -32,12 +32,16 @@ Two solvers (``solver=``):
   restarts from ``v₁ + v₂`` while the residual is above ``tol`` (at most
   ``max_restarts=100``). Not converging within the cap emits a
   :class:`~fimlab.ConvergenceWarning` with the residual reached, recorded in the
-  block's report. The iterations run on ``products="gram"`` (default): the isometric
+  block's report. The iterations run on ``products="gram"``: the isometric
   ``m``-dimensional coordinates of ``R(F_i)``
   (:class:`fimlab.kron.GramCoordinates`, ``O(m²)`` per product), or on
   ``products="matrix-free"``: the papers' ``d_a²``/``d_g²``-long vectors and the
   products of R3 (``O(m(d_a² + K d_g²))`` per product). Both see the same operator on
-  its row and column spaces, so the iterates agree to round-off (a test checks it).
+  its row and column spaces, so power iterations agree to round-off (a test checks
+  it); the default is ``"gram"`` for the power-SVD methods and ``"matrix-free"`` for
+  Lanczos, whose restarted recurrence amplifies rounding in the null space of
+  ``R(F_i)`` — a floating-point effect the papers' runs had and the Gram coordinates
+  lack (see :class:`Lanczos`).
 
   With two steps the restarted Krylov space ``span{x, RᵀRx}``, ``x = v₁ + v₂``,
   contains ``(RᵀR − σ₁²)v₂``, which amplifies the *smallest* singular directions: the
@@ -138,17 +142,21 @@ class _KPSVDFamily(BlockDiagonalOperator):
 
     method = "?"
     n_terms = 2
+    default_products = "gram"
 
     def __init__(self, batch: FactorBatch, *, solver: str = "exact", warm_start=None,
                  tol: float = 1e-6, maxiter: int = 1000, max_restarts: int = 100,
-                 seed: int = 0, rank_rtol: float | None = None, products: str = "gram"):
+                 seed: int = 0, rank_rtol: float | None = None,
+                 products: str | None = None):
         if not isinstance(batch, FactorBatch):
             raise TypeError(
                 f"{type(self).__name__} needs a FactorBatch, got {type(batch).__name__}; "
                 "build one with fl.factor_batch(net, X) or fl.FactorBatch(a=..., g=...)"
             )
         self.solver = check_choice(solver, SOLVERS, "KPSVD solver")
-        self.products = check_choice(products, PRODUCTS, "product representation")
+        self.products = check_choice(products if products is not None
+                                     else self.default_products, PRODUCTS,
+                                     "product representation")
         _kron._check_solver_params(tol=tol, maxiter=maxiter, max_restarts=max_restarts)
         self.tol, self.maxiter, self.max_restarts = float(tol), maxiter, max_restarts
         self.seed, self.rank_rtol = seed, rank_rtol
@@ -262,13 +270,14 @@ class KPSVD(_KPSVDFamily):
         Seed of the random start vectors (paper solver).
     rank_rtol : float, optional
         Relative threshold below which singular values of ``R(F_i)`` count as zero.
-    products : {"gram", "matrix-free"}
+    products : {"gram", "matrix-free"}, optional
         Paper solver: run the iterations on the isometric Gram coordinates of
-        ``R(F_i)`` (default; ``O(m²)`` per product) or on the matrix-free products
-        with ``d_a²``/``d_g²``-long vectors as the papers did (``O(m(d_a² + K d_g²))``).
-        The iterations are the same (the map is an isometry on the row and column
-        spaces of ``R(F_i)``, which is all the iteration sees after its first half
-        step); see :class:`fimlab.kron.GramCoordinates`.
+        ``R(F_i)`` (the default here; ``O(m²)`` per product) or on the matrix-free
+        products with ``d_a²``/``d_g²``-long vectors as the papers did
+        (``O(m(d_a² + K d_g²))``). Power iterations are the same in both (the map is
+        an isometry on the row and column spaces of ``R(F_i)``, which is all the
+        iteration sees after its first half step; a test checks they agree); see
+        :class:`fimlab.kron.GramCoordinates`.
 
     Raises
     ------
@@ -298,7 +307,7 @@ class KPSVD(_KPSVDFamily):
 
     def __init__(self, batch: FactorBatch, rank: int = 1, solver: str = "exact", *,
                  warm_start=None, tol: float = 1e-6, maxiter: int = 1000, seed: int = 0,
-                 rank_rtol: float | None = None, products: str = "gram"):
+                 rank_rtol: float | None = None, products: str | None = None):
         self.rank = _check_int("rank", rank, 1)
         self.n_terms = self.rank
         super().__init__(batch, solver=solver, warm_start=warm_start, tol=tol,
@@ -353,7 +362,7 @@ class KFACCorrected(_KPSVDFamily):
     leading KPSVD term of ``R(F_i) − vec(A_K)vec(G_K)ᵀ``. With ``solver="exact"`` this
     is the leading triplet of ``Uᵀ(I/m − 11ᵀ/m²)V`` (the KFAC term is the rank-one
     ``Uᵀ11ᵀV/m²``), read from the Gram problem; ``solver="paper"`` runs the power SVD on
-    the matrix-free deflated products. Blocks have two terms ``[(A_K, G_K), (A', G')]``
+    that operator (``products=``, see :class:`KPSVD`). Blocks have two terms ``[(A_K, G_K), (A', G')]``
     (``A', G'`` symmetric, indefinite in general); the second is zero when KFAC is
     already exact on the block (e.g. one sample).
 
@@ -374,7 +383,7 @@ class KFACCorrected(_KPSVDFamily):
 
     def __init__(self, batch: FactorBatch, solver: str = "exact", *, warm_start=None,
                  tol: float = 1e-6, maxiter: int = 1000, seed: int = 0,
-                 rank_rtol: float | None = None, products: str = "gram"):
+                 rank_rtol: float | None = None, products: str | None = None):
         super().__init__(batch, solver=solver, warm_start=warm_start, tol=tol,
                          maxiter=maxiter, seed=seed, rank_rtol=rank_rtol, products=products)
 
@@ -408,8 +417,8 @@ class Deflation(_KPSVDFamily):
 
     ``solver="exact"``: both leading triplets from the Gram problem, the second of the
     deflated core ``I/m − w₁d₁ᵀ/σ₁`` — the truncated rank-2 KPSVD (a theorem).
-    ``solver="paper"``: two power SVDs on matrix-free products, each warm-started from
-    the previous operator's factor when given. The second term is zero when
+    ``solver="paper"``: two power SVDs (the second on the deflated operator), each
+    warm-started from the previous operator's factor when given. The second term is zero when
     ``R(F_i)`` has rank one (e.g. ``d_g = 1``).
 
     Parameters are those of :class:`KPSVD` (without ``rank``).
@@ -419,7 +428,7 @@ class Deflation(_KPSVDFamily):
 
     def __init__(self, batch: FactorBatch, solver: str = "exact", *, warm_start=None,
                  tol: float = 1e-6, maxiter: int = 1000, seed: int = 0,
-                 rank_rtol: float | None = None, products: str = "gram"):
+                 rank_rtol: float | None = None, products: str | None = None):
         super().__init__(batch, solver=solver, warm_start=warm_start, tol=tol,
                          maxiter=maxiter, seed=seed, rank_rtol=rank_rtol, products=products)
 
@@ -479,17 +488,22 @@ class Lanczos(_KPSVDFamily):
     tol, max_restarts : float, int
     seed : int
     rank_rtol : float, optional
-    products : {"gram", "matrix-free"}
-        See :class:`KPSVD`. With ``"gram"`` a warm start is first projected on the row
-        space of ``R(F_i)``; the matrix-free iteration keeps its null-space component
-        in the Krylov basis (and in the Ritz vectors), as the papers' code would.
+    products : {"matrix-free", "gram"}, optional
+        See :class:`KPSVD`. The default here is ``"matrix-free"``, the papers' own
+        setting: the restarted two-step recurrence amplifies rounding errors in the
+        null space of ``R(F_i)`` (the bottom of its spectrum, where the second Ritz
+        pair drifts), which the Gram coordinates do not have; so the two
+        representations agree in exact arithmetic but not in floating point over
+        many restarts. ``"gram"`` is ``O(m²)`` per product instead of
+        ``O(m(d_a² + K d_g²))``: use it for speed on large blocks.
     """
 
     method = "Lanczos"
+    default_products = "matrix-free"
 
     def __init__(self, batch: FactorBatch, steps: int = 2, solver: str = "exact", *,
                  warm_start=None, tol: float = 1e-6, max_restarts: int = 100,
-                 seed: int = 0, rank_rtol: float | None = None, products: str = "gram"):
+                 seed: int = 0, rank_rtol: float | None = None, products: str | None = None):
         self.steps = _check_int("steps", steps, 2)
         super().__init__(batch, solver=solver, warm_start=warm_start, tol=tol,
                          max_restarts=max_restarts, seed=seed, rank_rtol=rank_rtol,
