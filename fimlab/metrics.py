@@ -20,7 +20,7 @@ import math
 
 from ._errors import ShapeError
 from ._validation import check_choice
-from .backend import array_namespace
+from .backend import array_namespace, device_of
 from .curvature import FisherBlock, FisherOperator
 from .operators import BlockDiagonalOperator, CurvatureOperator, KroneckerOperator
 
@@ -84,7 +84,7 @@ def _dense(op, block, max_bytes):
     if isinstance(op, CurvatureOperator):
         return op.to_dense(max_bytes=max_bytes)
     xp = array_namespace(op)
-    return xp.asarray(op)
+    return xp.asarray(op, device=device_of(op))
 
 
 def relative_frobenius_error(F, Ft, block: int | None = None, method: str = "auto",

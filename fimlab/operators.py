@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from . import kron as _kron
 from ._errors import DampingError, ShapeError
 from ._validation import check_damping, check_dense_memory, check_finite
-from .backend import array_namespace, device_of, is_numpy_namespace, to_numpy
+from .backend import array_namespace, device_of, is_numpy_namespace
 
 __all__ = [
     "CurvatureOperator",
@@ -136,10 +136,10 @@ class CurvatureOperator:
             raise TypeError("to_scipy() needs NumPy arrays; use to_numpy() on the inputs first")
 
         def mv(v):
-            return np.asarray(self.matvec(np.asarray(v, dtype=self.dtype).reshape(-1)))
+            return np.asarray(self.matvec(np.ravel(np.asarray(v, dtype=self.dtype))))  # xp: NumPy only
 
         def mm(X):
-            return np.asarray(self.matmat(np.asarray(X, dtype=self.dtype)))
+            return np.asarray(self.matmat(np.asarray(X, dtype=self.dtype)))  # xp: NumPy only
 
         return LinearOperator(
             self.shape,
@@ -147,7 +147,7 @@ class CurvatureOperator:
             rmatvec=mv,
             matmat=mm,
             rmatmat=mm,
-            dtype=np.dtype(str(to_numpy(self.xp.zeros(1, dtype=self.dtype)).dtype)),
+            dtype=np.dtype(self.dtype),
         )
 
     def __repr__(self) -> str:
@@ -208,10 +208,12 @@ class DenseOperator(CurvatureOperator):
         lam = check_damping(damping)
         xp = self.xp
         n = self.shape[0]
-        return xp.linalg.solve(
+        self._check_operand(v, (1, 2))
+        x = xp.linalg.solve(
             self.M + lam * xp.eye(n, dtype=self.dtype, device=self._device()),
             v if v.ndim == 2 else xp.reshape(v, (-1, 1)),
-        ).reshape(v.shape)
+        )
+        return xp.reshape(x, v.shape)
 
 
 class KroneckerOperator(CurvatureOperator):
