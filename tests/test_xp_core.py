@@ -1,0 +1,306 @@
+"""The linear-algebra core on every array backend (issue 7; DESIGN.md principle 5).
+
+Each core computation — factor batches, the Fisher operator, Kronecker algebra, KFAC,
+the metrics — runs on the namespace of its inputs. These tests run it on NumPy, on
+``array_api_strict`` (arrays on its non-default ``"device1"``: a non-portable call or an
+array created without the inputs' device fails) and on CuPy when a GPU is usable, and
+compare every result with the NumPy computation of the same inputs (to round-off), and
+check that it stays in the inputs' namespace and on their device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import SMALL_NETS, make_targets, rtol_for
+
+import fimlab as fl
+from fimlab import kron as K
+from fimlab.backend import array_namespace, device_of, to_numpy
+from fimlab.operators import DenseOperator, ScaledOperator, SumOperator
+
+RTOL = 1e-10
+
+
+def assert_on(backend, out):
+    """``out`` is an array of ``backend``'s namespace, on its device."""
+    assert array_namespace(out) is backend.xp, f"result left the namespace: {type(out)}"
+    assert device_of(out) == backend.device, f"result left the device: {device_of(out)}"
+
+
+def assert_close(backend, out, ref, rtol=RTOL):
+    """``out`` (on ``backend``) equals the NumPy result ``ref`` to round-off."""
+    assert_on(backend, out)
+    ref = np.asarray(ref)
+    got = to_numpy(out)
+    assert got.shape == ref.shape
+    atol = rtol * max(float(np.max(np.abs(ref), initial=0.0)), 1e-300)
+    np.testing.assert_allclose(got, ref, rtol=rtol, atol=atol)
+
+
+def spd(rng, n, shift=0.1):
+    M = rng.normal(size=(n, n))
+    return M @ M.T / n + shift * np.eye(n)
+
+
+def batch_on(backend, b_np: fl.FactorBatch) -> fl.FactorBatch:
+    """The same factor batch, its arrays moved to ``backend``."""
+    return fl.FactorBatch([backend.asarray(a) for a in b_np.a],
+                          [backend.asarray(g) for g in b_np.g], fisher=b_np.fisher)
+
+
+# -- factor batches from a model created on the backend ---------------------------------
+@pytest.mark.parametrize("fisher", ["exact", "mc", "empirical"])
+@pytest.mark.parametrize("case", range(len(SMALL_NETS)),
+                         ids=[f"{s}-{a}-{l}" for s, a, l in SMALL_NETS])
+def test_factor_batch_from_model(xp_backend, case, fisher):
+    sizes, act, lik = SMALL_NETS[case]
+    rng = np.random.default_rng(case)
+    X = rng.normal(size=(7, sizes[0]))
+    y = make_targets(lik, 7, sizes[-1], rng)
+    net_np = fl.MLP(sizes, activation=act, likelihood=lik, seed=case)
+    with xp_backend.use():
+        net = fl.MLP(sizes, activation=act, likelihood=lik, seed=case)
+    for W, W_np in zip(net.params, net_np.params, strict=True):
+        assert_close(xp_backend, W, W_np, rtol=0)  # same seed, same bits everywhere
+    kw = dict(fisher=fisher, mc_samples=3, rng=5)
+    b_np = fl.factor_batch(net_np, X, y, **kw)
+    # host data is moved to the model; data already on the backend stays there
+    for Xin, yin in ((X, y), (xp_backend.asarray(X), xp_backend.asarray(y))):
+        b = fl.factor_batch(net, Xin, yin, **kw)
+        assert b.xp is xp_backend.xp and b.device == xp_backend.device
+        assert (b.n_samples, b.n_vectors) == (b_np.n_samples, b_np.n_vectors)
+        for l in range(b.n_layers):
+            assert_close(xp_backend, b.a[l], b_np.a[l])
+            assert_close(xp_backend, b.g[l], b_np.g[l])
+    # the model's own computations follow its parameters
+    assert_close(xp_backend, net.forward(X), net_np.forward(X))
+    assert_close(xp_backend, net.get_flat(), net_np.get_flat(), rtol=0)
+    loss, grads = net.loss_and_gradient(X, y)
+    loss_np, grads_np = net_np.loss_and_gradient(X, y)
+    assert loss == pytest.approx(loss_np, rel=RTOL)
+    for gr, gr_np in zip(grads, grads_np, strict=True):
+        assert_close(xp_backend, gr, gr_np)
+
+
+def test_float32_model(xp_backend):
+    X = np.random.default_rng(0).normal(size=(9, 4))
+    net_np = fl.MLP([4, 6, 3], activation="tanh", likelihood="categorical", seed=1,
+                    dtype="float32")
+    with xp_backend.use():
+        net = fl.MLP([4, 6, 3], activation="tanh", likelihood="categorical", seed=1,
+                     dtype="float32")
+    b, b_np = fl.factor_batch(net, X), fl.factor_batch(net_np, X)
+    assert "float32" in str(b.dtype)
+    v = np.random.default_rng(1).normal(size=b.n_params).astype(np.float32)
+    F, F_np = fl.FisherOperator(b), fl.FisherOperator(b_np)
+    assert_close(xp_backend, F @ xp_backend.asarray(v), F_np @ v, rtol=rtol_for("float32"))
+
+
+# -- FactorBatch keeps its inputs ---------------------------------------------------------
+@pytest.fixture
+def host_batch():
+    """A 3-layer Monte-Carlo factor batch (K = 2) on the host."""
+    net = fl.MLP([4, 5, 4, 3], activation="tanh", likelihood="categorical", seed=3)
+    X = np.random.default_rng(3).normal(size=(10, 4))
+    return fl.factor_batch(net, X, fisher="mc", mc_samples=2, rng=7)
+
+
+def test_factor_batch_keeps_namespace_and_arrays(xp_backend, host_batch):
+    a = [xp_backend.asarray(x) for x in host_batch.a]
+    g = [xp_backend.asarray(x) for x in host_batch.g]
+    b = fl.FactorBatch(a, g)
+    assert all(x is y for x, y in zip(b.a, a, strict=True))  # no conversion, no copy
+    assert all(x is y for x, y in zip(b.g, g, strict=True))
+    assert b.xp is xp_backend.xp and b.device == xp_backend.device
+    assert b.layer(1).a[0] is a[1]
+
+
+def test_factor_batch_methods(xp_backend, host_batch):
+    b_np = host_batch
+    b = batch_on(xp_backend, b_np)
+    for l in range(b.n_layers):
+        assert_close(xp_backend, b.jacobian(l), b_np.jacobian(l))
+        assert_close(xp_backend, b.jacobian(l, 2, 5), b_np.jacobian(l, 2, 5))
+        assert_close(xp_backend, b.gram(l), b_np.gram(l))
+    assert_close(xp_backend, b.jacobian_matrix(), b_np.jacobian_matrix())
+    assert_close(xp_backend, b.gram(), b_np.gram())
+    idx = np.array([0, 3, 4, 9])
+    mask = np.arange(10) % 3 == 0
+    for sel in (slice(1, 6), idx, xp_backend.asarray(idx), [0, 3, 4, 9], mask,
+                xp_backend.asarray(mask)):
+        sub = b.subset(sel)
+        ref = b_np.subset(sel if not isinstance(sel, (list,)) else np.asarray(sel))
+        for l in range(b.n_layers):
+            assert_close(xp_backend, sub.a[l], ref.a[l], rtol=0)
+            assert_close(xp_backend, sub.g[l], ref.g[l], rtol=0)
+    b32 = b.astype(xp_backend.xp.float32)
+    assert_close(xp_backend, b32.g[0], b_np.g[0].astype(np.float32), rtol=0)
+
+
+# -- the Fisher operator ------------------------------------------------------------------
+def test_fisher_operator(xp_backend, host_batch):
+    b_np = host_batch
+    b = batch_on(xp_backend, b_np)
+    F, F_np = fl.FisherOperator(b), fl.FisherOperator(b_np)
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=F.shape[0])
+    V = rng.normal(size=(F.shape[0], 3))
+    vx, Vx = xp_backend.asarray(v), xp_backend.asarray(V)
+    assert_close(xp_backend, F.matvec(vx), F_np.matvec(v))
+    assert_close(xp_backend, F @ Vx, F_np @ V)
+    assert_close(xp_backend, F.matmat(Vx), F_np.matmat(V))
+    assert_close(xp_backend, F.to_dense(), F_np.to_dense())
+    for i in range(b.n_layers):
+        for j in range(b.n_layers):
+            assert_close(xp_backend, F.block(i, j), F_np.block(i, j))
+    for lam in (1e-3, 0.5):
+        assert_close(xp_backend, F.solve(vx, lam), F_np.solve(v, lam), rtol=1e-8)
+        assert_close(xp_backend, F.solve(Vx, lam), F_np.solve(V, lam), rtol=1e-8)
+    assert F.frobenius_norm_sq() == pytest.approx(F_np.frobenius_norm_sq(), rel=RTOL)
+    assert F.trace() == pytest.approx(F_np.trace(), rel=RTOL)
+    assert_close(xp_backend, F.block_diagonal().to_dense(), F_np.block_diagonal().to_dense())
+    assert_close(xp_backend, F.block_diagonal() @ vx, F_np.block_diagonal() @ v)
+
+
+def test_fisher_block(xp_backend, host_batch):
+    b_np = host_batch
+    b = batch_on(xp_backend, b_np)
+    rng = np.random.default_rng(1)
+    for l in range(b.n_layers):
+        Fl, Fl_np = fl.FisherOperator(b).diagonal_block(l), fl.FisherOperator(b_np).diagonal_block(l)
+        v = rng.normal(size=Fl.shape[0])
+        vx = xp_backend.asarray(v)
+        assert_close(xp_backend, Fl @ vx, Fl_np @ v)
+        assert_close(xp_backend, Fl.to_dense(), Fl_np.to_dense())
+        assert_close(xp_backend, Fl.solve(vx, 1e-2), Fl_np.solve(v, 1e-2), rtol=1e-8)
+        assert Fl.frobenius_norm_sq() == pytest.approx(Fl_np.frobenius_norm_sq(), rel=RTOL)
+        terms_np = [(spd(rng, Fl.d_a), spd(rng, Fl.d_g)) for _ in range(2)]
+        terms = [(xp_backend.asarray(A), xp_backend.asarray(G)) for A, G in terms_np]
+        assert Fl.inner_kron(terms) == pytest.approx(Fl_np.inner_kron(terms_np), rel=RTOL)
+        for M, M_np in zip(Fl.kfac_factors(), Fl_np.kfac_factors(), strict=True):
+            assert_close(xp_backend, M, M_np)
+
+
+# -- Kronecker algebra ------------------------------------------------------------------
+def _terms(rng, r, d_a=4, d_g=3):
+    """``r`` Kronecker terms: a leading SPD term, then smaller symmetric ones."""
+    out = [(spd(rng, d_a), spd(rng, d_g))]
+    for _ in range(r - 1):
+        A, G = rng.normal(size=(d_a, d_a)), rng.normal(size=(d_g, d_g))
+        out.append((0.2 * (A + A.T), 0.2 * (G + G.T)))
+    return out
+
+
+RULES = [(1, "factor", {}), (1, "pi", {}), (1, "exact", {}),
+         (2, "factor", {}), (2, "factor", {"signed": True}), (2, "exact", {}),
+         (3, "factor", {}), (3, "exact", {})]
+
+
+@pytest.mark.parametrize("rank,rule,kw", RULES,
+                         ids=[f"r{r}-{rule}{'-signed' if kw else ''}" for r, rule, kw in RULES])
+def test_kronecker_operator(xp_backend, rank, rule, kw):
+    rng = np.random.default_rng(rank)
+    terms_np = _terms(rng, rank)
+    terms = [(xp_backend.asarray(A), xp_backend.asarray(G)) for A, G in terms_np]
+    Kx, K_np = fl.KroneckerOperator(terms), fl.KroneckerOperator(terms_np)
+    v = rng.normal(size=Kx.shape[0])
+    V = rng.normal(size=(Kx.shape[0], 2))
+    vx, Vx = xp_backend.asarray(v), xp_backend.asarray(V)
+    assert_close(xp_backend, Kx @ vx, K_np @ v)
+    assert_close(xp_backend, Kx @ Vx, K_np @ V)
+    assert_close(xp_backend, Kx.to_dense(), K_np.to_dense())
+    assert Kx.frobenius_norm_sq() == pytest.approx(K_np.frobenius_norm_sq(), rel=RTOL)
+    assert Kx.trace() == pytest.approx(K_np.trace(), rel=RTOL)
+    rtol = 1e-8 if rank >= 2 and (rule == "exact" or rank >= 3) else RTOL * 100
+    assert_close(xp_backend, Kx.solve(vx, 0.1, rule=rule, **kw),
+                 K_np.solve(v, 0.1, rule=rule, **kw), rtol=rtol)
+    assert_close(xp_backend, Kx.solve(Vx, 0.1, rule=rule, **kw),
+                 K_np.solve(V, 0.1, rule=rule, **kw), rtol=rtol)
+
+
+def test_kron_functions(xp_backend):
+    rng = np.random.default_rng(4)
+    A, G = spd(rng, 4), spd(rng, 3)
+    W = rng.normal(size=(3, 4))
+    X = rng.normal(size=(12, 5))
+    Ax, Gx, Wx, Xx = (xp_backend.asarray(M) for M in (A, G, W, X))
+    assert_close(xp_backend, K.vec(Wx), W.ravel(order="F"), rtol=0)
+    assert_close(xp_backend, K.unvec(K.vec(Wx), 3, 4), W, rtol=0)
+    assert_close(xp_backend, K.kron(Ax, Gx), np.kron(A, G), rtol=0)
+    assert_close(xp_backend, K.kron_matmat(Ax, Gx, Xx), np.kron(A, G) @ X)
+    assert_close(xp_backend, K.kron_matmat(Ax, Gx, Xx[:, 0]), np.kron(A, G) @ X[:, 0])
+    t, t_np = [(Ax, Gx)], [(A, G)]
+    assert K.kron_sum_inner(t, t) == pytest.approx(K.kron_sum_inner(t_np, t_np), rel=RTOL)
+    assert_close(xp_backend, K.kron_sum_solve(t, Xx, 0.1, "exact"),
+                 np.linalg.solve(np.kron(A, G) + 0.1 * np.eye(12), X), rtol=1e-9)
+    M = np.kron(A, G) + 0.1 * np.eye(12)
+    Mx = xp_backend.asarray(M)
+    Y, info = K.pcg(lambda Z: Mx @ Z, Xx, None, tol=1e-12, maxiter=200)
+    assert_close(xp_backend, Y, np.linalg.solve(M, X), rtol=1e-9)
+    assert info["residual"] <= 1e-12
+
+
+# -- approximations and metrics ---------------------------------------------------------
+def test_kfac(xp_backend, host_batch):
+    b_np = host_batch
+    b = batch_on(xp_backend, b_np)
+    Kx, K_np = fl.KFAC(b), fl.KFAC(b_np)
+    for (A, G), (A_np, G_np) in zip(Kx.factors, K_np.factors, strict=True):
+        assert_close(xp_backend, A, A_np)
+        assert_close(xp_backend, G, G_np)
+    v = np.random.default_rng(2).normal(size=Kx.shape[0])
+    vx = xp_backend.asarray(v)
+    assert_close(xp_backend, Kx @ vx, K_np @ v)
+    assert_close(xp_backend, Kx.to_dense(), K_np.to_dense())
+    assert_close(xp_backend, Kx.block(0, 1), K_np.block(0, 1), rtol=0)
+    for rule in ("factor", "pi", "exact"):
+        assert_close(xp_backend, Kx.solve(vx, 1e-2, rule=rule), K_np.solve(v, 1e-2, rule=rule),
+                     rtol=1e-9)
+    from fimlab.approx import build_approximation
+
+    assert_close(xp_backend, build_approximation("KFAC", b) @ vx, K_np @ v)
+
+
+def test_metrics(xp_backend, host_batch):
+    b_np = host_batch
+    b = batch_on(xp_backend, b_np)
+    F, F_np = fl.FisherOperator(b), fl.FisherOperator(b_np)
+    Kx, K_np = fl.KFAC(b), fl.KFAC(b_np)
+    E1, E2 = fl.relative_frobenius_error, fl.singular_value_error
+    for blk in (None, 0, 2):
+        for method in ("auto", "gram", "dense"):
+            assert E1(F, Kx, block=blk, method=method) == pytest.approx(
+                E1(F_np, K_np, block=blk, method=method), rel=1e-9)
+        assert E2(F, Kx, block=blk) == pytest.approx(E2(F_np, K_np, block=blk), rel=1e-9)
+    # the Gram route agrees with the dense one on the backend too
+    assert E1(F, Kx, method="gram") == pytest.approx(E1(F, Kx, method="dense"), rel=1e-9)
+    # dense arrays and generic operators of the backend
+    D, D_np = F.to_dense(), F_np.to_dense()
+    Kd, Kd_np = Kx.to_dense(), K_np.to_dense()
+    assert E1(D, Kd) == pytest.approx(E1(D_np, Kd_np), rel=1e-9)
+    assert E2(D, Kd) == pytest.approx(E2(D_np, Kd_np), rel=1e-9)
+    assert E1(DenseOperator(D), Kx) == pytest.approx(E1(DenseOperator(D_np), K_np), rel=1e-9)
+
+
+# -- generic operators ------------------------------------------------------------------
+def test_generic_operators(xp_backend):
+    rng = np.random.default_rng(5)
+    M_np = spd(rng, 6)
+    M = xp_backend.asarray(M_np)
+    v, V = rng.normal(size=6), rng.normal(size=(6, 2))
+    vx, Vx = xp_backend.asarray(v), xp_backend.asarray(V)
+    D, D_np = DenseOperator(M), DenseOperator(M_np)
+    assert_close(xp_backend, D.solve(vx, 0.1), np.linalg.solve(M_np + 0.1 * np.eye(6), v))
+    assert_close(xp_backend, D.solve(Vx, 0.1), np.linalg.solve(M_np + 0.1 * np.eye(6), V))
+    S = SumOperator(D, ScaledOperator(D, 2.0))
+    assert_close(xp_backend, S @ vx, 3.0 * M_np @ v)
+    assert_close(xp_backend, (D - 0.5 * D).to_dense(), 0.5 * M_np)
+    # generic fallback: conjugate gradients on the lazy sum
+    assert_close(xp_backend, S.solve(vx, 0.1), np.linalg.solve(3.0 * M_np + 0.1 * np.eye(6), v),
+                 rtol=1e-8)
+    if xp_backend.name == "numpy":
+        assert np.allclose(D.to_scipy() @ v, D_np @ v)
+    else:
+        with pytest.raises(TypeError, match="to_numpy"):
+            D.to_scipy()
