@@ -33,7 +33,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from ._errors import BackendError
+from ._errors import BackendError, ShapeError
 
 __all__ = [
     "array_namespace",
@@ -251,7 +251,8 @@ def set_backend(name: str, device: Any = None) -> None:
         or ``"array_api_strict"`` (the portability-test namespace).
     device : optional
         The device of new arrays: a GPU number for CuPy (default: CuPy's current
-        device); a device name (``"CPU_DEVICE"``, ``"device1"``, ``"device2"``) for
+        device; a number given here also becomes CuPy's current device, since CuPy
+        creates arrays there); a device name (``"CPU_DEVICE"``, ``"device1"``, ``"device2"``) for
         ``array_api_strict``; ``None`` or ``"cpu"`` for NumPy.
 
     Raises
@@ -272,7 +273,11 @@ def set_backend(name: str, device: Any = None) -> None:
     if name not in _KNOWN:
         raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(_KNOWN)}")
     _check_available(name)
-    _resolve_device(name, device)  # validate now, not at the first array
+    dev = _resolve_device(name, device)  # validate now, not at the first array
+    if name == "cupy" and device is not None:
+        # array-api-compat's CuPy creation functions ignore device=: CuPy creates on
+        # its current device, so make the chosen GPU current
+        dev.use()
     _backend, _backend_device = name, device
 
 
@@ -285,11 +290,23 @@ def get_backend() -> str:
 def use_backend(name: str, device: Any = None) -> Iterator[None]:
     """Context manager: ``with use_backend("cupy"): ...`` sets the default temporarily."""
     old = (_backend, _backend_device)
+    old_gpu = _cupy_current_device() if name == "cupy" else None
     set_backend(name, device)
     try:
         yield
     finally:
         _restore(*old)
+        if old_gpu is not None:
+            old_gpu.use()
+
+
+def _cupy_current_device():
+    try:
+        import cupy
+
+        return cupy.cuda.Device()
+    except Exception:  # noqa: BLE001 - not installed or no GPU: set_backend will say
+        return None
 
 
 def _restore(name: str, device: Any) -> None:
@@ -301,11 +318,15 @@ def _check_available(name: str) -> None:
     if name == "cupy":
         try:
             import cupy
-        except ImportError as exc:
+        except ModuleNotFoundError as exc:
+            if exc.name not in (None, "cupy"):  # CuPy is there, one of its parts is not
+                raise _cupy_broken(exc) from exc
             raise BackendError(
                 "the CuPy backend was requested but CuPy is not installed; install it with "
                 "pip install 'fimlab[gpu]' (needs an NVIDIA GPU and CUDA 12)"
             ) from exc
+        except ImportError as exc:
+            raise _cupy_broken(exc) from exc
         try:
             n = cupy.cuda.runtime.getDeviceCount()
         except Exception as exc:  # noqa: BLE001 - CUDA raises its own types
@@ -324,6 +345,15 @@ def _check_available(name: str) -> None:
             raise BackendError(
                 "array_api_strict is not installed: pip install array-api-strict"
             ) from exc
+
+
+def _cupy_broken(exc: Exception) -> BackendError:
+    first = str(exc).strip().splitlines()
+    return BackendError(
+        f"CuPy is installed but failed to import ({type(exc).__name__}: "
+        f"{first[-1] if first else exc}); check that the cupy-cudaXX wheel matches the "
+        "machine's CUDA (pip install 'fimlab[gpu]' installs cupy-cuda12x)"
+    )
 
 
 def _resolve_device(name: str, device: Any):
@@ -471,11 +501,11 @@ def einsum(subscripts: str, *operands, xp=None):
 def _einsum_fallback(subscripts: str, operands, xp):
     subs = subscripts.replace(" ", "")
     if "." in subs:
-        raise ValueError("einsum without a native implementation does not support '...'")
+        raise ShapeError("einsum without a native implementation does not support '...'")
     ins, arrow, out = subs.partition("->")
     labels_in = ins.split(",")
     if len(labels_in) != len(operands):
-        raise ValueError(
+        raise ShapeError(
             f"einsum: {len(labels_in)} operand label groups for {len(operands)} operands"
         )
     if not arrow:
@@ -485,19 +515,19 @@ def _einsum_fallback(subscripts: str, operands, xp):
     sizes: dict[str, int] = {}
     for labels, op in zip(labels_in, operands, strict=True):
         if len(labels) != op.ndim:
-            raise ValueError(f"einsum: labels {labels!r} for an array of shape {op.shape}")
+            raise ShapeError(f"einsum: labels {labels!r} for an array of shape {op.shape}")
         if len(set(labels)) != len(labels):
-            raise ValueError(
+            raise ShapeError(
                 f"einsum: repeated label within {labels!r} (diagonal) is not supported here"
             )
         for c, n in zip(labels, op.shape, strict=True):
             if c in sizes and sizes[c] != n and 1 not in (sizes[c], n):
-                raise ValueError(f"einsum: label {c!r} has sizes {sizes[c]} and {n}")
+                raise ShapeError(f"einsum: label {c!r} has sizes {sizes[c]} and {n}")
             sizes[c] = max(sizes.get(c, n), n)
             if c not in order:
                 order.append(c)
     if any(c not in order for c in out):
-        raise ValueError(f"einsum: output label not among the inputs in {subscripts!r}")
+        raise ShapeError(f"einsum: output label not among the inputs in {subscripts!r}")
     prod = None
     for labels, op in zip(labels_in, operands, strict=True):
         present = [c for c in order if c in labels]

@@ -236,5 +236,57 @@ def test_einsum_fallback_matches_numpy(subs, shapes):
 ])
 def test_einsum_fallback_errors(subs, shapes, msg):
     ops = [xs.asarray(np.ones(s)) for s in shapes]
-    with pytest.raises(ValueError, match=msg):
+    with pytest.raises(fl.ShapeError, match=msg):
         B.einsum(subs, *ops)
+
+
+def test_cupy_installed_but_broken(monkeypatch):
+    """An ImportError raised inside CuPy is not reported as 'not installed'."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "cupy":
+            raise ModuleNotFoundError("No module named 'cuda'", name="cuda")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(BackendError, match="installed but failed to import.*'cuda'"):
+        fl.set_backend("cupy")
+
+
+def _fake_cupy_gpus(n: int):
+    """A stand-in CuPy with ``n`` GPUs: enough for device selection, no arrays."""
+
+    class Device:
+        current = 0
+
+        def __init__(self, device=None):
+            self.id = Device.current if device is None else int(device)
+
+        def use(self):
+            Device.current = self.id
+
+        def __eq__(self, other):
+            return isinstance(other, Device) and other.id == self.id
+
+    mod = types.ModuleType("cupy")
+    mod.cuda = types.SimpleNamespace(Device=Device,
+                                     runtime=types.SimpleNamespace(getDeviceCount=lambda: n))
+    return mod, Device
+
+
+def test_cupy_device_selection(monkeypatch):
+    mod, Device = _fake_cupy_gpus(2)
+    monkeypatch.setitem(sys.modules, "cupy", mod)
+    with pytest.raises(BackendError, match="GPU 5 does not exist; this machine has 2"):
+        fl.set_backend("cupy", device=5)
+    with pytest.raises(BackendError, match="GPU number"):
+        fl.set_backend("cupy", device="first")
+    fl.set_backend("cupy", device=1)
+    assert fl.get_backend() == "cupy" and Device.current == 1  # new arrays go to GPU 1
+    with fl.use_backend("cupy", device=0):
+        assert Device.current == 0
+    assert Device.current == 1 and B._backend_device == 1  # restored
