@@ -56,6 +56,8 @@ __all__ = [
     "default_device",
     "is_cupy_namespace",
     "is_strict_namespace",
+    "same_namespace",
+    "library_name",
     "scipy_sparse_linalg",
     "einsum",
     "use_numba",
@@ -107,6 +109,26 @@ def is_cupy_namespace(xp) -> bool:
 def is_strict_namespace(xp) -> bool:
     """True when ``xp`` is ``array_api_strict`` (the portability-test namespace)."""
     return array_api_compat.is_array_api_strict_namespace(xp)
+
+
+def same_namespace(xp1, xp2) -> bool:
+    """True when two namespaces are the same array library (raw or wrapped by
+    ``array_api_compat``: ``numpy`` and ``array_api_compat.numpy`` are the same)."""
+    if xp1 is xp2:
+        return True
+    for test in (is_numpy_namespace, is_cupy_namespace, is_strict_namespace):
+        if test(xp1) and test(xp2):
+            return True
+    return False
+
+
+def library_name(xp) -> str:
+    """``"numpy"``, ``"cupy"``, ``"array_api_strict"`` or the module name of ``xp``."""
+    for name, test in (("numpy", is_numpy_namespace), ("cupy", is_cupy_namespace),
+                       ("array_api_strict", is_strict_namespace)):
+        if test(xp):
+            return name
+    return getattr(xp, "__name__", str(xp))
 
 
 def device_of(x):

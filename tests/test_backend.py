@@ -22,6 +22,7 @@ DEV1 = xs.Device("device1")
 def _restore_default():
     """Every test leaves the default backend as it found it."""
     old = (B._backend, B._backend_device)
+    B._restore("numpy", None)  # these tests start from the documented default
     yield
     B._restore(*old)
 
@@ -165,6 +166,14 @@ def test_library_choice():
     assert B.scipy_sparse_linalg(npx) is scipy.sparse.linalg
     assert B.scipy_linalg(xs) is None and B.scipy_sparse_linalg(xs) is None
     assert B.is_strict_namespace(xs) and not B.is_cupy_namespace(xs)
+
+
+def test_same_namespace_and_library_name():
+    import array_api_compat.numpy as cnp
+
+    assert B.same_namespace(np, cnp) and B.same_namespace(xs, xs)
+    assert not B.same_namespace(np, xs)
+    assert [B.library_name(x) for x in (np, cnp, xs)] == ["numpy", "numpy", "array_api_strict"]
 
 
 def test_use_numba(monkeypatch):

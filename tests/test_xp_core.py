@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SMALL_NETS, make_targets, rtol_for
 
 import fimlab as fl
 from fimlab import kron as K
 from fimlab.backend import array_namespace, device_of, to_numpy
 from fimlab.operators import DenseOperator, ScaledOperator, SumOperator
+
+from conftest import SMALL_NETS, make_targets, rtol_for
 
 RTOL = 1e-10
 
@@ -58,7 +59,8 @@ def test_factor_batch_from_model(xp_backend, case, fisher):
     rng = np.random.default_rng(case)
     X = rng.normal(size=(7, sizes[0]))
     y = make_targets(lik, 7, sizes[-1], rng)
-    net_np = fl.MLP(sizes, activation=act, likelihood=lik, seed=case)
+    with fl.use_backend("numpy"):  # the reference, whatever FIMLAB_BACKEND says
+        net_np = fl.MLP(sizes, activation=act, likelihood=lik, seed=case)
     with xp_backend.use():
         net = fl.MLP(sizes, activation=act, likelihood=lik, seed=case)
     for W, W_np in zip(net.params, net_np.params, strict=True):
@@ -85,8 +87,9 @@ def test_factor_batch_from_model(xp_backend, case, fisher):
 
 def test_float32_model(xp_backend):
     X = np.random.default_rng(0).normal(size=(9, 4))
-    net_np = fl.MLP([4, 6, 3], activation="tanh", likelihood="categorical", seed=1,
-                    dtype="float32")
+    with fl.use_backend("numpy"):
+        net_np = fl.MLP([4, 6, 3], activation="tanh", likelihood="categorical", seed=1,
+                        dtype="float32")
     with xp_backend.use():
         net = fl.MLP([4, 6, 3], activation="tanh", likelihood="categorical", seed=1,
                      dtype="float32")
@@ -101,7 +104,8 @@ def test_float32_model(xp_backend):
 @pytest.fixture
 def host_batch():
     """A 3-layer Monte-Carlo factor batch (K = 2) on the host."""
-    net = fl.MLP([4, 5, 4, 3], activation="tanh", likelihood="categorical", seed=3)
+    with fl.use_backend("numpy"):
+        net = fl.MLP([4, 5, 4, 3], activation="tanh", likelihood="categorical", seed=3)
     X = np.random.default_rng(3).normal(size=(10, 4))
     return fl.factor_batch(net, X, fisher="mc", mc_samples=2, rng=7)
 
@@ -304,3 +308,25 @@ def test_generic_operators(xp_backend):
     else:
         with pytest.raises(TypeError, match="to_numpy"):
             D.to_scipy()
+
+
+def test_operand_from_another_backend_is_a_clear_error(host_batch):
+    """An operator on one backend refuses operands of another library or device."""
+    import array_api_strict as xs
+
+    b = fl.FactorBatch([xs.asarray(a, device=xs.Device("device1")) for a in host_batch.a],
+                       [xs.asarray(g, device=xs.Device("device1")) for g in host_batch.g])
+    v = np.ones(b.n_params)
+    ops = [fl.FisherOperator(b), fl.KFAC(b), fl.KFAC(b).blocks[0]]
+    for op in ops:
+        P = op.shape[0]
+        with pytest.raises(fl.BackendError, match="move it first"):
+            op @ v[:P]
+        with pytest.raises(fl.BackendError, match="device"):
+            op @ xs.asarray(v[:P])  # right library, wrong device
+        with pytest.raises(fl.BackendError, match="move it first"):
+            op.solve(v[:P], 0.1) if not isinstance(op, fl.FisherOperator) else \
+                op.solve(v[:P], 0.1, rule="exact")
+    with pytest.raises(fl.BackendError, match="holds numpy arrays.*array_api_strict array"):
+        fl.FisherOperator(fl.FactorBatch(host_batch.a, host_batch.g)) @ \
+            xs.asarray(v)
