@@ -330,3 +330,19 @@ def test_operand_from_another_backend_is_a_clear_error(host_batch):
     with pytest.raises(fl.BackendError, match="holds numpy arrays.*array_api_strict array"):
         fl.FisherOperator(fl.FactorBatch(host_batch.a, host_batch.g)) @ \
             xs.asarray(v)
+
+
+def test_boundary_checks_on_the_backend(xp_backend, host_batch):
+    """Finiteness and damping checks work on every backend (``~`` on bool, int sums)."""
+    a = [xp_backend.asarray(x) for x in host_batch.a]
+    g_np = host_batch.g[0].copy()
+    g_np[1, 0, 2] = np.nan
+    g_np[3, 1, 0] = np.inf
+    g = [xp_backend.asarray(g_np)] + [xp_backend.asarray(x) for x in host_batch.g[1:]]
+    with pytest.raises(fl.NonFiniteError, match="g\\[0\\] contains 2 non-finite"):
+        fl.FactorBatch(a, g)
+    F = fl.FisherOperator(batch_on(xp_backend, host_batch))
+    with pytest.raises(fl.DampingError):
+        F.solve(xp_backend.asarray(np.ones(F.shape[0])), -1.0)
+    with pytest.raises(fl.ShapeError):
+        F @ xp_backend.asarray(np.ones(F.shape[0] + 1))
