@@ -346,3 +346,85 @@ def test_boundary_checks_on_the_backend(xp_backend, host_batch):
         F.solve(xp_backend.asarray(np.ones(F.shape[0])), -1.0)
     with pytest.raises(fl.ShapeError):
         F @ xp_backend.asarray(np.ones(F.shape[0] + 1))
+
+
+# -- the KPSVD family (issue 3) ----------------------------------------------------
+KPSVD_CASES = [("KPSVD", {"rank": 1}), ("KPSVD", {"rank": 2}), ("KPSVD", {"rank": 3}),
+               ("KFACCorrected", {}), ("Deflation", {}), ("Lanczos", {"steps": 2}),
+               ("Lanczos", {"steps": 3})]
+
+
+@pytest.mark.filterwarnings("ignore::fimlab.ConvergenceWarning")  # paper solvers at caps
+@pytest.mark.parametrize("solver", ["exact", "paper"])
+@pytest.mark.parametrize("name,kw", KPSVD_CASES,
+                         ids=[n + "".join(f"-{k}{v}" for k, v in kw.items())
+                              for n, kw in KPSVD_CASES])
+def test_kpsvd_family(xp_backend, host_batch, name, kw, solver):
+    b_np = host_batch
+    b = batch_on(xp_backend, b_np)
+    cls = getattr(fl, name)
+    opts = dict(kw, solver=solver, seed=0) if solver == "paper" else dict(kw)
+    Kx, K_np = cls(b, **opts), cls(b_np, **opts)
+    rtol = 1e-8 if solver == "exact" else 1e-6
+    for terms, terms_np in zip(Kx.terms, K_np.terms, strict=True):
+        assert len(terms) == len(terms_np)
+        for (A, G), (A_np, G_np) in zip(terms, terms_np, strict=True):
+            assert_close(xp_backend, A, A_np, rtol=rtol)
+            assert_close(xp_backend, G, G_np, rtol=rtol)
+    v = np.random.default_rng(6).normal(size=Kx.shape[0])
+    vx = xp_backend.asarray(v)
+    assert_close(xp_backend, Kx @ vx, K_np @ v, rtol=rtol)
+    for rule in ("factor", "exact"):
+        assert_close(xp_backend, Kx.solve(vx, 1e-2, rule=rule), K_np.solve(v, 1e-2, rule=rule),
+                     rtol=1e-6)
+    F, F_np = fl.FisherOperator(b), fl.FisherOperator(b_np)
+    assert fl.relative_frobenius_error(F, Kx) == pytest.approx(
+        fl.relative_frobenius_error(F_np, K_np), rel=1e-6)
+
+
+def test_kron_rearrangement_and_iterative_svds(xp_backend, host_batch):
+    """The Kronecker algebra of the KPSVD issue: rearrangement, dense KPSVD, matrix-free
+    products with ``R(F_i)``, power / Golub-Kahan / Lanczos SVDs, weighted Gram."""
+    xb, rng = xp_backend, np.random.default_rng(11)
+    d_a, d_g = 3, 2
+    M = rng.normal(size=(d_a * d_g, d_a * d_g))
+    M = M @ M.T
+    Mx = xb.asarray(M)
+    Rm, Rm_np = K.rearrange(Mx, d_a, d_g), K.rearrange(M, d_a, d_g)
+    assert_close(xb, Rm, Rm_np, rtol=0)
+    assert_close(xb, K.rearrange_inverse(Rm, d_a, d_g), M, rtol=0)
+    ks, ks_np = K.kpsvd(Mx, d_a, d_g, rank=2), K.kpsvd(M, d_a, d_g, rank=2)
+    np.testing.assert_allclose(to_numpy(ks[0]), to_numpy(ks_np[0]), rtol=1e-10)
+    for X, X_np in ((ks[1], ks_np[1]), (ks[2], ks_np[2])):
+        assert_close(xb, X, X_np, rtol=1e-8)
+    for X, X_np in zip(K.nearest_kronecker(Mx, d_a, d_g), K.nearest_kronecker(M, d_a, d_g),
+                       strict=True):
+        assert_close(xb, X, X_np, rtol=1e-8)
+    a_np, g_np = host_batch.a[1], host_batch.g[1]
+    a, g = xb.asarray(a_np), xb.asarray(g_np)
+    da, dg = a_np.shape[1], g_np.shape[2]
+    V, U = rng.normal(size=(dg, dg)), rng.normal(size=(da, da))
+    assert_close(xb, K.rearranged_matvec(a, g, xb.asarray(V)), K.rearranged_matvec(a_np, g_np, V))
+    assert_close(xb, K.rearranged_rmatvec(a, g, xb.asarray(U)),
+                 K.rearranged_rmatvec(a_np, g_np, U))
+    R, R_np = K.RearrangedFisher(a, g), K.RearrangedFisher(a_np, g_np)
+    assert_close(xb, R.to_dense(), R_np.to_dense())
+    s, u, v, _ = K.power_svd(R, rng=np.random.default_rng(0), tol=1e-10)
+    s_np, u_np, v_np, _ = K.power_svd(R_np, rng=np.random.default_rng(0), tol=1e-10)
+    assert s == pytest.approx(s_np, rel=1e-9)
+    assert_close(xb, u, u_np, rtol=1e-6)
+    s, Ul, Vl, _ = K.lanczos_svd(R, k=2, steps=None, rng=np.random.default_rng(0), tol=1e-10)
+    s_np, Ul_np, Vl_np, _ = K.lanczos_svd(R_np, k=2, steps=None, rng=np.random.default_rng(0),
+                                          tol=1e-10)
+    np.testing.assert_allclose(to_numpy(s), to_numpy(s_np), rtol=1e-9)
+    assert_close(xb, Vl, Vl_np, rtol=1e-6)
+    Ug, Bg, Vg, _ = K.golub_kahan(R, 3, rng=np.random.default_rng(0))
+    Ug_np, Bg_np, Vg_np, _ = K.golub_kahan(R_np, 3, rng=np.random.default_rng(0))
+    np.testing.assert_allclose(to_numpy(Bg), to_numpy(Bg_np), rtol=1e-9)
+    assert_close(xb, Vg, Vg_np, rtol=1e-9)
+    w = rng.normal(size=a_np.shape[0])
+    assert_close(xb, K.weighted_gram(g, xb.asarray(w)), K.weighted_gram(g_np, w))
+    Dp = K.deflate(R, [(s[0], Ul[:, 0], Vl[:, 0])])
+    Dp_np = K.deflate(R_np, [(s_np[0], Ul_np[:, 0], Vl_np[:, 0])])
+    x = rng.normal(size=R.shape[1])
+    assert_close(xb, Dp.matvec(xb.asarray(x)), Dp_np.matvec(x), rtol=1e-8)
