@@ -64,6 +64,12 @@ HOST_FUNCTIONS = {
         "RearrangedGram.numerical_rank": "the k singular values",
         "RearrangedGram.lanczos": "the k singular values, a k-vector mask then moved",
     },
+    "_lanczos.py": {
+        "lanczos": "the tridiagonal T, its Ritz values and residuals",
+    },
+    "approx/twolevel.py": {
+        "CoarseSpace._selection": "a one-hot selection built on the host, then moved",
+    },
     "approx/kpsvd.py": {
         "KPSVD._exact": "the k singular values",
         "Lanczos._paper": "host draw, then moved",

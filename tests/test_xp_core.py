@@ -428,3 +428,72 @@ def test_kron_rearrangement_and_iterative_svds(xp_backend, host_batch):
     Dp_np = K.deflate(R_np, [(s_np[0], Ul_np[:, 0], Vl_np[:, 0])])
     x = rng.normal(size=R.shape[1])
     assert_close(xb, Dp.matvec(xb.asarray(x)), Dp_np.matvec(x), rtol=1e-8)
+
+
+# -- two-level corrections and the direction/spectrum metrics (issue 4) -----------
+TWO_LEVEL = [("KFAC", "nicolaides", "residual"), ("KFAC", "nicolaides", "additive"),
+             ("KFAC", "spectral", "residual"), ("KFAC", "residual", "residual"),
+             ("KFAC", "krylov-nicolaides", "additive"), ("KFAC", "krylov-residual", "residual"),
+             ("KFAC", "previous", "residual"), ("KFACCorrected", "spectral", "additive")]
+
+
+@pytest.mark.parametrize("fine,space,form", TWO_LEVEL,
+                         ids=[f"{m}-{s}-{f}" for m, s, f in TWO_LEVEL])
+def test_two_level(xp_backend, host_batch, fine, space, form):
+    b_np = host_batch
+    b = batch_on(xp_backend, b_np)
+    g = np.random.default_rng(8).normal(size=b.n_params)
+    gx = xp_backend.asarray(g)
+    kw = dict(coarse_space=space, form=form, damping=1e-2)
+    M = getattr(fl, fine)
+    T, T_np = fl.TwoLevel(M(b), batch=b, **kw), fl.TwoLevel(M(b_np), batch=b_np, **kw)
+    assert_close(xp_backend, T.solve(gx), T_np.solve(g), rtol=1e-7)
+    assert T.energy_gain == pytest.approx(T_np.energy_gain, rel=1e-6, abs=1e-12)
+    assert T.optimal_energy_gain == pytest.approx(T_np.optimal_energy_gain, rel=1e-6,
+                                                  abs=1e-12)
+    if T.is_symmetric:
+        op, op_np = T.as_operator(), T_np.as_operator()
+        assert_close(xp_backend, op @ gx, op_np @ g, rtol=1e-7)
+
+
+def test_direction_and_spectrum_metrics(xp_backend, host_batch):
+    b_np = host_batch
+    b = batch_on(xp_backend, b_np)
+    F, F_np = fl.FisherOperator(b), fl.FisherOperator(b_np)
+    Kx, K_np = fl.KFAC(b), fl.KFAC(b_np)
+    g = np.random.default_rng(9).normal(size=b.n_params)
+    gx = xp_backend.asarray(g)
+    z, z_np = Kx.solve(gx, 1e-2), K_np.solve(g, 1e-2)
+    from fimlab import metrics as M
+
+    assert M.direction_angle(z, F, gx, 1e-2) == pytest.approx(
+        M.direction_angle(z_np, F_np, g, 1e-2), rel=1e-7, abs=1e-10)
+    assert M.energy_error(z, F, gx, 1e-2) == pytest.approx(
+        M.energy_error(z_np, F_np, g, 1e-2), rel=1e-7)
+    for alg in ("dense", "lanczos"):
+        s = M.preconditioned_spectrum(F, Kx, 1e-2, algorithm=alg)
+        s_np = M.preconditioned_spectrum(F_np, K_np, 1e-2, algorithm=alg)
+        s, s_np = (x[0] if isinstance(x, tuple) else x for x in (s, s_np))
+        np.testing.assert_allclose(to_numpy(s), to_numpy(s_np), rtol=1e-6)
+    assert M.preconditioned_condition_number(F, Kx, 1e-2) == pytest.approx(
+        M.preconditioned_condition_number(F_np, K_np, 1e-2), rel=1e-6)
+    for alg in ("dense", "lanczos"):
+        assert M.preconditioner_distance(F, Kx, 1e-2, algorithm=alg) == pytest.approx(
+            M.preconditioner_distance(F_np, K_np, 1e-2, algorithm=alg), rel=1e-6)
+
+
+def test_two_level_user_space_and_operator(xp_backend, host_batch):
+    b_np = host_batch
+    b = batch_on(xp_backend, b_np)
+    rng = np.random.default_rng(10)
+    R0 = rng.normal(size=(3, b.n_params))
+    R0[1, :] = 0.0  # a zero row: dropped
+    R0[2, : b.offsets[1]] = 0.0  # a row on layers 1 and 2 only
+    g = rng.normal(size=b.n_params)
+    kw = dict(form="additive", damping=1e-2)
+    T = fl.TwoLevel(fl.KFAC(b), coarse_space=xp_backend.asarray(R0), batch=b, **kw)
+    T_np = fl.TwoLevel(fl.KFAC(b_np), coarse_space=R0, batch=b_np, **kw)
+    assert_close(xp_backend, T.solve(xp_backend.asarray(g)), T_np.solve(g), rtol=1e-8)
+    assert_close(xp_backend, T.coarse_matrix, T_np.coarse_matrix, rtol=1e-9)
+    assert_close(xp_backend, T.as_operator().to_dense(), T_np.as_operator().to_dense(),
+                 rtol=1e-8)
