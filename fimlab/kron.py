@@ -825,13 +825,23 @@ def _op_namespace(op, v0):
     return xp, dtype
 
 
-def _random_vector(n, xp, dtype, rng, like=None):
+def _op_device(op):
+    """The device of a product pair's arrays (``None``: the library's default)."""
+    for name in ("a", "M"):
+        arr = getattr(op, name, None)
+        if arr is not None:
+            return device_of(arr)
+    inner = getattr(op, "op", None)
+    return _op_device(inner) if inner is not None else None
+
+
+def _random_vector(n, xp, dtype, rng, like=None, device=None):
     rng = rng if rng is not None else np.random.default_rng(0)
     x = rng.standard_normal(n)
-    x = x / np.linalg.norm(x)
+    x = x / np.linalg.norm(x)  # xp: host draw, then moved
     if like is not None:
         return asarray_on(x, like, dtype=dtype)
-    return from_host(x, xp, dtype=dtype)
+    return from_host(x, xp, dtype=dtype, device=device)
 
 
 def power_svd(op, v0=None, *, tol: float = 1e-6, maxiter: int = 1000, rng=None,
@@ -877,7 +887,7 @@ def power_svd(op, v0=None, *, tol: float = 1e-6, maxiter: int = 1000, rng=None,
     n_rows, n_cols = op.shape
     xp, dtype = _op_namespace(op, v0)
     if v0 is None:
-        v = _random_vector(n_cols, xp, dtype, rng)
+        v = _random_vector(n_cols, xp, dtype, rng, device=_op_device(op))
     else:
         if v0.shape != (n_cols,):
             raise ShapeError(f"v0 must have length {n_cols}, got shape {tuple(v0.shape)}")
@@ -1111,7 +1121,7 @@ def golub_kahan(op, steps: int, v0=None, *, rng=None):
     _check_solver_params(steps=steps)
     xp, dtype = _op_namespace(op, v0)
     if v0 is None:
-        v0 = _random_vector(op.shape[1], xp, dtype, rng)
+        v0 = _random_vector(op.shape[1], xp, dtype, rng, device=_op_device(op))
     gk = _GK(op, v0, steps, xp)
     while gk.step():
         pass
@@ -1163,7 +1173,7 @@ def lanczos_svd(op, k: int = 2, steps: int | None = 2, v0=None, *, tol: float = 
     xp, dtype = _op_namespace(op, v0)
     rng = rng if rng is not None else np.random.default_rng(0)
     if v0 is None:
-        v = _random_vector(n_cols, xp, dtype, rng)
+        v = _random_vector(n_cols, xp, dtype, rng, device=_op_device(op))
     else:
         if v0.shape != (n_cols,):
             raise ShapeError(f"v0 must have length {n_cols}, got shape {tuple(v0.shape)}")

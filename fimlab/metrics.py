@@ -21,7 +21,7 @@ import math
 
 from ._errors import ShapeError
 from ._validation import check_choice
-from .backend import array_namespace
+from .backend import array_namespace, device_of
 from .curvature import FisherBlock, FisherOperator
 from .operators import BlockDiagonalOperator, CurvatureOperator, KroneckerOperator
 
@@ -85,7 +85,7 @@ def _dense(op, block, max_bytes):
     if isinstance(op, CurvatureOperator):
         return op.to_dense(max_bytes=max_bytes)
     xp = array_namespace(op)
-    return xp.asarray(op)
+    return xp.asarray(op, device=device_of(op))
 
 
 def relative_frobenius_error(F, Ft, block: int | None = None, method: str = "auto",
@@ -365,7 +365,7 @@ def _spectrum(F, approx, damping, rule, algorithm, steps, tol, seed, max_bytes, 
     if algorithm == "dense":
         check_dense_memory((P, P), dtype, max_bytes, "preconditioned Fisher",
                            "algorithm='lanczos'")
-        I = xp.eye(P, dtype=dtype)
+        I = xp.eye(P, dtype=dtype, device=F._device())
         Fl = F.to_dense(max_bytes=max_bytes) + lam * I
         Pm = apply(I)
         Pm = 0.5 * (Pm + xp.matrix_transpose(Pm))
@@ -377,6 +377,7 @@ def _spectrum(F, approx, damping, rule, algorithm, steps, tol, seed, max_bytes, 
         return F.matvec(v) + lam * v
 
     res = lanczos(lambda v, Mv: apply(as_mat(Mv))[:, 0], P, xp=xp, dtype=dtype,
+                  device=F._device(),
                   M=Fl_apply, which=which, tol=tol, max_steps=steps, seed=seed,
                   what="preconditioned spectrum")
     return res.values, res
@@ -482,7 +483,7 @@ def preconditioner_distance(F, approx, damping: float, *, norm: str = "2",
     P, xp, dtype = F.shape[0], F.xp, F.dtype
     if algorithm == "dense":
         check_dense_memory((P, P), dtype, max_bytes, "I − F̃_λ⁻¹F_λ", "algorithm='lanczos'")
-        I = xp.eye(P, dtype=dtype)
+        I = xp.eye(P, dtype=dtype, device=F._device())
         E = I - apply(F.to_dense(max_bytes=max_bytes) + lam * I)
         return float(xp.linalg.matrix_norm(E, ord=2))
 
@@ -492,6 +493,6 @@ def preconditioner_distance(F, approx, damping: float, *, norm: str = "2",
         Z = apply(Y)
         return (Y - (F.matmat(Z) + lam * Z))[:, 0]
 
-    res = lanczos(EtE, P, xp=xp, dtype=dtype, which="largest", tol=tol, max_steps=steps,
+    res = lanczos(EtE, P, xp=xp, dtype=dtype, device=F._device(), which="largest", tol=tol, max_steps=steps,
                   seed=seed, what="‖I − F̃_λ⁻¹F_λ‖₂")
     return math.sqrt(max(float(res.values[-1]), 0.0))

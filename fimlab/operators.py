@@ -17,9 +17,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from . import kron as _kron
-from ._errors import DampingError, ShapeError
+from ._errors import BackendError, DampingError, ShapeError
 from ._validation import check_damping, check_dense_memory, check_finite
-from .backend import array_namespace, device_of, is_numpy_namespace, to_numpy
+from .backend import (
+    array_namespace,
+    device_of,
+    is_numpy_namespace,
+    library_name,
+    same_namespace,
+)
 
 __all__ = [
     "CurvatureOperator",
@@ -52,6 +58,25 @@ class CurvatureOperator:
             raise ShapeError(
                 f"{type(self).__name__} of shape {self.shape} cannot multiply an array of "
                 f"shape {tuple(X.shape)}; expected {want} with P = {self.shape[1]}"
+            )
+        self._check_backend(X)
+
+    def _check_backend(self, X):
+        """A clear error for an operand of another array library or device."""
+        if self.xp is None:
+            return
+        xq = array_namespace(X)
+        if not same_namespace(xq, self.xp):
+            raise BackendError(
+                f"{type(self).__name__} holds {library_name(self.xp)} arrays but the "
+                f"operand is a {library_name(xq)} array; move it first, e.g. "
+                "fimlab.backend.asarray_on(v, like=<an array of the operator>)"
+            )
+        dev = self._device()
+        if dev is not None and device_of(X) != dev:
+            raise BackendError(
+                f"{type(self).__name__} lives on device {dev} but the operand is on "
+                f"{device_of(X)}; move it first, e.g. fimlab.backend.asarray_on(v, like=...)"
             )
 
     def matvec(self, v):
@@ -136,10 +161,10 @@ class CurvatureOperator:
             raise TypeError("to_scipy() needs NumPy arrays; use to_numpy() on the inputs first")
 
         def mv(v):
-            return np.asarray(self.matvec(np.asarray(v, dtype=self.dtype).reshape(-1)))
+            return np.asarray(self.matvec(np.ravel(np.asarray(v, dtype=self.dtype))))  # xp: NumPy only
 
         def mm(X):
-            return np.asarray(self.matmat(np.asarray(X, dtype=self.dtype)))
+            return np.asarray(self.matmat(np.asarray(X, dtype=self.dtype)))  # xp: NumPy only
 
         return LinearOperator(
             self.shape,
@@ -147,7 +172,7 @@ class CurvatureOperator:
             rmatvec=mv,
             matmat=mm,
             rmatmat=mm,
-            dtype=np.dtype(str(to_numpy(self.xp.zeros(1, dtype=self.dtype)).dtype)),
+            dtype=np.dtype(self.dtype),
         )
 
     def __repr__(self) -> str:
@@ -208,10 +233,12 @@ class DenseOperator(CurvatureOperator):
         lam = check_damping(damping)
         xp = self.xp
         n = self.shape[0]
-        return xp.linalg.solve(
+        self._check_operand(v, (1, 2))
+        x = xp.linalg.solve(
             self.M + lam * xp.eye(n, dtype=self.dtype, device=self._device()),
             v if v.ndim == 2 else xp.reshape(v, (-1, 1)),
-        ).reshape(v.shape)
+        )
+        return xp.reshape(x, v.shape)
 
 
 class KroneckerOperator(CurvatureOperator):
@@ -300,6 +327,7 @@ class KroneckerOperator(CurvatureOperator):
         preconditioned CG otherwise.
         """
         lam = check_damping(damping)
+        self._check_backend(v)
         xp = array_namespace(v)
         vec_in = v.ndim == 1
         X = xp.reshape(v, (-1, 1)) if vec_in else v
@@ -382,6 +410,7 @@ class BlockDiagonalOperator(CurvatureOperator):
     def solve(self, v, damping, rule: str = "factor", **kwargs):
         """Block by block damped inverse (see :meth:`KroneckerOperator.solve`)."""
         check_damping(damping)
+        self._check_backend(v)
         xp = array_namespace(v)
         if v.shape[0] != self.shape[0]:
             raise ShapeError(

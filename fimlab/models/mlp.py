@@ -18,7 +18,15 @@ import numpy as np
 
 from .._errors import ShapeError, UnknownNameError
 from .._validation import check_choice, check_dense_memory, check_finite
-from ..backend import array_namespace, default_namespace, from_host, vec
+from ..backend import (
+    array_namespace,
+    asarray_on,
+    default_namespace,
+    device_of,
+    from_host,
+    to_numpy,
+    vec,
+)
 from ..batch import FactorBatch
 from .likelihoods import Likelihood, get_likelihood
 
@@ -193,8 +201,11 @@ class MLP:
             )
         check_finite(X, "X")
         xp = self.xp
+        dev = device_of(self._params[0])
+        if array_namespace(X) is not xp or device_of(X) != dev:
+            X = asarray_on(to_numpy(X), self._params[0])  # loaded data: to the model
         if X.dtype != self.dtype:
-            X = xp.astype(xp.asarray(X), self.dtype)
+            X = xp.astype(X, self.dtype)
         return X
 
     def _forward(self, X):
@@ -202,7 +213,7 @@ class MLP:
         X = self._check_X(X)
         abar, s_list, h_list = [], [], []
         h = X
-        ones = xp.ones((X.shape[0], 1), dtype=X.dtype)
+        ones = xp.ones((X.shape[0], 1), dtype=X.dtype, device=device_of(X))
         for W, act in zip(self._params, self.activations):
             ab = xp.concat([h, ones], axis=1)
             s = ab @ xp.matrix_transpose(W)
@@ -237,6 +248,11 @@ class MLP:
     def _targets(self, y, N):
         if y is None:
             raise ShapeError("targets y are required here")
+        ref = self._params[0]
+        if not isinstance(y, (list, tuple)) and (
+            array_namespace(y) is not self.xp or device_of(y) != device_of(ref)
+        ):
+            y = asarray_on(to_numpy(y), ref)  # loaded targets: to the model's device
         return self.likelihood.check_targets(y, N, self.layer_sizes[-1])
 
     def loss(self, X, y) -> float:
