@@ -363,8 +363,9 @@ def spec_from_dict(
     source : str
         Where the configuration came from (for messages).
     overrides : mapping, optional
-        Fixed options set last (``--set KEY=VALUE``): merged into ``base``; they are part
-        of the configuration (and its hash).
+        Fixed options set last (``--set KEY=VALUE``): merged into ``base`` and removed from
+        the grid blocks (so ``--set benchmark=digits`` runs one data set of a sweep over
+        several); they are part of the configuration (and its hash).
 
     Raises
     ------
@@ -394,7 +395,8 @@ def spec_from_dict(
         base.update(fast_tab.get("base", {}))
         if "grid" in fast_tab:
             grids = fast_tab["grid"]
-    base.update(overrides or {})
+    overrides = dict(overrides or {})
+    base.update(overrides)
     allowed_meta = {"name", "search", "samples", "seed", "runner", "results"}
     if set(meta) - allowed_meta:
         raise SweepConfigError(
@@ -422,6 +424,10 @@ def spec_from_dict(
             f"{source}: [grid] must be a table or a list of tables ([[grid]] blocks)"
         )
     grids = [_flatten_block(b, search == "random") for b in grids]
+    # --set KEY=VALUE fixes KEY for every run, also where the grid varies it
+    grids = [{k: v for k, v in b.items() if k not in overrides} for b in grids]
+    if overrides:
+        grids = [b for b in grids if b] or grids
     if not grids or all(not b for b in grids):
         raise SweepConfigError(
             f"{source}: the grid is empty: nothing to sweep. Add a [grid] table with at "
@@ -450,11 +456,9 @@ def spec_from_dict(
                     + hint
                 )
             if key in base:
-                how = ("drop --set " + key if overrides and key in overrides
-                       else "remove it from one of them")
                 raise SweepConfigError(
-                    f"{where}: option {key!r} is both fixed (in [base] or by --set) and "
-                    f"varied in the grid; {how}"
+                    f"{where}: option {key!r} is both fixed in [base] and varied in the "
+                    "grid; remove it from one of them"
                 )
     runner = meta.get("runner", DEFAULT_RUNNER)
     if not isinstance(runner, str) or ":" not in runner:
@@ -1039,14 +1043,32 @@ def run_sweep(
 
 # ------------------------------------------------------------------- report
 def _group_keys(df, by: Sequence[str] | None) -> list[str]:
+    """What a best setting / heat-map is given *per*.
+
+    Default: ``method``, then every other varied option whose values are not numbers
+    (data set, coarse space, damping rule, ...); numeric options are hyper-parameters to
+    choose, not groups.
+    """
     if by is not None:
         missing = [k for k in by if k not in df]
         if missing:
-            raise SweepConfigError(f"cannot group by {missing}: no such column(s)")
+            raise SweepConfigError(
+                f"cannot group by {missing}: no such column; the option columns are "
+                + ", ".join(_option_columns(df))
+            )
         return list(by)
     keys = ["method"] if "method" in df else []
-    return keys + [k for k in ("benchmark", "dataset")
-                   if k in df and df[k].nunique(dropna=False) > 1]
+    for k in _option_columns(df):
+        if (k not in keys and df[k].nunique(dropna=False) > 1
+                and not _is_numeric_column(df[k])):
+            keys.append(k)
+    return keys
+
+
+def _is_numeric_column(col) -> bool:
+    import pandas as pd
+
+    return bool(pd.api.types.is_numeric_dtype(col)) and not pd.api.types.is_bool_dtype(col)
 
 
 def _option_columns(df) -> list[str]:
@@ -1106,6 +1128,10 @@ def best_settings(
         idx = cand.groupby(keys, dropna=False, sort=True)[metric].idxmin()
         return cand.loc[idx.to_numpy()].reset_index(drop=True)
     return cand.loc[[cand[metric].idxmin()]].reset_index(drop=True) if len(cand) else cand
+
+
+def _isnan(v) -> bool:
+    return isinstance(v, float) and math.isnan(v)
 
 
 def _fmt(v) -> str:
@@ -1192,6 +1218,7 @@ def plot_heatmaps(
         ax.set_yticks(range(len(ys)), [_fmt(v) for v in ys] if has_y else ["-"])
         ax.set_xlabel(x)
         ax.set_ylabel(y if has_y else "")
+        gkey = tuple("none" if _isnan(v) else v for v in gkey)
         label = ", ".join(f"{k}={v}" for k, v in zip(keys, gkey, strict=True)) or "all runs"
         ax.set_title(f"{label}\n{metric} (grey x: failed/diverged)", fontsize=9)
         fig.colorbar(im, ax=ax, label=metric, extend="max" if clipped else "neither")
@@ -1274,6 +1301,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what --report minimises and colours")
     parser.add_argument("--axes", default="lr,damping", metavar="X,Y",
                         help="the heat-map axes")
+    parser.add_argument("--by", default=None, metavar="KEY,...",
+                        help="--report: give the best setting and a heat-map per these "
+                        "options (default: method and the other varied non-numeric "
+                        "options, such as the data set)")
     parser.add_argument("--figures", default=None, metavar="DIR",
                         help="where --report writes the PNGs (default: next to results)")
 
@@ -1292,7 +1323,8 @@ def run(args: argparse.Namespace) -> int:
                 spec = load_spec(args.config, fast=args.fast,
                                  overrides=parse_set(args.set))
                 results = Path(args.results) if args.results else default_results_path(spec)
-            text, _ = report(results, args.figures, args.metric, axes, spec=spec)
+            by = [k.strip() for k in args.by.split(",")] if args.by else None
+            text, _ = report(results, args.figures, args.metric, axes, by=by, spec=spec)
             print(text)
             return 0
         spec = load_spec(args.config, fast=args.fast, overrides=parse_set(args.set))
