@@ -85,6 +85,7 @@ __all__ = [
     "load_spec",
     "spec_from_dict",
     "run_id",
+    "check_runs",
     "run_sweep",
     "read_results",
     "best_settings",
@@ -677,6 +678,34 @@ def execute_run(
     return row
 
 
+def check_runs(spec: SweepSpec, runner: str | Callable | None = None) -> list[tuple]:
+    """Options of ``spec`` that the runner would reject, without running anything.
+
+    Uses the runner module's ``resolve_config`` (``fimlab.train`` has one: it checks
+    names and ranges); a runner without one is not checked.
+
+    Returns
+    -------
+    list of (dict, str)
+        Each rejected run's options and the runner's message (``[]``: all accepted).
+    """
+    runner = spec.runner if runner is None else runner
+    if isinstance(runner, str):
+        module = importlib.import_module(runner.partition(":")[0])
+    else:
+        module = sys.modules.get(getattr(runner, "__module__", ""), None)
+    resolve = getattr(module, "resolve_config", None)
+    if resolve is None:
+        return []
+    bad = []
+    for opts in spec.runs():
+        try:
+            resolve(expand_options(opts))
+        except Exception as exc:  # noqa: BLE001 - reported, as the run would be
+            bad.append((opts, _one_line(f"{type(exc).__name__}: {exc}")))
+    return bad
+
+
 def _run_task(runner, options, threads, keep_dir):
     """The task shipped to a worker: one run, its output directory, its row."""
     out_dir = None
@@ -1255,7 +1284,7 @@ def report(
     keys = _group_keys(df, by)
     shown = [c for c in best.columns
              if c in keys or c in (metric, "runs") or df[c].nunique(dropna=False) > 1]
-    lines.append(best[shown].to_string(index=False) if len(best)
+    lines.append(best[shown].to_string(index=False, na_rep="-") if len(best)
                  else "  (no successful run)")
     figdir = Path(figures) if figures is not None else path.parent
     pngs = plot_heatmaps(df, figdir, metric, x=axes[0], y=axes[1], by=by,
@@ -1291,7 +1320,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-runs", default=None, metavar="DIR",
                         help="keep each run's own output under DIR/RUN_ID")
     parser.add_argument("--dry-run", action="store_true",
-                        help="say how many points would run, run nothing")
+                        help="say how many points would run and check their options "
+                        "with the runner (exit 1 if it rejects some), run nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--report", action="store_true",
                         help="run nothing: print the best setting per method and draw "
@@ -1340,6 +1370,15 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(f"{summary.total} points, {summary.skipped} already in {summary.path}, "
               f"{summary.total - summary.skipped} to run")
+        bad = check_runs(spec)
+        if bad:
+            msgs = sorted({m for _, m in bad})
+            print(f"{len(bad)} of them would fail, the runner rejects their options:")
+            for m in msgs[:5]:
+                print(f"  {m}")
+            if len(msgs) > 5:
+                print(f"  ... and {len(msgs) - 5} other message(s)")
+            return 1
         return 0
     print(summary)
     if summary.interrupted:

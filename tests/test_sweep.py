@@ -463,10 +463,17 @@ def test_cli_runs_resumes_and_reports(tmp_path, capsys):
 
 # -------------------------------------------------------------- experiments
 EXPERIMENTS = sorted((REPO / "experiments").glob("sweep_*.toml"))
+KPSVD_FAMILY = {"KPSVD", "KFAC-corrected", "Deflation", "Lanczos"}
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def test_the_papers_sweep_configs_are_valid():
-    assert len(EXPERIMENTS) >= 2
+    assert {p.name for p in EXPERIMENTS} >= {"sweep_kpsvd.toml", "sweep_twolevel.toml"}
     for path in EXPERIMENTS:
         full = sw.load_spec(path)
         fast = sw.load_spec(path, fast=True)
@@ -474,12 +481,40 @@ def test_the_papers_sweep_configs_are_valid():
         assert lr_damp and all(len(b["lr"]) == 4 and len(b["damping"]) == 4
                                for b in lr_damp), path.name
         assert len(fast.points()) <= 8 < len(full.points()), path.name
+        assert sw.check_runs(fast) == [], path.name
+        # every option of every full-grid run is accepted by fimlab.train, except the
+        # KPSVD family's method names while that family is not installed
+        bad = sw.check_runs(full)
+        if _has("fimlab.approx.kpsvd"):
+            assert bad == [], (path.name, bad[:1])
+        else:
+            assert {o["method"] for o, _ in bad} <= KPSVD_FAMILY, (path.name, bad[:1])
+            assert all("unknown method" in m for _, m in bad)
+
+
+def test_dry_run_reports_the_points_the_runner_would_reject(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[base]\nbenchmark = "synthetic"\n[grid]\nmethod = ["sgd", "nosuch"]\n'
+                   'lr = [0.1, -1.0]\n')
+    assert cli_main(["sweep", str(cfg), "--dry-run", "--results", str(tmp_path / "r.csv")]) == 1
+    out = capsys.readouterr().out
+    assert "4 points, 0 already in" in out and "3 of them would fail" in out
+    assert "unknown method 'nosuch'" in out
+    assert not (tmp_path / "r.csv").exists()
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_the_papers_sweeps_run_in_fast_mode_on_two_workers(path, tmp_path, client):
     spec = sw.load_spec(path, fast=True)
     s = sw.run_sweep(spec, tmp_path / "r.csv", client=client)
-    assert s.ran == len(spec.points()) and s.failed == 0
-    best = sw.best_settings(sw.read_results(tmp_path / "r.csv"))
-    assert len(best) >= 1
+    assert s.ran == len(spec.points()) and s.workers == 2
+    df = sw.read_results(tmp_path / "r.csv")
+    two_level = df.filter(like="two_level.").notna().any(axis=1)
+    if _has("fimlab.approx.twolevel") or not two_level.any():
+        assert s.failed == 0 and (df["status"] == "ok").all(), df["error"].dropna().tolist()
+    else:  # two-level points need fimlab.approx.twolevel: recorded, with the reason
+        assert (df.loc[two_level, "status"] == "failed").all()
+        assert df.loc[two_level, "error"].str.contains("fimlab.approx.twolevel").all()
+        assert (df.loc[~two_level, "status"] == "ok").all()
+    best = sw.best_settings(df)
+    assert len(best) >= 1 and best["final_train_loss"].notna().all()
