@@ -363,6 +363,47 @@ def test_resume_on_the_cluster_after_interruption(tmp_path, client):
     _compare_rows(out, out)  # parses cleanly
 
 
+def test_resume_after_the_sweep_process_is_killed(tmp_path):
+    """SIGKILL the CLI (and its local cluster) mid-way; the rerun completes the table."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "kill.toml"
+    cfg.write_text('[sweep]\nname = "kill"\n[base]\nbenchmark = "synthetic"\n'
+                   'epochs = 8\n[grid]\nmethod = ["KFAC"]\nlr = [0.05, 0.1, 0.2]\n'
+                   'damping = [1e-3, 1e-2]\nseed = [0, 1]\n')
+    out = tmp_path / "r.csv"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fimlab", "sweep", str(cfg), "--workers", "2",
+         "--results", str(out), "--no-progress"],
+        cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.exists() and len(_rows(out)) >= 2:
+                break
+            time.sleep(0.05)
+    finally:  # the whole session this test started: the CLI, its scheduler and workers
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = _rows(out)
+    spec = sw.load_spec(cfg)
+    total = len(spec.points())
+    assert 2 <= len(before) < total, "the sweep was not killed mid-way"
+    log = tmp_path / "calls.jsonl"
+    s = sw.run_sweep(spec, out, workers=1,
+                     runner=functools.partial(_logging_runner, str(log)))
+    assert (s.skipped, s.ran) == (len(before), total - len(before))
+    assert not {sw.run_id(c) for c in _logged(log)} & {r["run_id"] for r in before}
+    after = _rows(out)
+    assert after[: len(before)] == before
+    assert sorted(r["run_id"] for r in after) == sorted(sw.run_id(r) for r in spec.runs())
+    assert all(r["status"] == "ok" for r in after)
+
+
 # ------------------------------------------------------------------ report
 def test_report_best_settings_match_a_direct_pandas_computation(tmp_path):
     spec = tiny_spec([GRID, {"method": ["adam"], "lr": [1e-3, 1e-2], "seed": [0, 1]},
