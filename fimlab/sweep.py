@@ -1189,6 +1189,7 @@ def plot_heatmaps(
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
     from matplotlib.colors import LogNorm, Normalize
 
@@ -1226,7 +1227,7 @@ def plot_heatmaps(
         lo = finite.min() if finite.size else 0.0
         hi = min(finite.max(), 1e3 * lo) if finite.size else 1.0
         clipped = bool(finite.size and finite.max() > hi)
-        norm = (LogNorm(lo, hi) if finite.size and lo > 0 and hi > lo
+        norm = (LogNorm(lo, hi) if finite.size and lo > 0 and hi > 10 * lo
                 else Normalize(lo, hi if hi > lo else lo + 1.0))
         cmap = matplotlib.colormaps["viridis_r"].with_extremes(bad="0.8")
         im = ax.imshow(np.ma.masked_invalid(Z), cmap=cmap, norm=norm, aspect="auto",
@@ -1249,8 +1250,17 @@ def plot_heatmaps(
         ax.set_ylabel(y if has_y else "")
         gkey = tuple("none" if _isnan(v) else v for v in gkey)
         label = ", ".join(f"{k}={v}" for k, v in zip(keys, gkey, strict=True)) or "all runs"
-        ax.set_title(f"{label}\n{metric} (grey x: failed/diverged)", fontsize=9)
-        fig.colorbar(im, ax=ax, label=metric, extend="max" if clipped else "neither")
+        n_seeds = [f"mean of {int(sub['runs'].max())} runs" if sub["runs"].max() > 1
+                   else ""]
+        notes = ", ".join(n for n in n_seeds + [
+            "grey x: failed or diverged" if (tried & ~np.isfinite(Z)).any() else ""] if n)
+        ax.set_title(f"{label}\n{metric}" + (f" ({notes})" if notes else ""), fontsize=9)
+        if finite.size:
+            cb = fig.colorbar(im, ax=ax, label=metric,
+                              extend="max" if clipped else "neither")
+            if not isinstance(norm, LogNorm):
+                cb.formatter = matplotlib.ticker.ScalarFormatter(useOffset=False)
+                cb.update_ticks()
         fig.tight_layout()
         stem = "_".join(str(v) for v in gkey) or "all"
         safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in stem)
