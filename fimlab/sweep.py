@@ -616,6 +616,24 @@ def _finite(x) -> bool:
         return False
 
 
+_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+
+
+def _numba():
+    """Numba (a fimlab dependency), imported now so that its thread count can be set
+    before the run starts parallel kernels; None where it is not installed."""
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return None
+    return numba
+
+
+def _thread_env(threads: int) -> dict[str, str]:
+    return {k: str(int(threads)) for k in _THREAD_ENV}
+
+
 def execute_run(
     runner: str | Callable,
     options: Mapping[str, Any],
@@ -625,8 +643,14 @@ def execute_run(
 ) -> dict:
     """Run one point and return its result columns; never raises on a failed run.
 
-    The BLAS (and Numba, if loaded) thread count is pinned to ``threads`` for the
-    duration of the run, so the numbers do not depend on where it was scheduled.
+    The thread count of every BLAS / OpenMP library is pinned to ``threads`` for the
+    duration of the run, so the numbers do not depend on where it was scheduled: the
+    libraries already loaded through :mod:`threadpoolctl`, Numba's with
+    ``numba.set_num_threads`` (up to ``NUMBA_NUM_THREADS``), and the ones that the run loads lazily (SciPy's own
+    OpenBLAS, scikit-learn's OpenMP) through the environment variables they read when
+    they load (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``), set
+    for the run. (A library first loaded during a run keeps that thread count for the
+    rest of the process.)
 
     Returns
     -------
@@ -641,10 +665,12 @@ def execute_run(
     row: dict[str, Any] = {k: None for k in RESULT_COLUMNS}
     t0 = time.perf_counter()
     numba_prev = None
+    env_prev = {k: os.environ.get(k) for k in _THREAD_ENV}
+    os.environ.update(_thread_env(threads))
     try:
         fn = _resolve_runner(runner)
         with threadpool_limits(limits=threads):
-            numba = sys.modules.get("numba")
+            numba = _numba()
             if numba is not None:
                 with contextlib.suppress(Exception):
                     numba_prev = numba.get_num_threads()
@@ -667,6 +693,11 @@ def execute_run(
             err = err or f"final training loss is {row['final_train_loss']!r}"
         row.update(status=status, error=err)
     finally:
+        for k, v in env_prev.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         if numba_prev is not None:
             with contextlib.suppress(Exception):
                 sys.modules["numba"].set_num_threads(numba_prev)
@@ -902,12 +933,14 @@ def connect(address: str, timeout: float = 5.0):
         ) from exc
 
 
-def _local_cluster(n_workers: int):
+def _local_cluster(n_workers: int, threads_per_run: int = 1):
+    """A LocalCluster of ``n_workers`` processes, one task at a time each, whose BLAS
+    libraries start with ``threads_per_run`` threads (environment set at spawn)."""
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(
         n_workers=n_workers, threads_per_worker=1, processes=True,
-        dashboard_address=":0", silence_logs=40,
+        dashboard_address=":0", silence_logs=40, env=_thread_env(threads_per_run),
     )
     return cluster, Client(cluster, set_as_default=False)
 
@@ -1036,7 +1069,7 @@ def run_sweep(
                     if scheduler is not None:
                         own_client = client = connect(scheduler, connect_timeout)
                     else:
-                        own_cluster, own_client = _local_cluster(n)
+                        own_cluster, own_client = _local_cluster(n, threads)
                         client = own_client
                 summary.workers = len(client.scheduler_info().get("workers", {})) or n
                 futures = {}

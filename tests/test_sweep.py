@@ -42,6 +42,20 @@ def _logging_runner(log, config, out_dir=None):
     return run_training(config, out_dir=out_dir)
 
 
+def _thread_probe_runner(log, config, out_dir=None):
+    """run_training, then log the thread counts of every BLAS/OpenMP library and Numba
+    as the run left them (still inside the sweep's limits)."""
+    import numba
+    from threadpoolctl import threadpool_info
+
+    out = run_training(config, out_dir=out_dir)
+    with open(log, "a") as fh:
+        fh.write(json.dumps({"libs": {f'{i["internal_api"]}:{Path(i["filepath"]).name}':
+                                      i["num_threads"] for i in threadpool_info()},
+                             "numba": numba.get_num_threads()}) + "\n")
+    return out
+
+
 def _logged(log):
     p = Path(log)
     return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
@@ -275,6 +289,21 @@ def test_local_cluster_gives_the_same_rows_as_serial(tmp_path, client):
     direct = run_training(opts)
     assert direct["final_train_loss"] == pytest.approx(r["final_train_loss"], rel=1e-12)
     assert direct["best_val_loss"] == pytest.approx(r["best_val_loss"], rel=1e-12)
+
+
+def test_every_run_has_one_blas_thread_serial_or_on_the_cluster(tmp_path, client):
+    spec = tiny_spec({"method": ["KFAC", "sgd"], "lr": [0.1]}, base={"benchmark": "digits",
+                                                                    "iterations": 2})
+    for where, kw in [("serial", {"workers": 1}), ("dask", {"client": client})]:
+        log = tmp_path / f"{where}.jsonl"
+        runner = functools.partial(_thread_probe_runner, str(log))
+        sw.run_sweep(spec, tmp_path / f"{where}.csv", runner=runner, **kw)
+        probes = _logged(log)
+        assert len(probes) == 2
+        for p in probes:
+            # numpy's, SciPy's (loaded lazily during the run) and OpenMP libraries alike
+            assert any("scipy" in k or "openmp" in k for k in p["libs"]), p
+            assert set(p["libs"].values()) == {1} and p["numba"] == 1, (where, p)
 
 
 def test_a_raising_or_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path, client):
