@@ -1347,11 +1347,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fix a training option for every run (repeatable; part of "
                         "the configuration, so its results go to their own file)")
     parser.add_argument("--results", default=None,
-                        help="results CSV (default: [sweep] results, else "
-                        "sweeps/NAME[-fast].csv)")
+                        help="results CSV; if not given, [sweep] results, else "
+                        "sweeps/NAME[-fast].csv")
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes of the local Dask cluster; 1 runs "
-                        "in-process (default: cores // threads-per-run)")
+                        "in-process; if not given, cores // threads-per-run")
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
                         help="run on an existing Dask cluster (tcp://HOST:PORT)")
     parser.add_argument("--connect-timeout", type=float, default=5.0,
@@ -1376,10 +1376,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the heat-map axes")
     parser.add_argument("--by", default=None, metavar="KEY,...",
                         help="--report: give the best setting and a heat-map per these "
-                        "options (default: method and the other varied non-numeric "
-                        "options, such as the data set)")
+                        "options; if not given, method and the other varied non-numeric "
+                        "options, such as the data set")
     parser.add_argument("--figures", default=None, metavar="DIR",
-                        help="where --report writes the PNGs (default: next to results)")
+                        help="where --report writes the PNGs; if not given, next to the "
+                        "results file")
 
 
 def run(args: argparse.Namespace) -> int:
