@@ -811,7 +811,8 @@ def _open_results(path: Path, spec: SweepSpec, dry_run: bool = False) -> dict[st
             f"{path} is not a fimlab sweep results file (its header does not start with "
             f"{', '.join(KEY_COLUMNS)}). {how_to}"
         )
-    hashes = {r[1] for r in rows if len(r) > 1}
+    rows = [r for r in rows if len(r) == len(header)]  # a partial last line is no row
+    hashes = {r[1] for r in rows}
     if header != columns or hashes - {spec.config_hash}:
         other = next(iter(hashes - {spec.config_hash}), None)
         why: list[str] = []
@@ -833,8 +834,7 @@ def _open_results(path: Path, spec: SweepSpec, dry_run: bool = False) -> dict[st
     done: dict[str, str] = {}
     status_col = header.index("status")
     for r in rows:
-        if len(r) == len(header):
-            done[r[0]] = r[status_col]
+        done[r[0]] = r[status_col]
     return done
 
 
@@ -1011,7 +1011,7 @@ def run_sweep(
     t0 = time.perf_counter()
     path = Path(results) if results is not None else default_results_path(spec)
     runner = spec.runner if runner is None else runner
-    done = _open_results(path, spec, dry_run=dry_run)
+    done = _open_results(path, spec, dry_run=True)  # check only: nothing written yet
     finished = {rid for rid, st in done.items()
                 if not (retry_failed and st in (STATUS_FAILED, STATUS_DIVERGED))}
     todo = [opts for opts in spec.runs() if run_id(opts) not in finished]
@@ -1047,17 +1047,20 @@ def run_sweep(
         if on_result is not None:
             on_result(row)
 
+    if client is None and scheduler is None:
+        n = machine_workers(threads) if workers is None else int(workers)
+        if n < 1:
+            raise SweepConfigError(f"workers must be >= 1, got {workers!r}")
+        n = min(n, len(todo))
+    else:
+        n = 0
     own_client = own_cluster = None
+    if client is None and scheduler is not None:  # fail fast, before touching the file
+        own_client = client = connect(scheduler, connect_timeout)
     try:
+        _open_results(path, spec)  # create it (header, sidecar) or repair a partial line
         with open(path, "a", newline="") as fh:
             writer = csv.writer(fh)
-            if client is None and scheduler is None:
-                n = machine_workers(threads) if workers is None else int(workers)
-                if n < 1:
-                    raise SweepConfigError(f"workers must be >= 1, got {workers!r}")
-                n = min(n, len(todo))
-            else:
-                n = 0
             if n == 1:  # in-process
                 summary.workers = 1
                 for opts in todo:
@@ -1066,11 +1069,8 @@ def run_sweep(
                 from distributed import as_completed
 
                 if client is None:
-                    if scheduler is not None:
-                        own_client = client = connect(scheduler, connect_timeout)
-                    else:
-                        own_cluster, own_client = _local_cluster(n, threads)
-                        client = own_client
+                    own_cluster, own_client = _local_cluster(n, threads)
+                    client = own_client
                 summary.workers = len(client.scheduler_info().get("workers", {})) or n
                 futures = {}
                 for opts in todo:
