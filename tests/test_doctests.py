@@ -1,0 +1,41 @@
+"""The Examples sections of fimlab's docstrings run, as doctests.
+
+Every module of the package is imported and ``doctest.testmod`` runs its examples with
+``NORMALIZE_WHITESPACE | ELLIPSIS``. A module that cannot be imported fails the test
+(an optional dependency that is missing is reported as such, not hidden).
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+
+import numpy as np
+import pytest
+
+import fimlab
+
+MODULES = sorted(
+    m.name
+    for m in pkgutil.walk_packages(fimlab.__path__, prefix="fimlab.")
+    if not m.name.rsplit(".", 1)[-1].startswith("__")
+)
+FLAGS = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
+
+
+@pytest.mark.parametrize("name", ["fimlab", *MODULES])
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    with np.printoptions(legacy=False):
+        result = doctest.testmod(module, optionflags=FLAGS, verbose=False, report=True)
+    assert result.failed == 0, f"{result.failed} doctest(s) failed in {name}, see above"
+
+
+def test_public_api_has_examples_to_run():
+    """The public classes and functions carry doctest examples (and they are collected)."""
+    finder = doctest.DocTestFinder()
+    n_examples = sum(
+        len(t.examples) for name in MODULES for t in finder.find(importlib.import_module(name))
+    )
+    assert n_examples >= 10, f"only {n_examples} docstring examples found in fimlab"
