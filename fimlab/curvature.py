@@ -14,9 +14,7 @@ norms come from Gram matrices — ``F`` itself is never formed unless asked for.
 
 from __future__ import annotations
 
-from ._errors import ShapeError
-from ._validation import check_damping, check_dense_memory, check_finite, nbytes_of
-from .backend import array_namespace, device_of
+from ._validation import check_damping, check_dense_memory, nbytes_of
 from .operators import BlockDiagonalOperator, CurvatureOperator
 
 __all__ = ["FactorBatch", "FisherOperator", "FisherBlock"]
@@ -92,11 +90,11 @@ class FisherOperator(CurvatureOperator):
     def _U(self, X, layers=None):
         """``U X`` reshaped ``(N, K, k)``: ``Σ_l g_l,nkᵀ V_l ā_l,n`` for each column."""
         b, xp = self.batch, self.xp
-        N, K, k = b.n_samples, b.n_vectors, X.shape[1]
+        N, k = b.n_samples, X.shape[1]
         layers = range(b.n_layers) if layers is None else layers
         out = None
         parts = _split_rows(X, b.offsets) if X.shape[0] == b.n_params else None
-        for i, l in enumerate(layers):
+        for l in layers:
             Xl = parts[l] if parts is not None else X
             da, dg = b.d_a[l], b.d_g[l]
             # grid layout: Xl -> (d_a, d_g*k); a (N, d_a) @ it -> (N, d_g, k)

@@ -235,8 +235,10 @@ def _rank2_inverse(terms, lam, xp, *, signed: bool):
         s1, s2 = xp.abs(s1), xp.abs(s2)
     den = vec(1.0 + s2[:, None] * s1[None, :], xp)
     if signed:
+        # |1 + s₂s₁| relative to the size of its terms: ~eps means X is singular
+        ratio = xp.abs(den) / vec(1.0 + xp.abs(s2)[:, None] * xp.abs(s1)[None, :], xp)
         amin = float(xp.min(xp.abs(den)))
-        if amin < 1e3 * _eps(A1) * float(xp.max(xp.abs(den))):
+        if float(xp.min(ratio)) < 1e4 * _eps(A1):
             raise SingularMatrixError(
                 f"the rank-2 Kronecker sum (A₁+λI)⊗(G₁+λI) + A₂⊗G₂ is numerically singular "
                 f"(min |1 + s₂s₁| = {amin:.3e}); increase the damping, or use signed=False "

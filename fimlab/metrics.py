@@ -9,7 +9,8 @@
       ‖A⊗G‖²_F      = ‖A‖²_F ‖G‖²_F
 
   so no block is ever formed; any other pair of operators goes through their dense forms
-  (memory-guarded).
+  (memory-guarded). The Gram route computes ``‖F‖² − 2⟨F, F̃⟩ + ‖F̃‖²``, so its *absolute*
+  accuracy is about ``√eps`` (1e-8 in float64): errors below that read as ~1e-8, not 0.
 - (E2) :func:`singular_value_error` — ``‖σ(F) − σ(F̃)‖₂ / ‖σ(F)‖₂`` with sorted singular
   values (dense; symmetric matrices, so ``σ = |eigenvalues|``).
 """

