@@ -119,6 +119,7 @@ sphinx_gallery_conf = {
     "remove_config_comments": True,
     "reset_modules": ("matplotlib",),
     "min_reported_time": 1,
+    "write_computation_times": False,  # its page loads jQuery and DataTables from CDNs
     "show_memory": False,
     "capture_repr": (),
     "default_thumb_file": None,
@@ -254,3 +255,61 @@ _write_api()
 
 def setup(app):
     app.connect("source-read", _source_read)
+
+
+# -- the `fimlab-cli-help` directive: a subcommand's --help, as this checkout prints it --
+def _cli_help(command: str) -> str | None:
+    """``fimlab COMMAND --help`` as text, or ``None`` if the subcommand is not available."""
+    import contextlib
+
+    from fimlab import cli
+
+    module = cli.SUBCOMMANDS.get(command, (None,))[0]
+    if module is None or not cli._available(module):
+        return None
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "88"
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            try:
+                cli.main([command, "--help"])
+            except SystemExit:
+                pass
+    finally:
+        if old is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = old
+    return buf.getvalue().rstrip()
+
+
+def _make_cli_directive():
+    from docutils import nodes
+    from docutils.parsers.rst import Directive
+
+    class CliHelp(Directive):
+        required_arguments = 1
+
+        def run(self):
+            command = self.arguments[0]
+            text = _cli_help(command)
+            if text is None:
+                para = nodes.paragraph(
+                    text=f"(`fimlab {command}` is not part of this checkout yet: its "
+                    "options appear here once its module is.)"
+                )
+                return [para]
+            block = nodes.literal_block(text, text)
+            block["language"] = "text"
+            return [block]
+
+    return CliHelp
+
+
+_setup_base = setup
+
+
+def setup(app):  # noqa: F811 - extends the setup above
+    _setup_base(app)
+    app.add_directive("fimlab-cli-help", _make_cli_directive())

@@ -37,6 +37,7 @@ import os
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.colors import SymLogNorm
 
 import fimlab as fl
 
@@ -114,13 +115,15 @@ print(f"relative error of the empirical Fisher: {rel_err(F_exact, F_emp):.3f}")
 # %%
 # What the three matrices look like. The lines separate the two layers' blocks: the
 # parameters are ordered layer by layer, and within a layer by the column-major ``vec``
-# of its weight matrix (see the :doc:`conventions </guide/conventions>`).
+# of its weight matrix (see the :doc:`conventions </guide/conventions>`). Colours are on a
+# symmetric log scale, so that small entries show.
 P0 = net.shapes[0][0] * net.shapes[0][1]
 vmax = np.abs(F_exact).max()
+norm = SymLogNorm(linthresh=vmax / 100, vmin=-vmax, vmax=vmax)  # shows small entries too
 fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), layout="constrained")
 for ax, M, title in zip(axes, [F_exact, F_mc, F_emp],
                         ["exact Fisher", "Monte-Carlo Fisher, S = 1", "empirical Fisher"]):
-    im = ax.imshow(M, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+    im = ax.imshow(M, cmap="RdBu_r", norm=norm)
     ax.axhline(P0 - 0.5, color="k", lw=0.8)
     ax.axvline(P0 - 0.5, color="k", lw=0.8)
     ax.set_title(title)

@@ -34,6 +34,7 @@ import os
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.colors import SymLogNorm
 
 import fimlab as fl
 
@@ -84,13 +85,14 @@ print(f"layer {l}: dense {dense_err:.12f}  vs  Gram route "
 
 # %%
 # A picture of what is kept: the exact Fisher, KFAC as a dense matrix, and the
-# difference. The diagonal blocks of KFAC reproduce the coarse pattern of the exact
+# difference (colours on a symmetric log scale, so that small entries show). The diagonal blocks of KFAC reproduce the coarse pattern of the exact
 # ones; everything off the diagonal blocks is lost.
 vmax = np.abs(F_dense).max()
+norm = SymLogNorm(linthresh=vmax / 100, vmin=-vmax, vmax=vmax)  # shows small entries too
 fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.6), layout="constrained")
 for ax, M, title in zip(axes, [F_dense, K.to_dense(), F_dense - K.to_dense()],
-                        ["exact Fisher F", "KFAC: blockdiag(A_l ⊗ G_l)", "F − KFAC"]):
-    im = ax.imshow(M, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+                        ["exact Fisher $F$", r"KFAC: blockdiag$(A_l \otimes G_l)$", "$F$ − KFAC"]):
+    im = ax.imshow(M, cmap="RdBu_r", norm=norm)
     for o in offsets[1:-1]:
         ax.axhline(o - 0.5, color="k", lw=0.6)
         ax.axvline(o - 0.5, color="k", lw=0.6)
@@ -133,12 +135,15 @@ print("tanh network, N = 1:   ", np.array2string(err_tanh[0], precision=1))
 print("deep linear Gaussian:  ", np.array2string(err_lin.max(axis=0), precision=1))
 
 fig, ax = plt.subplots(figsize=(6, 3.8), layout="constrained")
+floor = 1e-17  # an exact zero is drawn at this floor of the log scale
 for l in range(3):
-    ax.semilogx(N_values, err_tanh[:, l], "o-", color=f"C{l}", label=f"tanh, layer {l}")
-    ax.semilogx(N_values, np.maximum(err_lin[:, l], 1e-17), "x--", color=f"C{l}",
-                label=f"linear + Gaussian, layer {l}")
-ax.set_yscale("symlog", linthresh=1e-3)
-ax.set_ylim(-1e-4, 1)
+    ax.loglog(N_values, np.maximum(err_tanh[:, l], floor), "o-", color=f"C{l}",
+              label=f"tanh, layer {l}")
+    ax.loglog(N_values, np.maximum(err_lin[:, l], floor), "x--", color=f"C{l}",
+              label=f"linear + Gaussian, layer {l}")
+ax.axhspan(floor / 3, 1e-13, color="0.9", zorder=0)
+ax.text(N_values[-1], 3e-14, "round-off", ha="right", va="top", fontsize=8)
+ax.set_ylim(floor / 3, 2)
 ax.set_xlabel("samples in the batch, N")
 ax.set_ylabel(r"$\|F_l - A_l \otimes G_l\|_F / \|F_l\|_F$")
 ax.set_title("KFAC is exact for one sample and for deep linear Gaussian networks",

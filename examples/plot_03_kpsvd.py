@@ -131,8 +131,18 @@ print("smallest eigenvalues of the leading factors:",
       f"{np.linalg.eigvalsh(A1).min():.1e}, {np.linalg.eigvalsh(G1).min():.1e}")
 
 # %%
-# The picture: the singular values of the rearranged block fall quickly, and the error
-# of the truncated KPSVD falls with them; KFAC sits above the rank-one optimum.
+# How many terms can there be? :math:`\mathcal R(F_l)` has rank at most :math:`N`, and
+# since the :math:`\bar a_n \bar a_n^\top` and :math:`G_n` are symmetric, at most
+# :math:`d_a(d_a+1)/2` and :math:`d_g(d_g+1)/2` as well — a symmetric matrix has that many
+# free entries.
+bound = min(N, d_a * (d_a + 1) // 2, d_g * (d_g + 1) // 2)
+print(f"rank of R(F_l): {np.linalg.matrix_rank(R)}  (bound min(N, d_a(d_a+1)/2, "
+      f"d_g(d_g+1)/2) = {bound})")
+
+# %%
+# The picture: the singular values of the rearranged block fall quickly (down to round-off
+# past the rank), and the error of the truncated KPSVD falls with them; KFAC sits above
+# the rank-one optimum.
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
 ax1.semilogy(np.arange(1, len(sig) + 1), sig / sig[0], ".-")
 ax1.set_xlabel("index r")

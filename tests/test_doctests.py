@@ -2,7 +2,9 @@
 
 Every module of the package is imported and ``doctest.testmod`` runs its examples with
 ``NORMALIZE_WHITESPACE | ELLIPSIS``. A module that cannot be imported fails the test
-(an optional dependency that is missing is reported as such, not hidden).
+(an optional dependency that is missing is reported as such, not hidden). The ``>>>``
+examples of the user-guide pages (``docs/**/*.rst``) run the same way, so the guide's
+code cannot go stale.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import doctest
 import importlib
 import pkgutil
 
-import numpy as np
 import pytest
+
+from pathlib import Path
 
 import fimlab
 
@@ -27,8 +30,7 @@ FLAGS = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
 @pytest.mark.parametrize("name", ["fimlab", *MODULES])
 def test_docstring_examples(name):
     module = importlib.import_module(name)
-    with np.printoptions(legacy=False):
-        result = doctest.testmod(module, optionflags=FLAGS, verbose=False, report=True)
+    result = doctest.testmod(module, optionflags=FLAGS, verbose=False, report=True)
     assert result.failed == 0, f"{result.failed} doctest(s) failed in {name}, see above"
 
 
@@ -39,3 +41,15 @@ def test_public_api_has_examples_to_run():
         len(t.examples) for name in MODULES for t in finder.find(importlib.import_module(name))
     )
     assert n_examples >= 10, f"only {n_examples} docstring examples found in fimlab"
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+PAGES = sorted(p for p in DOCS.rglob("*.rst") if "_build" not in p.parts
+               and "generated" not in p.parts and "auto_examples" not in p.parts)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
+def test_user_guide_examples(page):
+    result = doctest.testfile(str(page), module_relative=False, optionflags=FLAGS,
+                              verbose=False, report=True, encoding="utf-8")
+    assert result.failed == 0, f"{result.failed} example(s) failed in {page.name}, see above"
