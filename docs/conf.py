@@ -10,7 +10,7 @@ the code:
   comments of ``__all__`` in ``fimlab/__init__.py`` group them (:func:`_write_api`);
 - ``auto_examples/`` — the tutorials ``examples/plot_*.py``, executed by
   sphinx-gallery (``FIMLAB_FAST=1`` in the environment runs them in their fast mode);
-- the "Topics" table of contents in ``index.rst`` — every page at the top of
+- the table of contents of ``topics.rst`` — every page at the top of
   ``docs/`` (``kpsvd.md``, ``results.md``, ...) in a fixed reading order, whichever of
   them exist (:func:`_topics_toctree`).
 """
@@ -223,7 +223,7 @@ TOPIC_ORDER = [
     "backend",
     "sweep",
 ]
-_NOT_TOPICS = {"index", "sg_execution_times"}
+_NOT_TOPICS = {"index", "topics", "sg_execution_times"}
 
 
 def _topics() -> list[str]:
@@ -240,13 +240,13 @@ def _topics() -> list[str]:
 def _topics_toctree() -> str:
     pages = _topics()
     if not pages:
-        return ""
+        return "(No topic page in this checkout yet.)\n"
     body = "\n".join(f"   {p}" for p in pages)
-    return f".. toctree::\n   :maxdepth: 1\n   :caption: Topics and results\n\n{body}\n"
+    return f".. toctree::\n   :maxdepth: 1\n\n{body}\n"
 
 
 def _source_read(app, docname, source):
-    if docname == "index":
+    if docname == "topics":
         source[0] = source[0].replace(".. fimlab-topics-toctree::\n", _topics_toctree())
 
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 import doctest
 import importlib
 import pkgutil
+from pathlib import Path
 
 import pytest
-
-from pathlib import Path
 
 import fimlab
 
@@ -32,6 +31,30 @@ def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=FLAGS, verbose=False, report=True)
     assert result.failed == 0, f"{result.failed} doctest(s) failed in {name}, see above"
+
+
+def _public_callables():
+    import inspect
+
+    out = []
+    for name in fimlab.__all__:
+        obj = getattr(fimlab, name)
+        if inspect.ismodule(obj) or (inspect.isclass(obj) and issubclass(obj, Warning)):
+            continue
+        if inspect.isclass(obj) and issubclass(obj, BaseException):
+            continue  # the errors are shown by the example of fimlab._errors
+        out.append(name)
+    return out
+
+
+@pytest.mark.parametrize("name", _public_callables())
+def test_public_name_has_a_doctest_example(name):
+    """Issue 8: every public function and class carries an example the suite runs."""
+    obj = getattr(fimlab, name)
+    tests = doctest.DocTestFinder(recurse=False).find(obj, name)
+    assert tests and tests[0].examples, (
+        f"fimlab.{name} has no '>>>' example in its docstring; add an Examples section"
+    )
 
 
 def test_public_api_has_examples_to_run():
