@@ -177,7 +177,26 @@ def _object_page(name: str) -> str:
         return title + f".. automodule:: {obj.__name__}\n   :members:\n"
     if inspect.isclass(obj):
         return title + f".. currentmodule:: fimlab\n\n.. autoclass:: {name}\n   :members:\n"
-    return title + f".. currentmodule:: fimlab\n\n.. autofunction:: {name}\n"
+    if callable(obj):
+        return title + f".. currentmodule:: fimlab\n\n.. autofunction:: {name}\n"
+    return (  # a constant: its value, and the comment of the module that defines it
+        title + f".. currentmodule:: fimlab\n\n.. autodata:: {name}\n"
+        f"   :annotation: = {_short_repr(obj)}\n"
+    )
+
+
+def _short_repr(obj, limit: int = 70) -> str:
+    text = repr(obj)
+    return text if len(text) <= limit else text[: limit - 4] + " ..."
+
+
+def _summary(obj) -> str:
+    """First paragraph of the docstring (the value, for a constant)."""
+    if not (inspect.ismodule(obj) or inspect.isclass(obj) or callable(obj)):
+        return f"constant ``{_short_repr(obj)}``"
+    doc = inspect.getdoc(obj) or ""
+    summary = doc.strip().split("\n\n")[0].replace("\n", " ")
+    return ("module — " + summary) if inspect.ismodule(obj) else summary
 
 
 def _write_api() -> None:
@@ -190,13 +209,9 @@ def _write_api() -> None:
     for group, names in _all_groups():
         lines += [group, "-" * len(group), "", ".. list-table::", "   :widths: 30 70", ""]
         for name in names:
-            obj = getattr(fimlab, name)
-            doc = inspect.getdoc(obj) or ""
-            summary = doc.strip().split("\n\n")[0].replace("\n", " ")
-            kind = "module" if inspect.ismodule(obj) else ""
             lines += [
                 f"   * - :doc:`{name} <generated/{name}>`",
-                f"     - {(kind + ' — ') if kind else ''}{summary}",
+                f"     - {_summary(getattr(fimlab, name))}",
             ]
             wanted[f"{name}.rst"] = _object_page(name)
         lines.append("")

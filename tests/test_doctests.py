@@ -39,9 +39,9 @@ def _public_callables():
     out = []
     for name in fimlab.__all__:
         obj = getattr(fimlab, name)
-        if inspect.ismodule(obj) or (inspect.isclass(obj) and issubclass(obj, Warning)):
-            continue
-        if inspect.isclass(obj) and issubclass(obj, BaseException):
+        if inspect.ismodule(obj) or not callable(obj):
+            continue  # modules are covered by their functions; constants have no example
+        if inspect.isclass(obj) and issubclass(obj, (BaseException, Warning)):
             continue  # the errors are shown by the example of fimlab._errors
         out.append(name)
     return out
