@@ -260,6 +260,15 @@ def _topics_toctree() -> str:
     return f".. toctree::\n   :maxdepth: 1\n\n{body}\n"
 
 
+def _drop_builtin_docstrings(app, what, name, obj, options, lines):
+    """A module constant without a ``#:`` comment would show its *type's* docstring
+    (``dict``'s, with its ``**kwargs``, is not even valid reST): show nothing instead."""
+    if what in ("data", "attribute") and type(obj).__module__ == "builtins" and lines:
+        doc = (type(obj).__doc__ or "").strip().splitlines()
+        if doc and lines[0].strip() == doc[0].strip():
+            lines[:] = []
+
+
 def _source_read(app, docname, source):
     if docname == "topics":
         source[0] = source[0].replace(".. fimlab-topics-toctree::\n", _topics_toctree())
@@ -270,6 +279,7 @@ _write_api()
 
 def setup(app):
     app.connect("source-read", _source_read)
+    app.connect("autodoc-process-docstring", _drop_builtin_docstrings, priority=100)
 
 
 # -- the `fimlab-cli-help` directive: a subcommand's --help, as this checkout prints it --
