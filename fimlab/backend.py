@@ -89,13 +89,7 @@ def device_of(x):
 
 
 def to_numpy(x: Any) -> np.ndarray:
-    """Copy an array of any supported backend to a host NumPy array.
-
-    Examples
-    --------
-    >>> to_numpy([1.0, 2.0])
-    array([1., 2.])
-    """
+    """Copy an array of any supported backend to a host NumPy array."""
     if isinstance(x, np.ndarray):
         return x
     if isinstance(x, (int, float, list, tuple, np.generic)):
@@ -181,22 +175,7 @@ def dtype_eps(dtype) -> float:
 def set_backend(name: str) -> None:
     """Set where *new* arrays are created: ``"numpy"`` (default), ``"cupy"``, or
     ``"array_api_strict"`` (for portability tests). Computations on existing arrays
-    always follow their inputs, whatever this says.
-
-    Raises
-    ------
-    BackendError
-        For an unknown name, or a backend that is not installed or has no device.
-
-    Examples
-    --------
-    >>> import fimlab as fl
-    >>> try:
-    ...     fl.set_backend("tensorflow")
-    ... except fl.BackendError as err:
-    ...     print(err)
-    unknown backend 'tensorflow'; choose one of numpy, cupy, array_api_strict
-    """
+    always follow their inputs, whatever this says."""
     global _backend
     name = str(name).strip().lower()
     if name not in _KNOWN:
@@ -206,31 +185,13 @@ def set_backend(name: str) -> None:
 
 
 def get_backend() -> str:
-    """The name of the current default backend.
-
-    Examples
-    --------
-    >>> import fimlab as fl
-    >>> with fl.use_backend("numpy"):
-    ...     fl.get_backend()
-    'numpy'
-    """
+    """The name of the current default backend."""
     return _backend
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Context manager: ``with use_backend("cupy"): ...`` sets the default temporarily.
-
-    Examples
-    --------
-    >>> import fimlab as fl
-    >>> before = fl.get_backend()
-    >>> with fl.use_backend("numpy"):
-    ...     net = fl.MLP([2, 3, 1], likelihood="gaussian")
-    >>> type(net.params[0]).__name__, fl.get_backend() == before
-    ('ndarray', True)
-    """
+    """Context manager: ``with use_backend("cupy"): ...`` sets the default temporarily."""
     old = get_backend()
     set_backend(name)
     try:
