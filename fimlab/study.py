@@ -30,12 +30,13 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ._errors import ShapeError, UnknownNameError
+from ._errors import ConvergenceWarning, ShapeError, UnknownNameError
 from ._validation import check_choice
 
 __all__ = ["DEFAULTS", "run_study", "StudyResult", "load_config", "add_arguments", "run"]
@@ -49,7 +50,7 @@ DEFAULTS: dict = {
     "fisher": "mc",
     "mc_samples": 1,
     "iterations": 200,
-    "every": 25,
+    "every": 50,
     "batch_size": 128,
     "lr": 1e-2,
     "methods": None,  # None: every registered approximation
@@ -167,6 +168,7 @@ class StudyResult:
     rows: list = field(default_factory=list)
     out_dir: Path | None = None
     wall_time: float = 0.0
+    not_converged: dict = field(default_factory=dict)
 
     def summary(self) -> list[dict]:
         """Per method, solver and block: E1/E2 at the last measurement and their means."""
@@ -299,7 +301,7 @@ def run_study(config: dict | None = None, out_dir: str | os.PathLike | None = No
         fh = (out / "study.csv").open("w", newline="")
         writer = csv.DictWriter(fh, fieldnames=[
             "iteration", "loss", "method", "solver", "block", "block_size", "e1", "e2",
-            "build_time_s"])
+            "build_time_s", "converged"])
         writer.writeheader()
 
     measure_at = set(range(0, c["iterations"] + 1, c["every"])) | {c["iterations"]}
@@ -313,6 +315,8 @@ def run_study(config: dict | None = None, out_dir: str | os.PathLike | None = No
     perm = rng.permutation(N)
     pos = 0
     warm: dict = {}
+    not_converged: dict = {}
+    n_measure = len(measure_at)
     try:
         for it in range(c["iterations"] + 1):
             if pos + bs > N:
@@ -334,9 +338,19 @@ def run_study(config: dict | None = None, out_dir: str | os.PathLike | None = No
                           for l in range(batch.n_layers)]
                 for name, solver in pairs:
                     t0 = time.perf_counter()
-                    approx = _build(name, batch, solver, c,
-                                    warm.get((name, solver)) if solver == "paper" else None)
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always", ConvergenceWarning)
+                        approx = _build(name, batch, solver, c,
+                                        warm.get((name, solver)) if solver == "paper" else None)
                     t_build = time.perf_counter() - t0
+                    converged = True
+                    for w in caught:
+                        if issubclass(w.category, ConvergenceWarning):
+                            converged = False
+                        else:
+                            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                    if not converged:
+                        not_converged[(name, solver)] = not_converged.get((name, solver), 0) + 1
                     warm[(name, solver)] = approx
                     rows = []
                     for l in range(batch.n_layers):
@@ -353,7 +367,7 @@ def run_study(config: dict | None = None, out_dir: str | os.PathLike | None = No
                     for l, size, e1, e2 in rows:
                         row = {"iteration": it, "loss": loss, "method": name, "solver": solver,
                                "block": l, "block_size": size, "e1": e1, "e2": e2,
-                               "build_time_s": t_build}
+                               "build_time_s": t_build, "converged": converged}
                         result.rows.append(row)
                         if writer is not None:
                             writer.writerow(row)
@@ -379,8 +393,13 @@ def run_study(config: dict | None = None, out_dir: str | os.PathLike | None = No
             w.writerows(summary)
         if c["plot"]:
             plot_study(result, out)
+    result.not_converged = not_converged
     if verbose:
         print(format_summary(result))
+        for (m, sv), cnt in not_converged.items():
+            print(f"note: {m} (solver={sv}) stopped at its iteration budget in {cnt} of "
+                  f"{n_measure} measurements (the papers' budget; the 'converged' column of "
+                  f"study.csv says where) — solver='exact' is converged")
         if out is not None:
             print(f"\nwrote {out / 'study.csv'}, {out / 'summary.csv'}"
                   + (f", {out / 'study.png'}, {out / 'study_blocks.png'}" if c["plot"] else ""))
