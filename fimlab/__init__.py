@@ -31,10 +31,31 @@ from ._errors import (
     UnknownNameError,
 )
 from .approx import KFAC, KPSVD, Deflation, KFACCorrected, Lanczos, kfac_factors
+from .approx.twolevel import (
+    COARSE_SPACES,
+    CoarseSpace,
+    TwoLevel,
+    build_coarse_space,
+    coarse_matrix,
+    krylov_nicolaides_space,
+    krylov_residual_space,
+    nicolaides_space,
+    previous_coarse_matrix,
+    residual_space,
+    spectral_space,
+)
 from .backend import get_backend, set_backend, to_numpy, use_backend
 from .batch import FactorBatch
 from .curvature import FisherBlock, FisherOperator
-from .metrics import relative_frobenius_error, singular_value_error
+from .metrics import (
+    direction_angle,
+    energy_error,
+    preconditioned_condition_number,
+    preconditioned_spectrum,
+    preconditioner_distance,
+    relative_frobenius_error,
+    singular_value_error,
+)
 from .models import MLP, empirical_fisher, exact_fisher, factor_batch
 from .operators import (
     BlockDiagonalOperator,
@@ -52,10 +73,16 @@ __all__ = [
     "FisherOperator", "FisherBlock", "exact_fisher", "empirical_fisher",
     # approximations
     "KFAC", "kfac_factors", "KPSVD", "KFACCorrected", "Deflation", "Lanczos",
+    # two-level corrections
+    "TwoLevel", "CoarseSpace", "COARSE_SPACES", "build_coarse_space", "coarse_matrix",
+    "previous_coarse_matrix", "nicolaides_space", "spectral_space", "residual_space",
+    "krylov_nicolaides_space", "krylov_residual_space",
     # operators
     "CurvatureOperator", "KroneckerOperator", "BlockDiagonalOperator", "DenseOperator",
     # metrics
     "relative_frobenius_error", "singular_value_error",
+    "direction_angle", "energy_error", "preconditioned_spectrum",
+    "preconditioned_condition_number", "preconditioner_distance",
     # Kronecker algebra (module)
     "kron",
     # backend

@@ -169,3 +169,329 @@ def singular_value_error(F, Ft, block: int | None = None,
     if n1 <= 0:
         raise ShapeError("the reference matrix is zero: the relative error is undefined")
     return float(xp.linalg.vector_norm(s1 - s2)) / n1
+
+
+# ======================================================================================
+# (E4) and (E5): the quality of a preconditioner / of a direction
+# ======================================================================================
+__all__ += [
+    "direction_angle",
+    "energy_error",
+    "preconditioned_spectrum",
+    "preconditioned_condition_number",
+    "preconditioner_distance",
+]
+
+
+def _exact_direction(F, g, damping, reference):
+    """``F_λ⁻¹g`` (``reference`` if given) with shape checks."""
+    from ._validation import check_damping, check_finite
+
+    lam = check_damping(damping)
+    if not isinstance(F, CurvatureOperator):
+        raise TypeError(
+            f"F must be the Fisher as an operator (fl.FisherOperator(batch), or "
+            f"fl.DenseOperator(F)), got {type(F).__name__}"
+        )
+    P = F.shape[0]
+    if g.ndim != 1 or g.shape[0] != P:
+        raise ShapeError(f"the gradient must have shape ({P},), got {tuple(g.shape)}")
+    check_finite(g, "the gradient")
+    if reference is None:
+        reference = F.solve(g, lam)
+    elif reference.ndim != 1 or reference.shape[0] != P:
+        raise ShapeError(f"reference must have shape ({P},), got {tuple(reference.shape)}")
+    return lam, reference
+
+
+def _check_direction(zeta, P):
+    from ._validation import check_finite
+
+    if zeta.ndim != 1 or zeta.shape[0] != P:
+        raise ShapeError(f"the direction must have shape ({P},), got {tuple(zeta.shape)}")
+    check_finite(zeta, "the direction")
+
+
+def direction_angle(zeta, F, g, damping: float, *, reference=None,
+                    degrees: bool = False) -> float:
+    """(E4) the angle between a direction ``ζ`` and the exact natural gradient ``F_λ⁻¹g``.
+
+    Parameters
+    ----------
+    zeta : array, shape (P,)
+        A method's direction (e.g. ``K.solve(g, λ)`` or ``TwoLevel(...).solve(g)``).
+    F : CurvatureOperator
+        The Fisher of the curvature batch (``fl.FisherOperator(batch)``: ``F_λ⁻¹g`` by
+        Woodbury, PAPERS.md F3), or any operator whose ``solve(v, λ)`` is ``(F+λI)⁻¹v``.
+    g : array, shape (P,)
+        The gradient.
+    damping : float
+        ``λ``.
+    reference : array, optional
+        ``F_λ⁻¹g`` if already computed (saves one solve when comparing many methods).
+    degrees : bool
+        Return degrees instead of radians.
+
+    Returns
+    -------
+    float
+        ``arccos(ζᵀζ* / (‖ζ‖‖ζ*‖))`` in ``[0, π]``, computed as
+        ``2·atan2(‖u − w‖, ‖u + w‖)`` with the unit vectors ``u, w`` (accurate for small
+        angles, where ``arccos`` loses half the digits).
+
+    Raises
+    ------
+    ShapeError
+        A zero direction or zero gradient (the angle is undefined).
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> F = fl.DenseOperator(np.diag([1.0, 3.0]))
+    >>> g = np.array([2.0, 4.0])
+    >>> fl.direction_angle(F.solve(g, 1.0), F, g, 1.0)
+    0.0
+    """
+    lam, ref = _exact_direction(F, g, damping, reference)
+    _check_direction(zeta, F.shape[0])
+    xp = array_namespace(zeta, ref)
+    nz, nr = float(xp.linalg.vector_norm(zeta)), float(xp.linalg.vector_norm(ref))
+    if not (nz > 0 and nr > 0):
+        raise ShapeError(
+            "the angle is undefined for a zero direction or a zero gradient "
+            f"(‖ζ‖ = {nz:g}, ‖F_λ⁻¹g‖ = {nr:g})"
+        )
+    u, w = zeta / nz, ref / nr  # Kahan's formula: accurate near 0 and π, unlike arccos
+    ang = 2.0 * math.atan2(float(xp.linalg.vector_norm(u - w)),
+                           float(xp.linalg.vector_norm(u + w)))
+    return math.degrees(ang) if degrees else ang
+
+
+def energy_error(zeta, F, g, damping: float, *, reference=None,
+                 relative: bool = True, rescale: bool = False) -> float:
+    """(E5) the energy error ``‖ζ − F_λ⁻¹g‖²_{F_λ} / ‖F_λ⁻¹g‖²_{F_λ}`` of a direction.
+
+    The energy norm is the one the residual two-level form minimises (PAPERS.md T4): for
+    ``TwoLevel(..., form="residual")`` the drop from the fine level's energy error is the
+    T4 gain divided by ``‖F_λ⁻¹g‖²_{F_λ} = gᵀF_λ⁻¹g``. One Fisher product and (unless
+    ``reference`` is given) one exact solve.
+
+    Parameters
+    ----------
+    zeta, F, g, damping, reference
+        As in :func:`direction_angle`.
+    relative : bool
+        ``False`` returns the energy ``‖ζ − F_λ⁻¹g‖²_{F_λ}`` itself.
+    rescale : bool
+        Measure ``αζ`` with the energy-optimal step ``α = ζᵀg / ζᵀF_λζ`` instead of ``ζ``
+        (a learning rate or KL-clipping rescales the direction anyway). The relative error
+        is then ``1 − (ζᵀg)² / (ζᵀF_λζ · gᵀF_λ⁻¹g)``: the squared sine of the angle between
+        ``ζ`` and ``F_λ⁻¹g`` in the ``F_λ`` inner product, in ``[0, 1]``.
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> F = fl.DenseOperator(np.diag([1.0, 3.0]))
+    >>> g = np.array([2.0, 4.0])
+    >>> fl.energy_error(np.zeros(2), F, g, 1.0)   # the zero direction: error 1
+    1.0
+    """
+    lam, ref = _exact_direction(F, g, damping, reference)
+    _check_direction(zeta, F.shape[0])
+    xp = array_namespace(zeta, ref)
+    if rescale:
+        zF = float(xp.sum(zeta * (F.matvec(zeta) + lam * zeta)))
+        if not zF > 0:
+            raise ShapeError("rescale=True needs a non-zero direction")
+        zeta = (float(xp.sum(zeta * g)) / zF) * zeta
+    e = zeta - ref
+    num = float(xp.sum(e * (F.matvec(e) + lam * e)))
+    if not relative:
+        return num
+    den = float(xp.sum(ref * (F.matvec(ref) + lam * ref)))
+    if not den > 0:
+        raise ShapeError("the relative energy error is undefined for a zero gradient")
+    return num / den
+
+
+# -- matrix metrics of symmetric linear methods ------------------------------------------
+def _inverse_map(approx, damping: float, rule: str):
+    """``X ↦ F̃_λ⁻¹X`` for a block-diagonal approximation (its ``solve``), a two-level
+    method (additive, fixed coarse space), an operator that applies an inverse, or a
+    callable."""
+    from .approx.twolevel import TwoLevel
+
+    if isinstance(approx, TwoLevel):
+        if abs(approx.damping - damping) > 1e-12 * max(abs(damping), 1.0):
+            from ._errors import DampingError
+
+            raise DampingError(
+                f"the TwoLevel method was built with damping {approx.damping:g}, the metric "
+                f"was asked for {damping:g}; rebuild it with the same λ"
+            )
+        op = approx.as_operator()
+        return op.matmat, approx.shape
+    if getattr(approx, "applies_inverse", False):
+        return approx.matmat, approx.shape
+    if isinstance(approx, CurvatureOperator):
+        return (lambda X: approx.solve(X, damping, rule=rule)), approx.shape
+    if callable(approx):
+        return approx, None
+    raise TypeError(
+        "approx must be a block-diagonal approximation (fl.KFAC, ...), a linear "
+        "fl.TwoLevel, an operator applying F̃_λ⁻¹, or a callable X ↦ F̃_λ⁻¹X; got "
+        f"{type(approx).__name__}"
+    )
+
+
+_ALGORITHMS = ("lanczos", "dense")
+
+
+def _spectrum(F, approx, damping, rule, algorithm, steps, tol, seed, max_bytes, which):
+    from ._lanczos import lanczos
+    from ._validation import check_damping, check_dense_memory
+
+    lam = check_damping(damping)
+    check_choice(algorithm, _ALGORITHMS, "spectrum algorithm")
+    apply, shp = _inverse_map(approx, lam, rule)
+    P = F.shape[0]
+    if shp is not None and tuple(shp) != tuple(F.shape):
+        raise ShapeError(f"the method has shape {tuple(shp)}, the Fisher {tuple(F.shape)}")
+    xp, dtype = F.xp, F.dtype
+
+    def as_mat(v):
+        return xp.reshape(v, (-1, 1))
+
+    if algorithm == "dense":
+        check_dense_memory((P, P), dtype, max_bytes, "preconditioned Fisher",
+                           "algorithm='lanczos'")
+        I = xp.eye(P, dtype=dtype)
+        Fl = F.to_dense(max_bytes=max_bytes) + lam * I
+        Pm = apply(I)
+        Pm = 0.5 * (Pm + xp.matrix_transpose(Pm))
+        L = xp.linalg.cholesky(0.5 * (Fl + xp.matrix_transpose(Fl)))
+        S = xp.matrix_transpose(L) @ Pm @ L  # similar to P F_λ, symmetric
+        return xp.linalg.eigvalsh(0.5 * (S + xp.matrix_transpose(S))), None
+
+    def Fl_apply(v):
+        return F.matvec(v) + lam * v
+
+    res = lanczos(lambda v, Mv: apply(as_mat(Mv))[:, 0], P, xp=xp, dtype=dtype,
+                  M=Fl_apply, which=which, tol=tol, max_steps=steps, seed=seed,
+                  what="preconditioned spectrum")
+    return res.values, res
+
+
+def preconditioned_spectrum(F, approx, damping: float, *, rule: str = "factor",
+                            algorithm: str = "lanczos", steps: int | None = None,
+                            tol: float = 1e-8, seed: int = 0,
+                            max_bytes: int | None = None):
+    """(E4) eigenvalues of ``F̃_λ⁻¹ F_λ`` for a method that is a symmetric linear map.
+
+    ``F̃_λ⁻¹F_λ`` is self-adjoint in the ``F_λ`` inner product, so its eigenvalues are real
+    and Lanczos in that inner product finds them matrix-free: one product with ``F`` and
+    one application of ``F̃_λ⁻¹`` per step (full reorthogonalisation). The extreme Ritz
+    values converge first (to ``tol``); with ``steps ≥ P`` every distinct eigenvalue is
+    found. ``algorithm="dense"`` forms ``Lᵀ F̃_λ⁻¹ L`` (``F_λ = LLᵀ``), memory-guarded.
+
+    Parameters
+    ----------
+    F : FisherOperator
+        The Fisher of the curvature batch.
+    approx : approximation, TwoLevel, operator or callable
+        A block-diagonal approximation applied as ``approx.solve(X, λ, rule)``; a
+        ``fl.TwoLevel`` in the additive form with a fixed coarse space (its
+        :meth:`~fimlab.TwoLevel.as_operator`; other forms are not symmetric linear maps
+        and raise :class:`~fimlab.ShapeError`); an operator with ``applies_inverse``; or a
+        callable ``X ↦ F̃_λ⁻¹X`` (trusted to be symmetric).
+    damping : float
+    rule : str
+        The damping rule of ``approx.solve``.
+    algorithm : {"lanczos", "dense"}
+    steps : int, optional
+        Lanczos steps cap (default ``min(P, 300)``).
+
+    Returns
+    -------
+    array
+        Ascending eigenvalues (dense) or Ritz values (Lanczos; the extremes are the
+        converged ones).
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> F = fl.DenseOperator(np.diag([1.0, 3.0]))
+    >>> fl.preconditioned_spectrum(F, lambda X: X, 1.0).round(6).tolist()
+    [2.0, 4.0]
+    """
+    vals, _ = _spectrum(F, approx, damping, rule, algorithm, steps, tol, seed, max_bytes,
+                        "both")
+    return vals
+
+
+def preconditioned_condition_number(F, approx, damping: float, **kwargs) -> float:
+    """(E4) ``κ(F̃_λ⁻¹F_λ) = μ_max / μ_min`` (see :func:`preconditioned_spectrum`).
+
+    ``inf`` when the smallest eigenvalue is not positive (an indefinite preconditioner).
+    """
+    xp_vals = preconditioned_spectrum(F, approx, damping, **kwargs)
+    lo, hi = float(xp_vals[0]), float(xp_vals[-1])
+    return hi / lo if lo > 0 else math.inf
+
+
+_NORMS = ("2", "energy")
+
+
+def preconditioner_distance(F, approx, damping: float, *, norm: str = "2",
+                            rule: str = "factor", algorithm: str = "lanczos",
+                            steps: int | None = None, tol: float = 1e-8, seed: int = 0,
+                            max_bytes: int | None = None) -> float:
+    """(E4) ``‖I − F̃_λ⁻¹F_λ‖`` for a method that is a symmetric linear map.
+
+    Parameters
+    ----------
+    norm : {"2", "energy"}
+        ``"2"``: the Euclidean spectral norm — ``E = I − F̃_λ⁻¹F_λ`` is not symmetric, so
+        this is ``√λ_max(EᵀE)``, by Lanczos on ``EᵀE = (I − F_λF̃_λ⁻¹)(I − F̃_λ⁻¹F_λ)`` (two
+        products with ``F`` and two applications of ``F̃_λ⁻¹`` per step) or densely.
+        ``"energy"``: the ``F_λ``-norm, ``max_i |1 − μ_i|`` over the spectrum of
+        :func:`preconditioned_spectrum` — the contraction factor of the preconditioned
+        Richardson iteration in the energy norm of (E5).
+    Other parameters as in :func:`preconditioned_spectrum`.
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> F = fl.DenseOperator(np.diag([1.0, 3.0]))
+    >>> round(fl.preconditioner_distance(F, lambda X: 0.25 * X, 1.0), 6)
+    0.5
+    """
+    from ._lanczos import lanczos
+    from ._validation import check_damping, check_dense_memory
+
+    check_choice(norm, _NORMS, "norm")
+    if norm == "energy":
+        vals = preconditioned_spectrum(F, approx, damping, rule=rule, algorithm=algorithm,
+                                       steps=steps, tol=tol, seed=seed, max_bytes=max_bytes)
+        return max(abs(1.0 - float(vals[0])), abs(1.0 - float(vals[-1])))
+    lam = check_damping(damping)
+    check_choice(algorithm, _ALGORITHMS, "spectrum algorithm")
+    apply, shp = _inverse_map(approx, lam, rule)
+    if shp is not None and tuple(shp) != tuple(F.shape):
+        raise ShapeError(f"the method has shape {tuple(shp)}, the Fisher {tuple(F.shape)}")
+    P, xp, dtype = F.shape[0], F.xp, F.dtype
+    if algorithm == "dense":
+        check_dense_memory((P, P), dtype, max_bytes, "I − F̃_λ⁻¹F_λ", "algorithm='lanczos'")
+        I = xp.eye(P, dtype=dtype)
+        E = I - apply(F.to_dense(max_bytes=max_bytes) + lam * I)
+        return float(xp.linalg.matrix_norm(E, ord=2))
+
+    def EtE(v, Mv):
+        X = xp.reshape(v, (-1, 1))
+        Y = X - apply(F.matmat(X) + lam * X)
+        Z = apply(Y)
+        return (Y - (F.matmat(Z) + lam * Z))[:, 0]
+
+    res = lanczos(EtE, P, xp=xp, dtype=dtype, which="largest", tol=tol, max_steps=steps,
+                  seed=seed, what="‖I − F̃_λ⁻¹F_λ‖₂")
+    return math.sqrt(max(float(res.values[-1]), 0.0))

@@ -61,6 +61,8 @@ DEFAULTS: dict = {
     "out": "fimlab-out/study",
     "plot": True,
     "n_samples": None,  # None: the whole data set (synthetic: 1000)
+    "two_level": False,  # opt-in: E4/E5 of every method and of each two-level correction
+    "damping": 1e-3,  # λ of F + λI in the E4/E5 measurements (two_level only)
 }
 
 _SOLVERS = ("exact", "paper", "both")
@@ -102,6 +104,10 @@ def _normalise(cfg: dict) -> dict:
         c["sizes"] = [int(s) for s in c["sizes"].replace("-", ",").split(",") if s.strip()]
     if isinstance(c["methods"], str):
         c["methods"] = [m.strip() for m in c["methods"].split(",") if m.strip()]
+    if c["two_level"]:
+        from ._validation import check_damping
+
+        c["damping"] = check_damping(c["damping"])
     return c
 
 
@@ -169,6 +175,7 @@ class StudyResult:
     out_dir: Path | None = None
     wall_time: float = 0.0
     not_converged: dict = field(default_factory=dict)
+    two_level_rows: list = field(default_factory=list)  # filled by --two-level
 
     def summary(self) -> list[dict]:
         """Per method, solver and block: E1/E2 at the last measurement and their means."""
@@ -371,6 +378,8 @@ def run_study(config: dict | None = None, out_dir: str | os.PathLike | None = No
                         result.rows.append(row)
                         if writer is not None:
                             writer.writerow(row)
+                if c["two_level"]:  # E4/E5 on the same mini-batch (PAPERS.md E4, E5, T1-T4)
+                    _two_level_step(result, batch, net.flatten(grads), warm, c, it, loss)
                 if fh is not None:
                     fh.flush()
             if it < c["iterations"]:
@@ -393,6 +402,8 @@ def run_study(config: dict | None = None, out_dir: str | os.PathLike | None = No
             w.writerows(summary)
         if c["plot"]:
             plot_study(result, out)
+        if c["two_level"]:
+            write_two_level(result, out, plot=c["plot"])
     result.not_converged = not_converged
     if verbose:
         print(format_summary(result))
@@ -400,9 +411,14 @@ def run_study(config: dict | None = None, out_dir: str | os.PathLike | None = No
             print(f"note: {m} (solver={sv}) stopped at its iteration budget in {cnt} of "
                   f"{n_measure} measurements (the papers' budget; the 'converged' column of "
                   f"study.csv says where) — solver='exact' is converged")
+        if c["two_level"]:
+            print("\n" + format_two_level(result))
         if out is not None:
             print(f"\nwrote {out / 'study.csv'}, {out / 'summary.csv'}"
                   + (f", {out / 'study.png'}, {out / 'study_blocks.png'}" if c["plot"] else ""))
+            if c["two_level"]:
+                print(f"wrote {out / 'two_level.csv'}"
+                      + (f", {out / 'two_level.png'}" if c["plot"] else ""))
         print(f"wall time: {result.wall_time:.1f} s")
     return result
 
@@ -494,6 +510,183 @@ def plot_study(result: StudyResult, out: Path) -> None:
     plt.close(fig)
 
 
+# -- two-level corrections: E4 / E5 (opt-in, --two-level) --------------------------------
+TWO_LEVEL_FORMS = ("additive", "residual")
+
+
+def measure_directions(batch, g, damping: float, approximations: dict | None = None,
+                       coarse_spaces=None, forms=TWO_LEVEL_FORMS, fine=None,
+                       rule: str = "factor") -> tuple[list[dict], float]:
+    """(E4) angle to ``F_λ⁻¹g`` and (E5) energy error of each method's direction on one
+    factor batch, and the share of ``‖F‖²_F`` outside the diagonal blocks.
+
+    Parameters
+    ----------
+    batch : FactorBatch
+        The curvature batch; ``F`` is its Fisher (the reference, DESIGN.md).
+    g : array, shape (P,)
+        The gradient.
+    damping : float
+        ``λ``.
+    approximations : dict, optional
+        ``label -> block-diagonal approximation`` (``approx.solve(g, λ, rule)``); KFAC of
+        ``batch`` when ``None``.
+    coarse_spaces : sequence of str, optional
+        Two-level corrections of ``fine`` (default: every one of ``fl.COARSE_SPACES``),
+        each in every form of ``forms``.
+    fine : block-diagonal operator, optional
+        The fine level of the two-level methods (default: KFAC of ``batch``).
+
+    Returns
+    -------
+    rows : list of dict
+        ``method``, ``kind`` (``"block-diagonal"`` or ``"two-level"``), ``coarse_space``,
+        ``form``, ``e4_deg``, ``e5``, ``e5_best_step`` (E5 of the direction with its
+        energy-optimal step length), ``energy_gain`` (T4: E5 of the two-level direction
+        minus E5 of its fine level), ``time_s`` (block-diagonal: build + solve;
+        two-level: the extra time over its fine level, whose factorisation is cached).
+    offdiag_share : float
+        ``1 − Σ_l ‖F_ll‖²_F / ‖F‖²_F``: what the block-diagonal methods drop.
+    """
+    import fimlab as fl
+
+    F = fl.FisherOperator(batch)
+    ref = F.solve(g, damping)
+    norm2 = float(np.sum(np.asarray(ref) * np.asarray(g)))
+    nF = F.frobenius_norm_sq()
+    diag = sum(F.diagonal_block(l).frobenius_norm_sq() for l in range(batch.n_layers))
+    offdiag = max(0.0, 1.0 - diag / nF) if nF > 0 else float("nan")
+    if approximations is None:
+        approximations = {"KFAC": fl.KFAC(batch)}
+    fine = fine if fine is not None else approximations.get("KFAC", fl.KFAC(batch))
+    coarse_spaces = fl.COARSE_SPACES if coarse_spaces is None else coarse_spaces
+
+    def row(method, kind, cs, form, z, t, gain=float("nan")):
+        return {"method": method, "kind": kind, "coarse_space": cs, "form": form,
+                "e4_deg": fl.direction_angle(z, F, g, damping, reference=ref, degrees=True),
+                "e5": fl.energy_error(z, F, g, damping, reference=ref),
+                "e5_best_step": fl.energy_error(z, F, g, damping, reference=ref,
+                                                rescale=True),
+                "energy_gain": gain, "time_s": t}
+
+    rows = []
+    for label, A in approximations.items():
+        t0 = time.perf_counter()
+        z = A.solve(g, damping, rule=rule)
+        rows.append(row(label, "block-diagonal", "", "", z, time.perf_counter() - t0))
+    for cs in coarse_spaces:
+        for form in forms:
+            t0 = time.perf_counter()
+            T = fl.TwoLevel(fine, coarse_space=cs, batch=batch, form=form, damping=damping,
+                            rule=rule)
+            z = T.solve(g)
+            t = time.perf_counter() - t0
+            gain = T.energy_gain / norm2 if norm2 > 0 else float("nan")
+            rows.append(row(f"{cs}/{form}", "two-level", cs, form, z, t, gain))
+    return rows, offdiag
+
+
+def _two_level_step(result, batch, g, built: dict, c: dict, it: int, loss: float) -> None:
+    """The ``--two-level`` measurements at one iteration (appended to ``result``)."""
+    approx = {f"{m} ({s})" if m != "KFAC" else m: A for (m, s), A in built.items()}
+    fine = built.get(("KFAC", "exact"))
+    rows, offdiag = measure_directions(batch, g, c["damping"], approx, fine=fine)
+    for r in rows:
+        result.two_level_rows.append({"iteration": it, "loss": loss, **r,
+                                      "offdiag_share": offdiag})
+
+
+_TWO_LEVEL_FIELDS = ["iteration", "loss", "method", "kind", "coarse_space", "form",
+                     "e4_deg", "e5", "e5_best_step", "energy_gain", "time_s",
+                     "offdiag_share"]
+
+
+def two_level_summary(result) -> list[dict]:
+    """Per method: mean E4 (degrees), mean E5, and E5 relative to KFAC's on the same batch
+    (geometric mean of the ratios), over the measured iterations."""
+    rows = result.two_level_rows
+    kfac = {r["iteration"]: r for r in rows if r["method"] == "KFAC"}
+    out = []
+    for m in dict.fromkeys(r["method"] for r in rows):
+        rs = [r for r in rows if r["method"] == m]
+        ratios = [r["e5"] / kfac[r["iteration"]]["e5"] for r in rs
+                  if r["iteration"] in kfac and kfac[r["iteration"]]["e5"] > 0]
+        out.append({
+            "method": m, "kind": rs[0]["kind"],
+            "e4_deg_mean": float(np.mean([r["e4_deg"] for r in rs])),
+            "e5_mean": float(np.mean([r["e5"] for r in rs])),
+            "e5_best_step_mean": float(np.mean([r["e5_best_step"] for r in rs])),
+            "e5_vs_kfac": float(np.exp(np.mean(np.log(ratios)))) if ratios else float("nan"),
+            "time_s": float(np.mean([r["time_s"] for r in rs])),
+        })
+    return out
+
+
+def format_two_level(result) -> str:
+    """Plain-text table of :func:`two_level_summary` and the off-diagonal share."""
+    rows = result.two_level_rows
+    c = result.config
+    share = [r["offdiag_share"] for r in rows if r["method"] == "KFAC"]
+    lines = [f"two-level corrections of KFAC (λ = {c['damping']:g}, rule factor), mean over "
+             f"{len(share)} mini-batches; share of ‖F‖²_F outside the diagonal blocks: "
+             f"{np.mean(share):.3f} (min {np.min(share):.3f}, max {np.max(share):.3f})",
+             f"{'method':<30}{'E4 angle (deg)':>16}{'E5 energy':>12}{'E5 / KFAC':>11}"
+             f"{'E5 best step':>14}{'time (ms)':>11}"]
+    lines.append("-" * len(lines[-1]))
+    for s in two_level_summary(result):
+        lines.append(f"{s['method']:<30}{s['e4_deg_mean']:>16.3f}{s['e5_mean']:>12.4g}"
+                     f"{s['e5_vs_kfac']:>11.4f}{s['e5_best_step_mean']:>14.4f}"
+                     f"{1e3 * s['time_s']:>11.2f}")
+    return "\n".join(lines)
+
+
+def write_two_level(result, out: Path, plot: bool = True) -> None:
+    """``two_level.csv`` (every measurement) and ``two_level.png`` (E4, E5 and the
+    off-diagonal share along the run)."""
+    with (out / "two_level.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=_TWO_LEVEL_FIELDS)
+        w.writeheader()
+        w.writerows(result.two_level_rows)
+    if not plot:
+        return
+    from .plotting import method_color, plt
+
+    rows = result.two_level_rows
+    its = sorted({r["iteration"] for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    styles = {"additive": "--", "residual": "-", "": "-"}
+    cmap = plt.get_cmap("tab10")
+    spaces = list(dict.fromkeys(r["coarse_space"] for r in rows if r["coarse_space"]))
+    fig, axes = plt.subplots(3, 1, figsize=(8, 9.5), sharex=True)
+    for m in methods:
+        rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["iteration"])
+        r0 = rs[0]
+        if r0["kind"] == "two-level":
+            col, lw = cmap(spaces.index(r0["coarse_space"]) % 10), 1.0
+        else:
+            col, lw = method_color(m), 2.2
+        kw = {"color": col, "ls": styles[r0["form"]], "lw": lw, "marker": "o", "ms": 2.5,
+              "label": m}
+        axes[0].plot([r["iteration"] for r in rs], [r["e4_deg"] for r in rs], **kw)
+        axes[1].semilogy([r["iteration"] for r in rs], [r["e5"] for r in rs], **kw)
+    share = {r["iteration"]: r["offdiag_share"] for r in rows}
+    axes[2].plot(its, [share[i] for i in its], color="k", marker="o", ms=3)
+    axes[0].set_ylabel("E4: angle to F_λ⁻¹g (degrees)")
+    axes[1].set_ylabel("E5: ‖ζ − F_λ⁻¹g‖²_F_λ / ‖F_λ⁻¹g‖²_F_λ")
+    axes[2].set_ylabel("share of ‖F‖²_F outside\nthe diagonal blocks")
+    axes[2].set_xlabel("Adam iteration")
+    c = result.config
+    axes[0].set_title(f"two-level KFAC: {c['dataset']} {'-'.join(map(str, c['sizes']))}, "
+                      f"Fisher={c['fisher']}, λ={c['damping']:g} (dashed: additive, solid: "
+                      f"residual)", fontsize=9)
+    axes[0].legend(fontsize=6, ncol=3)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "two_level.png", dpi=120)
+    plt.close(fig)
+
+
 # -- command line ------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``fimlab study`` (defaults in :data:`DEFAULTS`; TOML keys are the same)."""
@@ -534,6 +727,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="do not draw the PNG figures")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=True,
                    help="hide the progress bar")
+    p.add_argument("--two-level", dest="two_level", action="store_const", const=True,
+                   help="also measure E4 (angle to the exact natural gradient) and E5 "
+                   "(energy error) of every method and of each two-level correction of "
+                   "KFAC (every coarse space, both forms), and the share of ‖F‖²_F outside "
+                   "the diagonal blocks; writes two_level.csv and two_level.png")
+    p.add_argument("--damping", type=float, help=f"λ of F + λI for --two-level "
+                   f"[default: {d['damping']}]")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,9 +7,28 @@ registers its methods here.
 
 from .kfac import KFAC, kfac_factors
 from .kpsvd import KPSVD, Deflation, KFACCorrected, Lanczos
+from .twolevel import (
+    COARSE_SPACES,
+    CoarseSpace,
+    TwoLevel,
+    TwoLevelOperator,
+    build_coarse_space,
+    coarse_matrix,
+    krylov_nicolaides_space,
+    krylov_residual_space,
+    nicolaides_space,
+    previous_coarse_matrix,
+    residual_space,
+    spectral_space,
+)
 
 __all__ = ["KFAC", "kfac_factors", "APPROXIMATIONS", "build_approximation",
            "KPSVD", "KFACCorrected", "Deflation", "Lanczos"]
+__all__ += [  # two-level corrections (PAPERS.md T1-T4)
+    "TwoLevel", "TwoLevelOperator", "CoarseSpace", "COARSE_SPACES", "build_coarse_space",
+    "coarse_matrix", "previous_coarse_matrix", "nicolaides_space", "spectral_space",
+    "residual_space", "krylov_nicolaides_space", "krylov_residual_space",
+]
 
 #: name -> builder(batch, solver="exact", **options); the order is the display order.
 APPROXIMATIONS = {
