@@ -30,6 +30,13 @@ DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))  # document the checkout, not an installed copy
 
+# The tutorials run on tiny matrices, where BLAS threads only add overhead; on a busy
+# 2-core machine two OpenBLAS threads per process made a 0.1 s tutorial step take 17 s
+# (measured). One thread per library unless the environment says otherwise; set before
+# NumPy is first imported (below, and by the extensions).
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 import fimlab  # noqa: E402
 
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import matplotlib
 import pytest
+from threadpoolctl import threadpool_limits
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -33,7 +34,9 @@ def test_tutorial_runs_in_fast_mode(path, monkeypatch, tmp_path):
     monkeypatch.setattr(plt, "show", lambda *a, **k: None)
     plt.close("all")
     try:
-        runpy.run_path(str(path), run_name="__main__")
+        # tiny matrices: BLAS threads only add overhead (and oversubscribe a busy machine)
+        with threadpool_limits(1):
+            runpy.run_path(str(path), run_name="__main__")
         assert plt.get_fignums(), f"{path.name} drew no figure"
     finally:
         plt.close("all")
