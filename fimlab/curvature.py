@@ -239,7 +239,34 @@ def _chol_solve(L, B, xp):
 
 class FisherBlock(CurvatureOperator):
     """The diagonal block ``F_l = (1/N) Σ_n (ā_n ā_nᵀ) ⊗ G_n`` of one layer (PAPERS.md F1),
-    matrix-free, with Gram-identity norms and inner products with Kronecker sums."""
+    matrix-free, with Gram-identity norms and inner products with Kronecker sums.
+
+    Parameters
+    ----------
+    batch : FactorBatch
+    l : int
+        The layer (0-based).
+
+    Raises
+    ------
+    IndexError
+        For a layer index out of range.
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> net = fl.MLP([3, 4, 2], activation="tanh", likelihood="categorical", seed=0)
+    >>> b = fl.factor_batch(net, np.random.default_rng(0).normal(size=(10, 3)))
+    >>> F = fl.FisherOperator(b)
+    >>> F0 = F.diagonal_block(0)                 # same as fl.FisherBlock(b, 0)
+    >>> F0.shape, bool(np.allclose(F0.to_dense(), F.block(0)))
+    ((16, 16), True)
+    >>> bool(np.isclose(F0.frobenius_norm_sq(), np.linalg.norm(F.block(0)) ** 2))
+    True
+    >>> A, G = F0.kfac_factors()                 # PAPERS.md (K1)
+    >>> bool(np.isclose(F0.inner_kron([(A, G)]), np.sum(F.block(0) * np.kron(A, G))))
+    True
+    """
 
     def __init__(self, batch: FactorBatch, l: int):
         if not 0 <= l < batch.n_layers:

@@ -434,6 +434,13 @@ def preconditioned_condition_number(F, approx, damping: float, **kwargs) -> floa
     """(E4) ``κ(F̃_λ⁻¹F_λ) = μ_max / μ_min`` (see :func:`preconditioned_spectrum`).
 
     ``inf`` when the smallest eigenvalue is not positive (an indefinite preconditioner).
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> F = fl.DenseOperator(np.diag([1.0, 3.0]))
+    >>> round(fl.preconditioned_condition_number(F, lambda X: X, 1.0), 6)   # (3+1)/(1+1)
+    2.0
     """
     xp_vals = preconditioned_spectrum(F, approx, damping, **kwargs)
     lo, hi = float(xp_vals[0]), float(xp_vals[-1])
