@@ -266,22 +266,27 @@ class FisherBlock(CurvatureOperator):
 
     def frobenius_norm_sq(self) -> float:
         """``‖F_l‖²_F = (1/N²) Σ_{n,n'} (ā_nᵀā_n')² Σ_{k,k'} (g_nkᵀ g_n'k')²``."""
+        from . import _kernels
+
         xp = self.xp
-        N, K = self.batch.n_samples, self.batch.n_vectors
+        N = self.batch.n_samples
         Ga = self.a @ xp.matrix_transpose(self.a)
-        gf = xp.reshape(self.g, (N * K, self.d_g))
-        Gg = gf @ xp.matrix_transpose(gf)
-        GG = xp.sum(xp.reshape(Gg * Gg, (N, K, N, K)), axis=(1, 3))  # ⟨G_n, G_n'⟩
+        GG = _kernels.second_moment_gram(self.g)  # ⟨G_n, G_n'⟩, chunked (no NK × NK)
         return float(xp.sum(Ga * Ga * GG)) / N**2
 
     def inner_kron(self, terms) -> float:
         """``⟨F_l, Σ_r A_r ⊗ G_r⟩_F = (1/N) Σ_r Σ_n (ā_nᵀ A_r ā_n)(Σ_k g_nkᵀ G_r g_nk)``."""
+        from . import _kernels
+
         xp = self.xp
-        N = self.batch.n_samples
+        N, K = self.batch.n_samples, self.batch.n_vectors
+        gf = xp.reshape(self.g, (N * K, self.d_g))
+        qa = xp.empty((N,), dtype=self.dtype, device=self._device())
+        qg = xp.empty((N,), dtype=self.dtype, device=self._device())
         total = 0.0
         for A, G in terms:
-            qa = xp.sum((self.a @ A) * self.a, axis=1)  # (N,)
-            qg = xp.sum(xp.sum((self.g @ G) * self.g, axis=2), axis=1)  # (N,)
+            _kernels.grouped_rowdot(self.a @ A, self.a, 1, qa)  # ā_nᵀ A ā_n
+            _kernels.grouped_rowdot(gf @ G, gf, K, qg)  # Σ_k g_nkᵀ G g_nk
             total += float(xp.sum(qa * qg))
         return total / N
 
