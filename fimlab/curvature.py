@@ -131,6 +131,8 @@ class FisherOperator(CurvatureOperator):
         )
         row_bytes = nbytes_of((b.n_vectors, P), self.dtype)
         chunk = max(1, min(b.n_samples, _CHUNK_BYTES // max(row_bytes, 1)))
+        if _syrk_for(b) is not None:
+            return _dense_syrk(b, chunk)
         F = None
         for s in range(0, b.n_samples, chunk):
             U = b.jacobian_matrix(s, min(s + chunk, b.n_samples), max_bytes=None)
@@ -223,6 +225,41 @@ class FisherOperator(CurvatureOperator):
         y = _chol_solve(L, Uv, xp)
         out = (X - self._Ut(xp.reshape(y, (N, K, k)))) / lam
         return out[:, 0] if vec_in else out
+
+
+def _syrk_for(b):
+    """SciPy's BLAS ``syrk`` for a NumPy float batch, else ``None`` (array-API path)."""
+    from .backend import is_numpy_namespace
+
+    if not is_numpy_namespace(b.xp):
+        return None
+    import numpy as np
+    from scipy.linalg import blas
+
+    return {np.dtype(np.float64): blas.dsyrk, np.dtype(np.float32): blas.ssyrk}.get(
+        np.dtype(b.dtype))
+
+
+def _dense_syrk(b, chunk: int):
+    """``F = UᵀU/N`` for NumPy batches: one BLAS ``syrk`` per sample chunk accumulating
+    (``beta = 1``, scale ``1/N`` folded into ``alpha``) into a single ``P × P`` array, then
+    one pass copying the computed triangle onto the other (a Numba kernel). No per-chunk
+    ``P × P`` temporaries; the flop count is that of ``U.T @ U`` (a symmetric rank-k
+    update), which is what NumPy itself runs for that expression."""
+    import numpy as np
+
+    from . import _kernels
+
+    syrk = _syrk_for(b)
+    P, N = b.n_params, b.n_samples
+    C = np.zeros((P, P), dtype=b.dtype, order="F")
+    for s in range(0, N, chunk):
+        U = b.jacobian_matrix(s, min(s + chunk, N), max_bytes=None)  # (nK, P), C order
+        # U.T is F-contiguous: C <- alpha·(U.T)(U.T)ᵀ + C on the upper triangle
+        C = syrk(1.0 / N, U.T, beta=1.0, c=C, trans=0, lower=0, overwrite_c=1)
+    M = C.T  # C-contiguous; its lower triangle holds F
+    _kernels.symmetrize_lower(M)
+    return M
 
 
 def _chol_solve(L, B, xp):

@@ -30,7 +30,8 @@ from ..backend import array_namespace, device_of
 from . import numpy_impl
 
 __all__ = [
-    "sq_gram_reduce", "grouped_rowdot", "second_moment_gram", "numba_enabled",
+    "sq_gram_reduce", "grouped_rowdot", "symmetrize_lower", "second_moment_gram",
+    "numba_enabled",
     "implementation",
 ]
 
@@ -87,6 +88,17 @@ def grouped_rowdot(X, Y, K: int, out) -> None:
         _nb.grouped_rowdot(np.ascontiguousarray(X), np.ascontiguousarray(Y), int(K), out)
     else:
         numpy_impl.grouped_rowdot(X, Y, K, out)
+
+
+def symmetrize_lower(M) -> None:
+    """Copy the lower triangle of the square ``M`` onto its upper triangle, in place
+    (see :func:`fimlab._kernels.numpy_impl.symmetrize_lower`)."""
+    if M.ndim != 2 or M.shape[0] != M.shape[1]:
+        raise ValueError(f"symmetrize_lower needs a square matrix, got {tuple(M.shape)}")
+    if _numba_ok(M):
+        _nb.symmetrize_lower(M)
+    else:
+        numpy_impl.symmetrize_lower(M)
 
 
 #: Row chunks of the ``N·K × N·K`` Gram matrix are formed at most this many bytes at once.

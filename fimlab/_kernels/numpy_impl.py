@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..backend import array_namespace
 
-__all__ = ["sq_gram_reduce", "grouped_rowdot"]
+__all__ = ["sq_gram_reduce", "grouped_rowdot", "symmetrize_lower"]
 
 
 def sq_gram_reduce(Gg, K: int, out) -> None:
@@ -54,3 +54,17 @@ def grouped_rowdot(X, Y, K: int, out) -> None:
     xp = array_namespace(X, Y, out)
     N = out.shape[0]
     out[...] = xp.sum(xp.reshape(X * Y, (N, K * X.shape[1])), axis=1)
+
+
+def symmetrize_lower(M) -> None:
+    """Copy the lower triangle of the square ``M`` onto its upper triangle, in place
+    (``M`` is both input and output): after the call ``M`` is symmetric. Used after a
+    BLAS ``syrk`` that filled one triangle of a dense Fisher matrix."""
+    xp = array_namespace(M)
+    n = M.shape[0]
+    t = 256
+    for i0 in range(0, n, t):
+        i1 = min(i0 + t, n)
+        M[i0:i1, i1:] = xp.matrix_transpose(M[i1:, i0:i1])
+        blk = M[i0:i1, i0:i1]
+        M[i0:i1, i0:i1] = xp.tril(blk) + xp.matrix_transpose(xp.tril(blk, k=-1))
