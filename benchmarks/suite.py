@@ -120,7 +120,8 @@ def run_suite(mode: str = "quick", sections=None, use_peers: bool = True,
             ctx.skip("peers", pst["message"])
         limits = {}
         if "limits" in sections:
-            limits = harness.machine_limits(ctx.cfg["gemm_n"], ctx.cfg["budget"])
+            limits = harness.machine_limits(ctx.cfg["gemm_n"], ctx.cfg["budget"],
+                                            bw_mb=ctx.cfg["bw_mb"])
             log("machine limits: " + ", ".join(f"{k} = {v:.1f}" for k, v in limits.items()
                                                if k.endswith(("_s",))))
         ctx.limits = limits

@@ -26,6 +26,7 @@ import os
 
 import numpy as np
 
+from .._errors import ShapeError
 from ..backend import array_namespace, device_of
 from . import numpy_impl
 
@@ -66,7 +67,7 @@ def sq_gram_reduce(Gg, K: int, out) -> None:
     """``out[i, j] = Σ_{k,k'} Gg[iK+k, jK+k']²`` (see
     :func:`fimlab._kernels.numpy_impl.sq_gram_reduce`)."""
     if Gg.ndim != 2 or out.ndim != 2 or Gg.shape != (out.shape[0] * K, out.shape[1] * K):
-        raise ValueError(
+        raise ShapeError(
             f"sq_gram_reduce: Gg of shape {tuple(Gg.shape)} does not match out of shape "
             f"{tuple(out.shape)} with K={K}"
         )
@@ -80,7 +81,7 @@ def grouped_rowdot(X, Y, K: int, out) -> None:
     """``out[n] = Σ_k Σ_j X[nK+k, j] Y[nK+k, j]`` (see
     :func:`fimlab._kernels.numpy_impl.grouped_rowdot`)."""
     if X.ndim != 2 or X.shape != Y.shape or out.ndim != 1 or X.shape[0] != out.shape[0] * K:
-        raise ValueError(
+        raise ShapeError(
             f"grouped_rowdot: X {tuple(X.shape)}, Y {tuple(Y.shape)} and out "
             f"{tuple(out.shape)} do not match with K={K}"
         )
@@ -94,7 +95,7 @@ def symmetrize_lower(M) -> None:
     """Copy the lower triangle of the square ``M`` onto its upper triangle, in place
     (see :func:`fimlab._kernels.numpy_impl.symmetrize_lower`)."""
     if M.ndim != 2 or M.shape[0] != M.shape[1]:
-        raise ValueError(f"symmetrize_lower needs a square matrix, got {tuple(M.shape)}")
+        raise ShapeError(f"symmetrize_lower needs a square matrix, got {tuple(M.shape)}")
     if _numba_ok(M):
         _nb.symmetrize_lower(M)
     else:
