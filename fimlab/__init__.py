@@ -30,7 +30,7 @@ from ._errors import (
     SingularMatrixError,
     UnknownNameError,
 )
-from .approx import KFAC, kfac_factors
+from .approx import KFAC, KPSVD, Deflation, KFACCorrected, Lanczos, kfac_factors
 from .backend import get_backend, set_backend, to_numpy, use_backend
 from .batch import FactorBatch
 from .curvature import FisherBlock, FisherOperator
@@ -51,7 +51,7 @@ __all__ = [
     # the Fisher
     "FisherOperator", "FisherBlock", "exact_fisher", "empirical_fisher",
     # approximations
-    "KFAC", "kfac_factors",
+    "KFAC", "kfac_factors", "KPSVD", "KFACCorrected", "Deflation", "Lanczos",
     # operators
     "CurvatureOperator", "KroneckerOperator", "BlockDiagonalOperator", "DenseOperator",
     # metrics

@@ -11,18 +11,42 @@ Contents
 - :func:`kron_matmat` — ``(A ⊗ G) X`` by two GEMMs;
 - :func:`kron_sum_inner` — ``⟨Σ A_r⊗G_r, Σ B_s⊗C_s⟩_F`` from factor inner products;
 - :func:`kron_sum_inverse` / :func:`kron_sum_solve` — the damped inverses of PAPERS.md
-  (K2, K3, K4 for one term; I1 for two; preconditioned CG for any number).
+  (K2, K3, K4 for one term; I1 for two; preconditioned CG for any number);
+- :func:`rearrange`, :func:`rearrange_inverse`, :func:`kpsvd`, :func:`nearest_kronecker`,
+  :func:`psd_sign` — the rearrangement and the Kronecker product SVD of a dense matrix
+  (R1, R2, R4), for tests and teaching;
+- :func:`rearranged_matvec`, :func:`rearranged_rmatvec`, :class:`RearrangedFisher` — the
+  products with ``R(F_i)`` of a factor-batch layer, matrix-free (R3);
+- :class:`RearrangedGram` — the exact, iteration-free route to the leading singular
+  triplets of ``R(F_i)`` through an ``m × m`` problem built from Gram matrices;
+- :func:`power_svd`, :func:`golub_kahan`, :func:`lanczos_svd`, :func:`deflate` — the
+  papers' iterative solvers on any product pair, with convergence reports.
 """
 
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from ._errors import ConvergenceWarning, DampingError, SingularMatrixError
-from ._validation import check_choice
-from .backend import array_namespace, device_of, kron, unvec, vec
+import numpy as np
+
+from ._errors import ConvergenceWarning, DampingError, ShapeError, SingularMatrixError
+from ._validation import check_choice, check_dense_memory
+from .backend import (
+    array_namespace,
+    asarray_on,
+    device_of,
+    dtype_eps,
+    from_host,
+    is_numpy_namespace,
+    kron,
+    unvec,
+    vec,
+)
 
 __all__ = [
     "vec",
@@ -33,6 +57,28 @@ __all__ = [
     "kron_sum_inverse",
     "kron_sum_solve",
     "DAMPING_RULES",
+    # rearrangement and KPSVD of dense matrices (R1, R2, R4)
+    "rearrange",
+    "rearrange_inverse",
+    "kpsvd",
+    "nearest_kronecker",
+    "psd_sign",
+    "KronSVD",
+    # matrix-free products with R(F_i) (R3) and the exact Gram route
+    "rearranged_matvec",
+    "rearranged_rmatvec",
+    "RearrangedFisher",
+    "RearrangedGram",
+    "weighted_gram",
+    # iterative SVD on product pairs
+    "as_product_pair",
+    "deflate",
+    "DeflatedProductPair",
+    "power_svd",
+    "golub_kahan",
+    "lanczos_svd",
+    "ConvergenceReport",
+    "pcg",
 ]
 
 DAMPING_RULES = ("factor", "pi", "exact")
@@ -328,3 +374,1220 @@ def pcg(op: Callable, B, precond: Callable | None, *, tol: float = 1e-10,
 def kron_sum_solve(terms, X, damping, rule: str = "factor", **kwargs):
     """One-shot ``apply`` of :func:`kron_sum_inverse` to ``X``."""
     return kron_sum_inverse(terms, damping, rule, **kwargs)(X)
+
+
+# =====================================================================================
+# The rearrangement R and the Kronecker product SVD of a dense matrix (R1, R2)
+# =====================================================================================
+
+
+def _check_grid(M, d_a: int, d_g: int, what: str = "M"):
+    for name, d in (("d_a", d_a), ("d_g", d_g)):
+        if not (isinstance(d, int) and d >= 1):
+            raise ShapeError(f"{name} must be a positive integer, got {d!r}")
+    if M.ndim != 2 or M.shape[0] != M.shape[1]:
+        raise ShapeError(f"{what} must be a square matrix, got shape {tuple(M.shape)}")
+    if M.shape[0] != d_a * d_g:
+        raise ShapeError(
+            f"{what} has size {M.shape[0]}, which is not d_a·d_g = {d_a}·{d_g} = "
+            f"{d_a * d_g}; pass the sizes of the two Kronecker factors"
+        )
+
+
+def rearrange(M, d_a: int, d_g: int):
+    """The rearrangement ``R(M)`` of Van Loan & Pitsianis (PAPERS.md R1).
+
+    ``M`` (``d_a·d_g × d_a·d_g``) is seen as a ``d_a × d_a`` grid of ``d_g × d_g``
+    blocks ``M_kl``; ``R(M)`` (``d_a² × d_g²``) has one row ``vec(M_kl)ᵀ`` per block,
+    blocks in column-major order (row ``k + l·d_a``). Then ``R(A ⊗ G) = vec(A) vec(G)ᵀ``
+    and ``‖M − A⊗G‖_F = ‖R(M) − vec(A)vec(G)ᵀ‖_F`` (R1). Dense: for tests and teaching.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> A, G = np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[0.0, 1.0], [1.0, 5.0]])
+    >>> R = rearrange(np.kron(A, G), 2, 2)
+    >>> bool(np.allclose(R, np.outer(A.ravel(order="F"), G.ravel(order="F"))))
+    True
+    """
+    _check_grid(M, d_a, d_g)
+    xp = array_namespace(M)
+    M4 = xp.reshape(M, (d_a, d_g, d_a, d_g))  # [k, i, l, j] = (M_kl)_ij
+    return xp.reshape(xp.permute_dims(M4, (2, 0, 3, 1)), (d_a * d_a, d_g * d_g))
+
+
+def rearrange_inverse(Rm, d_a: int, d_g: int):
+    """Inverse of :func:`rearrange`: the ``d_a·d_g × d_a·d_g`` matrix whose rearrangement
+    is ``Rm`` (``d_a² × d_g²``)."""
+    xp = array_namespace(Rm)
+    if Rm.ndim != 2 or Rm.shape != (d_a * d_a, d_g * d_g):
+        raise ShapeError(
+            f"a rearranged matrix for d_a={d_a}, d_g={d_g} has shape "
+            f"({d_a * d_a}, {d_g * d_g}), got {tuple(Rm.shape)}"
+        )
+    R4 = xp.reshape(Rm, (d_a, d_a, d_g, d_g))  # [l, k, j, i]
+    return xp.reshape(xp.permute_dims(R4, (1, 3, 0, 2)), (d_a * d_g, d_a * d_g))
+
+
+def psd_sign(A, G):
+    """The sign rule of PAPERS.md (R4) for one Kronecker term ``A ⊗ G``.
+
+    ``A ⊗ G = (−A) ⊗ (−G)``: return the pair with ``tr A ≥ 0`` (ties broken by the
+    largest-magnitude entry of ``A`` being positive). For the leading term of a PSD
+    matrix this is the choice that makes both factors PSD; later terms are symmetric
+    but may be indefinite.
+    """
+    xp = array_namespace(A, G)
+    tr = float(xp.sum(xp.linalg.diagonal(A)))
+    scale = float(xp.max(xp.abs(A))) if A.size else 0.0
+    if abs(tr) <= 1e-12 * scale * A.shape[0]:
+        flat = xp.reshape(A, (-1,))
+        tr = float(flat[int(xp.argmax(xp.abs(flat)))]) if scale > 0 else 1.0
+    return (A, G) if tr >= 0 else (-A, -G)
+
+
+class KronSVD(NamedTuple):
+    """A Kronecker product SVD ``M ≈ Σ_r sigma[r] · A[r] ⊗ G[r]`` (PAPERS.md R2), with
+    ``‖A[r]‖_F = ‖G[r]‖_F = 1`` and ``sigma`` decreasing."""
+
+    sigma: object
+    A: object  # (r, d_a, d_a)
+    G: object  # (r, d_g, d_g)
+
+    @property
+    def terms(self) -> list[tuple]:
+        """The Kronecker terms ``(√σ_r A_r, √σ_r G_r)``, balanced between the factors."""
+        out = []
+        for r in range(self.sigma.shape[0]):
+            s = math.sqrt(float(self.sigma[r]))
+            out.append((s * self.A[r, ...], s * self.G[r, ...]))
+        return out
+
+    @property
+    def rank(self) -> int:
+        return int(self.sigma.shape[0])
+
+
+def kpsvd(M, d_a: int, d_g: int, rank: int | None = None, rtol: float | None = None):
+    """Truncated Kronecker product SVD of a dense matrix (PAPERS.md R2, Van Loan).
+
+    Parameters
+    ----------
+    M : array, shape (d_a·d_g, d_a·d_g)
+    d_a, d_g : int
+        Sizes of the factors ``A`` (``d_a × d_a``) and ``G`` (``d_g × d_g``).
+    rank : int, optional
+        Number of terms kept; ``None`` keeps every non-zero one.
+    rtol : float, optional
+        Singular values of ``R(M)`` at or below ``rtol·σ₁`` count as zero (default
+        ``max(d_a², d_g²)·eps``).
+
+    Returns
+    -------
+    KronSVD
+        ``(sigma, A, G)``; ``Σ_{r<k} σ_r A_r ⊗ G_r`` is the best approximation of ``M``
+        by a sum of ``k`` Kronecker products in Frobenius norm (Eckart–Young on ``R(M)``),
+        with error² ``Σ_{r≥k} σ_r²``. Signs follow :func:`psd_sign`.
+
+    Raises
+    ------
+    ShapeError
+        If ``rank < 1`` or ``rank`` exceeds the numerical rank of ``R(M)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> A1, G1, A2, G2 = (rng.normal(size=(3, 3)) for _ in range(4))
+    >>> M = np.kron(A1, G1) + np.kron(A2, G2)
+    >>> res = kpsvd(M, 3, 3)
+    >>> res.rank, bool(np.allclose(sum(np.kron(A, G) for A, G in res.terms), M))
+    (2, True)
+    """
+    _check_grid(M, d_a, d_g)
+    xp = array_namespace(M)
+    Rm = rearrange(M, d_a, d_g)
+    Uf, s, Vh = xp.linalg.svd(Rm, full_matrices=False)
+    eps = dtype_eps(M.dtype)
+    tol = (rtol if rtol is not None else max(d_a * d_a, d_g * d_g) * eps) * (
+        float(s[0]) if s.shape[0] else 0.0
+    )
+    nrank = int(xp.sum(xp.astype(s > tol, xp.int64))) if float(s[0]) > 0 else 0
+    if rank is None:
+        rank = nrank
+        if rank == 0:
+            raise ShapeError("M is zero: its Kronecker product SVD has no terms")
+    _check_rank(rank, nrank, "R(M)")
+    As, Gs = [], []
+    for r in range(rank):
+        A = unvec(Uf[:, r], d_a, d_a)
+        G = unvec(Vh[r, :], d_g, d_g)
+        A, G = psd_sign(A, G)
+        As.append(A)
+        Gs.append(G)
+    return KronSVD(s[:rank], xp.stack(As), xp.stack(Gs))
+
+
+def nearest_kronecker(M, d_a: int, d_g: int):
+    """``argmin_{A,G} ‖M − A ⊗ G‖_F`` (PAPERS.md R1): the leading KPSVD term, balanced
+    (``‖A‖_F = ‖G‖_F``) and signed by :func:`psd_sign` (PSD factors for a PSD ``M``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> A, G = np.diag([1.0, 2.0]), np.array([[2.0, 1.0], [1.0, 2.0]])
+    >>> A2, G2 = nearest_kronecker(np.kron(A, G), 2, 2)
+    >>> bool(np.allclose(np.kron(A2, G2), np.kron(A, G)))
+    True
+    """
+    return kpsvd(M, d_a, d_g, rank=1).terms[0]
+
+
+def _check_rank(rank, nrank: int, what: str) -> None:
+    if isinstance(rank, bool) or not isinstance(rank, int):
+        raise ShapeError(f"rank must be a positive integer, got {rank!r}")
+    if rank < 1:
+        raise ShapeError(f"rank must be at least 1, got {rank}")
+    if rank > nrank:
+        raise ShapeError(
+            f"rank={rank} exceeds the numerical rank {nrank} of {what}: a sum of more "
+            f"than {nrank} Kronecker products cannot improve on {nrank} of them. Ask for "
+            f"rank <= {nrank}"
+        )
+
+
+# =====================================================================================
+# Matrix-free products with R(F_i) for a factor-batch layer (R3)
+# =====================================================================================
+
+
+def _check_layer(a, g):
+    """Validate one layer of a factor batch; return ``(xp, m, K, d_a, d_g)``."""
+    xp = array_namespace(a, g)
+    if a.ndim != 2:
+        raise ShapeError(f"a must have shape (m, d_a), got {tuple(a.shape)}")
+    if g.ndim != 3:
+        raise ShapeError(
+            f"g must have shape (m, K, d_g), got {tuple(g.shape)}; for one vector per "
+            "sample use g[:, None, :]"
+        )
+    if a.shape[0] != g.shape[0]:
+        raise ShapeError(
+            f"a has {a.shape[0]} samples but g has {g.shape[0]}; they must hold the same "
+            "samples"
+        )
+    if a.shape[0] == 0 or g.shape[1] == 0:
+        raise ShapeError("a factor-batch layer needs at least one sample and one vector")
+    return xp, int(a.shape[0]), int(g.shape[1]), int(a.shape[1]), int(g.shape[2])
+
+
+def rearranged_matvec(a, g, V):
+    """``R(F_i) vec(V)`` as a ``d_a × d_a`` matrix (PAPERS.md R3), never forming ``F_i``.
+
+    ``F_i = (1/m) Σ_n (ā_n ā_nᵀ) ⊗ G_n`` with ``G_n = Σ_k g_nk g_nkᵀ``; then
+    ``R(F_i) vec(V) = vec((1/m) Σ_n w_n ā_n ā_nᵀ)`` with ``w_n = Σ_k g_nkᵀ V g_nk``:
+    two GEMMs, ``O(m (K d_g² + d_a²))``.
+
+    Parameters
+    ----------
+    a : array (m, d_a)
+    g : array (m, K, d_g)
+    V : array (d_g, d_g), or a stack (c, d_g, d_g)
+
+    Returns
+    -------
+    array (d_a, d_a), or (c, d_a, d_a) for a stack
+    """
+    xp, m, K, d_a, d_g = _check_layer(a, g)
+    if V.shape[-2:] != (d_g, d_g) or V.ndim not in (2, 3):
+        raise ShapeError(f"V must have shape ({d_g}, {d_g}) or (c, {d_g}, {d_g}), got "
+                         f"{tuple(V.shape)}")
+    gf = xp.reshape(g, (m * K, d_g))
+    if V.ndim == 2:
+        w = xp.sum(xp.reshape(xp.sum((gf @ V) * gf, axis=1), (m, K)), axis=1)
+        return (xp.matrix_transpose(a) * (w / m)) @ a
+    Vs = [V[c, ...] for c in range(V.shape[0])]
+    return xp.stack([rearranged_matvec(a, g, Vc) for Vc in Vs])
+
+
+def rearranged_rmatvec(a, g, U):
+    """``R(F_i)ᵀ vec(U)`` as a ``d_g × d_g`` matrix (PAPERS.md R3):
+    ``vec((1/m) Σ_n (ā_nᵀ U ā_n) G_n)``, ``O(m (d_a² + K d_g²))``.
+
+    ``U`` is ``(d_a, d_a)`` or a stack ``(c, d_a, d_a)``.
+    """
+    xp, m, K, d_a, d_g = _check_layer(a, g)
+    if U.shape[-2:] != (d_a, d_a) or U.ndim not in (2, 3):
+        raise ShapeError(f"U must have shape ({d_a}, {d_a}) or (c, {d_a}, {d_a}), got "
+                         f"{tuple(U.shape)}")
+    if U.ndim == 3:
+        return xp.stack([rearranged_rmatvec(a, g, U[c, ...]) for c in range(U.shape[0])])
+    s = xp.sum((a @ U) * a, axis=1) / m  # (m,)
+    gs = g * s[:, None, None]
+    return xp.matrix_transpose(xp.reshape(gs, (m * K, d_g))) @ xp.reshape(g, (m * K, d_g))
+
+
+class RearrangedFisher:
+    """``R(F_i)`` of one factor-batch layer as a product pair (PAPERS.md R3).
+
+    ``shape = (d_a², d_g²)``; ``matvec(x)`` (``x = vec(V)``, length ``d_g²``) and
+    ``rmatvec(y)`` (``y = vec(U)``, length ``d_a²``) cost ``O(m (d_a² + K d_g²))`` and
+    never form ``F_i`` or ``R(F_i)``; :meth:`to_dense` forms ``R(F_i) = (1/m) Σ_n
+    vec(ā_n ā_nᵀ) vec(G_n)ᵀ`` for tests (memory-guarded).
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> rng = np.random.default_rng(0)
+    >>> a, g = rng.normal(size=(6, 3)), rng.normal(size=(6, 2, 2))
+    >>> R = RearrangedFisher(a, g)
+    >>> F = fl.FisherOperator(fl.FactorBatch([a], [g])).to_dense()
+    >>> x = rng.normal(size=4)
+    >>> bool(np.allclose(R.matvec(x), rearrange(F, 3, 2) @ x))
+    True
+    """
+
+    def __init__(self, a, g):
+        self.xp, self.m, self.K, self.d_a, self.d_g = _check_layer(a, g)
+        self.a, self.g = a, g
+        self.dtype = a.dtype
+        self.shape = (self.d_a * self.d_a, self.d_g * self.d_g)
+
+    def matvec(self, x):
+        if x.shape != (self.shape[1],):
+            raise ShapeError(f"matvec needs a vector of length {self.shape[1]}, got "
+                             f"shape {tuple(x.shape)}")
+        V = unvec(x, self.d_g, self.d_g, self.xp)
+        return vec(rearranged_matvec(self.a, self.g, V), self.xp)
+
+    def rmatvec(self, y):
+        if y.shape != (self.shape[0],):
+            raise ShapeError(f"rmatvec needs a vector of length {self.shape[0]}, got "
+                             f"shape {tuple(y.shape)}")
+        U = unvec(y, self.d_a, self.d_a, self.xp)
+        return vec(rearranged_rmatvec(self.a, self.g, U), self.xp)
+
+    def to_dense(self, max_bytes: int | None = None):
+        """Dense ``R(F_i)`` (``d_a² × d_g²``), from the per-sample outer products."""
+        check_dense_memory(self.shape, self.dtype, max_bytes, "rearranged block R(F_i)",
+                           "RearrangedFisher.matvec/rmatvec")
+        xp, a, g, m = self.xp, self.a, self.g, self.m
+        Ua = vec(a[:, :, None] * a[:, None, :], xp)  # (m, d_a²)
+        Gn = xp.matrix_transpose(g) @ g  # (m, d_g, d_g)
+        return xp.matrix_transpose(Ua) @ vec(Gn, xp) / m
+
+
+# =====================================================================================
+# Iterative SVD on any product pair: power SVD, Golub–Kahan (Lanczos), deflation
+# =====================================================================================
+
+
+@dataclass
+class ConvergenceReport:
+    """What an SVD solver did, for one block (or one part of it).
+
+    Attributes
+    ----------
+    method : str
+        ``"power"``, ``"lanczos"``, ``"gram"`` (exact Gram eigenproblem) ...
+    converged : bool
+        The tolerance was met (exact methods: always ``True``).
+    residual : float
+        Relative residual reached: ``‖R v − σ u‖/σ`` (power SVD) or
+        ``max_r ‖(R v_r − σ_r u_r, Rᵀu_r − σ_r v_r)‖/σ₁`` (Lanczos); 0 for exact methods
+        up to round-off.
+    tol : float
+    iterations : int
+        Power iterations, or Golub–Kahan steps summed over restarts.
+    restarts : int
+    n_products : int
+        Products with ``R`` or ``Rᵀ``.
+    breakdown : bool
+        A Golub–Kahan breakdown (an exact invariant subspace) or a zero operator
+        ended the iteration; requested terms beyond the rank were set to zero.
+    rank : int or None
+        Number of non-zero singular triplets found (``< requested`` when clipped).
+    sigma : tuple of float
+        The singular values found.
+    seconds : float
+        Wall time.
+    parts : list of ConvergenceReport
+        Sub-reports (e.g. the two power SVDs of Deflation).
+    """
+
+    method: str
+    converged: bool = True
+    residual: float = 0.0
+    tol: float = 0.0
+    iterations: int = 0
+    restarts: int = 0
+    n_products: int = 0
+    breakdown: bool = False
+    rank: int | None = None
+    sigma: tuple = ()
+    seconds: float = 0.0
+    parts: list = field(default_factory=list)
+
+    @classmethod
+    def combine(cls, method: str, parts: list, sigma=(), rank=None) -> ConvergenceReport:
+        """One report for several solver runs (worst residual, summed counts)."""
+        return cls(
+            method=method,
+            converged=all(p.converged for p in parts),
+            residual=max((p.residual for p in parts), default=0.0),
+            tol=max((p.tol for p in parts), default=0.0),
+            iterations=sum(p.iterations for p in parts),
+            restarts=sum(p.restarts for p in parts),
+            n_products=sum(p.n_products for p in parts),
+            breakdown=any(p.breakdown for p in parts),
+            rank=rank,
+            sigma=tuple(sigma),
+            seconds=sum(p.seconds for p in parts),
+            parts=list(parts),
+        )
+
+
+class _DenseProductPair:
+    def __init__(self, M):
+        if M.ndim != 2:
+            raise ShapeError(f"a product pair from an array needs a matrix, got shape "
+                             f"{tuple(M.shape)}")
+        self.M, self.xp = M, array_namespace(M)
+        self.shape, self.dtype = (int(M.shape[0]), int(M.shape[1])), M.dtype
+
+    def matvec(self, x):
+        return self.M @ x
+
+    def rmatvec(self, y):
+        return y @ self.M
+
+
+def as_product_pair(op):
+    """``op`` as a product pair: anything with ``shape``, ``matvec`` and ``rmatvec``
+    (a :class:`RearrangedFisher`, a SciPy ``LinearOperator``, ...) or a dense matrix."""
+    if hasattr(op, "matvec") and hasattr(op, "rmatvec") and hasattr(op, "shape"):
+        return op
+    if hasattr(op, "ndim") and hasattr(op, "shape"):
+        return _DenseProductPair(op)
+    raise TypeError(
+        f"expected a product pair (shape, matvec, rmatvec) or a matrix, got "
+        f"{type(op).__name__}"
+    )
+
+
+class DeflatedProductPair:
+    """``R − Σ_i s_i x_i y_iᵀ`` as a product pair, for known rank-one terms
+    (PAPERS.md methods table: Deflation deflates ``σ₁u₁v₁ᵀ``; KFAC-corrected deflates
+    the KFAC term ``vec(A_K) vec(G_K)ᵀ``). The vectors need not be unit."""
+
+    def __init__(self, op, terms: Sequence[tuple]):
+        self.op = as_product_pair(op)
+        self.terms = [(float(s), x, y) for s, x, y in terms]
+        for _, x, y in self.terms:
+            if x.shape != (self.op.shape[0],) or y.shape != (self.op.shape[1],):
+                raise ShapeError(
+                    f"a deflation term needs vectors of lengths {self.op.shape}, got "
+                    f"{tuple(x.shape)} and {tuple(y.shape)}"
+                )
+        self.shape = self.op.shape
+        self.dtype = getattr(self.op, "dtype", None)
+        self.xp = getattr(self.op, "xp", None)
+
+    def matvec(self, v):
+        out = self.op.matvec(v)
+        xp = array_namespace(out)
+        for s, x, y in self.terms:
+            out = out - (s * float(xp.sum(y * v))) * x
+        return out
+
+    def rmatvec(self, u):
+        out = self.op.rmatvec(u)
+        xp = array_namespace(out)
+        for s, x, y in self.terms:
+            out = out - (s * float(xp.sum(x * u))) * y
+        return out
+
+
+def deflate(op, terms: Sequence[tuple]) -> DeflatedProductPair:
+    """``op − Σ s_i x_i y_iᵀ`` matrix-free; ``terms`` is a list of ``(s, x, y)``."""
+    return DeflatedProductPair(op, terms)
+
+
+def _norm(x, xp) -> float:
+    return float(xp.linalg.vector_norm(x))
+
+
+def _op_namespace(op, v0):
+    if v0 is not None:
+        return array_namespace(v0), v0.dtype
+    xp = getattr(op, "xp", None) or array_namespace()
+    dtype = getattr(op, "dtype", None) or xp.float64
+    return xp, dtype
+
+
+def _random_vector(n, xp, dtype, rng, like=None):
+    rng = rng if rng is not None else np.random.default_rng(0)
+    x = rng.standard_normal(n)
+    x = x / np.linalg.norm(x)
+    if like is not None:
+        return asarray_on(x, like, dtype=dtype)
+    return from_host(x, xp, dtype=dtype)
+
+
+def power_svd(op, v0=None, *, tol: float = 1e-6, maxiter: int = 1000, rng=None,
+              zero_tol: float = 0.0, warn: bool = True, name: str = "power SVD"):
+    """Leading singular triplet of a product pair by power iteration (the papers' "power
+    SVD", PAPERS.md methods table).
+
+    Alternates ``u = R v/‖R v‖``, ``v = Rᵀu/‖Rᵀu‖`` and stops when
+    ``‖R v − σ u‖ ≤ tol·σ`` (``σ = ‖Rᵀu‖ = uᵀRv``; the other residual ``Rᵀu − σv`` is
+    zero by construction) or after ``maxiter`` iterations (two products each).
+
+    Parameters
+    ----------
+    op : product pair or matrix
+    v0 : array, optional
+        Start (warm start from previous factors); random from ``rng`` otherwise.
+    tol : float
+        Relative residual tolerance (the papers: 1e-6).
+    maxiter : int
+        Iteration cap (the papers: 1000).
+    rng : numpy.random.Generator, optional
+    zero_tol : float
+        ``‖R v₀‖ ≤ zero_tol`` (after one random retry) means ``R`` is numerically zero:
+        the triplet ``(0, 0, 0)`` is returned with ``breakdown=True, rank=0``.
+    warn : bool
+        Emit :class:`ConvergenceWarning` at the cap (with the residual reached).
+
+    Returns
+    -------
+    sigma : float
+    u, v : arrays
+    report : ConvergenceReport
+
+    Notes
+    -----
+    The convergence rate is ``(σ₂/σ₁)²`` per iteration: with ``σ₂ ≈ σ₁`` it can need
+    hundreds of iterations. fimlab's exact solvers do not use it (see
+    :class:`RearrangedGram`).
+    """
+    t0 = time.perf_counter()
+    op = as_product_pair(op)
+    _check_solver_params(tol=tol, maxiter=maxiter)
+    n_rows, n_cols = op.shape
+    xp, dtype = _op_namespace(op, v0)
+    if v0 is None:
+        v = _random_vector(n_cols, xp, dtype, rng)
+    else:
+        if v0.shape != (n_cols,):
+            raise ShapeError(f"v0 must have length {n_cols}, got shape {tuple(v0.shape)}")
+        nv = _norm(v0, xp)
+        v = v0 / nv if nv > 0 else _random_vector(n_cols, xp, dtype, rng, like=v0)
+    x = op.matvec(v)
+    nprod = 1
+    s = _norm(x, xp)
+    if s <= zero_tol and v0 is not None:  # a warm start in the null space: one retry
+        v = _random_vector(n_cols, xp, dtype, rng, like=v)
+        x = op.matvec(v)
+        nprod += 1
+        s = _norm(x, xp)
+    if s <= zero_tol or s == 0.0:
+        rep = ConvergenceReport("power", True, 0.0, tol, 0, 0, nprod, True, 0, (0.0,),
+                                time.perf_counter() - t0)
+        return 0.0, xp.zeros_like(x), xp.zeros_like(v), rep
+    u = x / s
+    it, res, t = 0, math.inf, s
+    u_old = u
+    while it < maxiter:
+        y = op.rmatvec(u)
+        t = _norm(y, xp)
+        v = y / t
+        x = op.matvec(v)
+        it += 1
+        nprod += 2
+        u_old = u
+        res = _norm(x - t * u_old, xp) / t
+        s = _norm(x, xp)
+        u = x / s
+        if res <= tol:
+            break
+    converged = res <= tol
+    if not converged and warn:
+        warnings.warn(
+            f"{name} stopped at its cap of {maxiter} iterations with relative residual "
+            f"‖R v − σ u‖/σ = {res:.3e} > tol {tol:.1e} (σ = {t:.6e}); the factors are "
+            "approximate. Raise maxiter, or use solver='exact'",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    rep = ConvergenceReport("power", converged, res, tol, it, 0, nprod, False, 1, (t,),
+                            time.perf_counter() - t0)
+    return t, u_old, v, rep
+
+
+def _check_solver_params(*, tol=None, maxiter=None, steps=None, max_restarts=None):
+    if tol is not None and not (isinstance(tol, (int, float)) and tol > 0
+                                and math.isfinite(tol)):
+        raise ShapeError(f"tol must be a positive finite number, got {tol!r}")
+    for name, val, lo in (("maxiter", maxiter, 1), ("steps", steps, 1),
+                          ("max_restarts", max_restarts, 0)):
+        if val is None:
+            continue
+        if isinstance(val, bool) or not isinstance(val, int) or val < lo:
+            raise ShapeError(f"{name} must be an integer >= {lo}, got {val!r}")
+
+
+class _GK:
+    """Golub–Kahan bidiagonalisation with full reorthogonalisation, grown step by step.
+
+    ``R V_k = U_k B_k`` with ``B_k`` upper bidiagonal (``α`` on the diagonal, ``β``
+    above it) and ``Rᵀ U_k = V_k B_kᵀ + β_{k−1} v_k e_kᵀ`` while the chain is open. A
+    breakdown (``α`` or ``β`` at round-off level) is an exact invariant subspace: the
+    chain is closed with a zero coupling (an ``α``-breakdown keeps ``v_j`` with
+    ``α_j = 0`` and a zero ``u_j``, so ``B`` stays square); :meth:`restart` may open a
+    new chain from a vector orthogonal to the previous ones. ``B`` lives on the host.
+    """
+
+    def __init__(self, op, v0, cap: int, xp):
+        self.op, self.xp = op, xp
+        self.n_rows, self.n_cols = op.shape
+        self.cap = max(1, min(cap, self.n_rows, self.n_cols))
+        dtype = v0.dtype
+        self.dtype = dtype
+        dev = device_of(v0)
+        self.U = xp.zeros((self.n_rows, self.cap + 1), dtype=dtype, device=dev)
+        self.V = xp.zeros((self.n_cols, self.cap + 1), dtype=dtype, device=dev)
+        self.alpha = np.zeros(self.cap + 1)
+        self.beta = np.zeros(self.cap + 1)  # beta[j] couples v_{j+1} to u_j
+        self.k = 0
+        self.n_products = 0
+        self.scale = 0.0
+        eps = dtype_eps(dtype)
+        self.bd_rel = eps * max(1000.0, 10.0 * math.sqrt(max(self.n_rows, self.n_cols)))
+        self.open = False
+        self.breakdowns = 0
+        self.restart(v0)
+
+    def _orth(self, x, B, j):
+        if j == 0:
+            return x
+        xp = self.xp
+        Bj = B[:, :j]
+        for _ in range(2):  # classical Gram–Schmidt, twice
+            x = x - Bj @ (xp.matrix_transpose(Bj) @ x)
+        return x
+
+    @property
+    def exhausted(self) -> bool:
+        return self.k >= self.cap and not self.open
+
+    def restart(self, v) -> bool:
+        """Open a chain at column ``k`` from ``v`` (orthogonalised against ``V[:, :k]``);
+        False when ``v`` lies (numerically) in the span already explored."""
+        if self.k >= self.cap:
+            self.open = False
+            return False
+        xp = self.xp
+        nv0 = _norm(v, xp)
+        v = self._orth(v, self.V, self.k)
+        nv = _norm(v, xp)
+        if nv == 0.0 or nv <= self.bd_rel * nv0:
+            self.open = False
+            return False
+        self.V[:, self.k] = v / nv
+        self.open = True
+        return True
+
+    def step(self) -> bool:
+        """One step; False once the chain is closed (breakdown) or the cap is reached."""
+        xp, j = self.xp, self.k
+        if not self.open or j >= self.cap:
+            return False
+        x = self.op.matvec(self.V[:, j])
+        self.n_products += 1
+        if j > 0 and self.beta[j - 1] != 0.0:
+            x = x - float(self.beta[j - 1]) * self.U[:, j - 1]
+        x = self._orth(x, self.U, j)
+        a = _norm(x, xp)
+        self.scale = max(self.scale, a)
+        if a == 0.0 or a <= self.bd_rel * self.scale:
+            # alpha-breakdown: R v_j ∈ span(U_j); (U_j, V_{j+1}) is an invariant pair
+            self.alpha[j] = 0.0
+            self.k = j + 1
+            self.open = False
+            self.breakdowns += 1
+            return False
+        self.alpha[j] = a
+        self.U[:, j] = x / a
+        y = self.op.rmatvec(self.U[:, j]) - a * self.V[:, j]
+        self.n_products += 1
+        y = self._orth(y, self.V, j + 1)
+        b = _norm(y, xp)
+        self.scale = max(self.scale, b)
+        self.k = j + 1
+        if b == 0.0 or b <= self.bd_rel * self.scale:
+            self.beta[j] = 0.0
+            self.open = False
+            self.breakdowns += 1
+            return False
+        self.beta[j] = b
+        if self.k >= self.n_rows:
+            # left space exhausted: R v_{j+1} lies in span(U); close with α = 0
+            self.V[:, self.k] = y / b
+            self.alpha[self.k] = 0.0
+            self.k += 1
+            self.open = False
+            return False
+        if self.k >= self.cap:
+            # cap reached with the chain open: keep v_{k} for the residual / restart
+            self.V[:, self.k] = y / b
+            return False
+        self.V[:, self.k] = y / b
+        return True
+
+    def last_beta(self) -> float:
+        """The coupling to the unexplored next vector (zero when the chain is closed):
+        the Ritz residuals are ``last_beta · |p_r[k−1]|``."""
+        if self.open and self.k > 0:
+            return float(self.beta[self.k - 1])
+        return 0.0
+
+    def bidiagonal(self):
+        k = self.k
+        Bm = np.zeros((k, k))
+        idx = np.arange(k)
+        Bm[idx, idx] = self.alpha[:k]
+        if k > 1:
+            Bm[idx[:-1], idx[:-1] + 1] = self.beta[: k - 1]
+        return Bm
+
+    def ritz(self, k_top: int):
+        """Top ``k_top`` singular triplets of ``B_k``: ``(s, P, Q)`` on the host."""
+        k = self.k
+        if k <= 64:
+            P, s, Qh = np.linalg.svd(self.bidiagonal())
+            return s[:k_top], P[:, :k_top], Qh[:k_top, :].T
+        return _bidiag_top_svd(self.alpha[:k], self.beta[: k - 1], k_top)
+
+    def residual(self, k_top: int):
+        """``(s, max_r residual_r)`` of the top Ritz triplets (absolute)."""
+        s, P, _ = self.ritz(k_top)
+        res = self.last_beta() * np.abs(P[-1, :]) if self.k else np.zeros(1)
+        return s, float(np.max(res)) if res.size else 0.0
+
+
+def _bidiag_top_svd(alpha, beta, k_top):
+    """Top singular triplets of an upper bidiagonal matrix through the Golub–Kahan
+    tridiagonal ``[[0, B], [Bᵀ, 0]]`` (zero diagonal, off-diagonal ``α₀, β₀, α₁, …``),
+    whose eigenvalues are ``±σ`` (host, SciPy's ``eigh_tridiagonal``)."""
+    import scipy.linalg
+
+    k = alpha.shape[0]
+    e = np.zeros(2 * k - 1)
+    e[0::2] = alpha
+    e[1::2] = beta
+    n = 2 * k
+    kt = min(k_top, k)
+    w, Z = scipy.linalg.eigh_tridiagonal(np.zeros(n), e, select="i",
+                                         select_range=(n - kt, n - 1))
+    order = np.argsort(w)[::-1]
+    w, Z = w[order], Z[:, order]
+    # ordering (v_0, u_0, v_1, u_1, ...): eigenvector = [q; p]/√2 interleaved
+    Q = Z[0::2, :] * math.sqrt(2.0)
+    P = Z[1::2, :] * math.sqrt(2.0)
+    return np.maximum(w, 0.0), P, Q
+
+
+def golub_kahan(op, steps: int, v0=None, *, rng=None):
+    """``steps`` steps of Golub–Kahan (Lanczos) bidiagonalisation of a product pair, with
+    full reorthogonalisation.
+
+    Returns ``(U, B, V, info)`` with ``R V = U B`` (``B`` upper bidiagonal, on the host)
+    and ``Rᵀ U = V Bᵀ + info["beta_next"] v_next e_lastᵀ``. Steps beyond the rank of
+    ``R`` are clipped: a breakdown is an exact invariant subspace (``info["breakdown"]``,
+    ``info["steps"] < steps``), never an error or a NaN.
+    """
+    op = as_product_pair(op)
+    _check_solver_params(steps=steps)
+    xp, dtype = _op_namespace(op, v0)
+    if v0 is None:
+        v0 = _random_vector(op.shape[1], xp, dtype, rng)
+    gk = _GK(op, v0, steps, xp)
+    while gk.step():
+        pass
+    k = gk.k
+    info = {"steps": k, "breakdown": gk.breakdowns > 0, "n_products": gk.n_products,
+            "beta_next": gk.last_beta()}
+    return gk.U[:, :k], gk.bidiagonal(), gk.V[:, :k], info
+
+
+def lanczos_svd(op, k: int = 2, steps: int | None = 2, v0=None, *, tol: float = 1e-6,
+                max_restarts: int = 100, rng=None, zero_tol: float = 0.0,
+                warn: bool = True, name: str = "Lanczos SVD"):
+    """Leading ``k`` singular triplets of a product pair by Golub–Kahan (Lanczos)
+    bidiagonalisation (PAPERS.md methods table, "Lanczos").
+
+    Two modes:
+
+    - ``steps`` an integer (the papers: ``steps=2``, ``k=2``): bidiagonalise for
+      ``steps`` steps from ``v0``, take the SVD of the small bidiagonal, keep ``k``
+      triplets; while the residual is above ``tol`` restart from ``v₁ + … + v_k`` (at
+      most ``max_restarts`` restarts), then warn with the residual reached.
+    - ``steps=None``: grow one Krylov space until the ``k`` leading Ritz triplets reach
+      ``tol`` or the space is exhausted (exact); a breakdown before that continues from
+      a fresh vector orthogonal to the explored space.
+
+    The residual of triplet ``r`` is ``‖(R v_r − σ_r u_r, Rᵀu_r − σ_r v_r)‖ =
+    β_last |p_r[last]|`` (``R V = U B`` holds exactly), reported relative to ``σ₁``.
+    Steps beyond the rank of ``R`` are clipped by a breakdown (an invariant subspace,
+    not an error); triplets beyond the rank come back as zeros (``report.rank < k``).
+
+    Returns
+    -------
+    sigma : numpy array (k,)
+    U : array (n_rows, k)
+    V : array (n_cols, k)
+    report : ConvergenceReport
+    """
+    t0 = time.perf_counter()
+    op = as_product_pair(op)
+    _check_solver_params(tol=tol, max_restarts=max_restarts, steps=steps)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ShapeError(f"k must be a positive integer, got {k!r}")
+    if steps is not None and steps < k:
+        raise ShapeError(
+            f"Lanczos needs at least as many bidiagonalisation steps as triplets kept: "
+            f"steps={steps} < k={k}"
+        )
+    n_rows, n_cols = op.shape
+    xp, dtype = _op_namespace(op, v0)
+    rng = rng if rng is not None else np.random.default_rng(0)
+    if v0 is None:
+        v = _random_vector(n_cols, xp, dtype, rng)
+    else:
+        if v0.shape != (n_cols,):
+            raise ShapeError(f"v0 must have length {n_cols}, got shape {tuple(v0.shape)}")
+        nv = _norm(v0, xp)
+        v = v0 / nv if nv > 0 else _random_vector(n_cols, xp, dtype, rng, like=v0)
+    nprod = 1
+    probe = _norm(op.matvec(v), xp)
+    if probe <= zero_tol and v0 is not None:  # warm start in the null space: retry
+        v = _random_vector(n_cols, xp, dtype, rng, like=v)
+        probe = _norm(op.matvec(v), xp)
+        nprod += 1
+    dev = device_of(v)
+    if probe <= zero_tol or probe == 0.0:
+        rep = ConvergenceReport("lanczos", True, 0.0, tol, 0, 0, nprod, True, 0,
+                                (0.0,) * k, time.perf_counter() - t0)
+        return (np.zeros(k), xp.zeros((n_rows, k), dtype=dtype, device=dev),
+                xp.zeros((n_cols, k), dtype=dtype, device=dev), rep)
+
+    dim = min(n_rows, n_cols)
+    restarts, iters = 0, 0
+    while True:
+        gk = _GK(op, v, dim if steps is None else steps, xp)
+        if steps is None:
+            next_check = min(max(2 * k, 8), dim)
+            while True:
+                if gk.step():
+                    if gk.k >= next_check:
+                        s_c, r_c = gk.residual(k)
+                        if r_c <= tol * float(s_c[0]):
+                            break
+                        next_check = max(gk.k + 4, int(gk.k * 1.25))
+                    continue
+                if gk.exhausted or gk.open:
+                    break
+                # breakdown before exhaustion: an exact invariant subspace was found;
+                # the leading triplets may lie outside it, so explore on
+                if not gk.restart(_random_vector(n_cols, xp, dtype, rng, like=v)):
+                    break
+        else:
+            while gk.step():
+                pass
+        iters += gk.k
+        nprod += gk.n_products
+        s, P, Q = gk.ritz(k)
+        s1 = float(s[0]) if s.shape[0] else 0.0
+        res = (gk.last_beta() * float(np.max(np.abs(P[-1, :]))) / s1) if s1 > 0 else 0.0
+        if steps is None or res <= tol or restarts >= max_restarts:
+            break
+        Qd = asarray_on(Q, gk.V, dtype=dtype)  # restart from v_1 + ... + v_k
+        v = gk.V[:, : gk.k] @ xp.sum(Qd, axis=1)
+        v = v / _norm(v, xp)
+        restarts += 1
+
+    converged = res <= tol
+    Pd = asarray_on(P, gk.U, dtype=dtype)
+    Qd = asarray_on(Q, gk.V, dtype=dtype)
+    Uk = gk.U[:, : gk.k] @ Pd
+    Vk = gk.V[:, : gk.k] @ Qd
+    floor = max(zero_tol, gk.bd_rel * max(gk.scale, s1))
+    sig = np.zeros(k)
+    Uo = xp.zeros((n_rows, k), dtype=dtype, device=dev)
+    Vo = xp.zeros((n_cols, k), dtype=dtype, device=dev)
+    n_keep = 0
+    for i in range(s.shape[0]):
+        if s[i] > floor:
+            sig[i] = s[i]
+            Uo[:, i] = Uk[:, i]
+            Vo[:, i] = Vk[:, i]
+            n_keep += 1
+    if not converged and warn:
+        warnings.warn(
+            f"{name} stopped after {restarts} restarts (cap {max_restarts}) with relative "
+            f"residual {res:.3e} > tol {tol:.1e}; the leading {k} triplets are "
+            "approximate. Raise max_restarts or steps, or use solver='exact'",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    rep = ConvergenceReport(
+        "lanczos", converged, res, tol, iters, restarts, nprod,
+        gk.breakdowns > 0 or n_keep < k, n_keep, tuple(float(x) for x in sig),
+        time.perf_counter() - t0,
+    )
+    return sig, Uo, Vo, rep
+
+
+# =====================================================================================
+# The exact route: R(F_i) = (1/m) Uᵀ V and an m × m problem from Gram matrices
+# =====================================================================================
+
+
+def weighted_gram(X, w):
+    """``Xᵀ diag(w) X`` for rows ``X`` of shape ``(m, d)``, or ``Σ_n w_n X_nᵀ X_n`` for
+    ``X`` of shape ``(m, K, d)`` (``K`` rows per sample), with signed weights.
+
+    Computed as two symmetric rank-k updates (``YᵀY``, which BLAS runs as SYRK) on the
+    rows of positive and of negative weight, so a signed combination costs no more than
+    one unweighted Gram matrix, and the result is exactly symmetric.
+    """
+    xp = array_namespace(X, w)
+    d = X.shape[-1]
+    out = None
+    for positive in (True, False):
+        idx = xp.nonzero(w > 0 if positive else w < 0)[0]
+        if idx.shape[0] == 0:
+            continue
+        Y = xp.take(X, idx, axis=0)
+        s = xp.sqrt(xp.abs(xp.take(w, idx)))
+        Y = xp.reshape(Y * xp.reshape(s, (-1,) + (1,) * (X.ndim - 1)), (-1, d))
+        P = xp.matrix_transpose(Y) @ Y
+        if out is None:
+            out = P if positive else -P
+        else:
+            out = out - P
+    if out is None:
+        out = xp.zeros((d, d), dtype=X.dtype, device=device_of(X))
+    return out
+
+
+class _GramSide:
+    """One side of ``R(F_i) = (1/m) Uᵀ V``: the Gram matrix ``M = U Uᵀ`` (``m × m``),
+    applied either as ``M`` or, when the rows are short (``d² ≤ m``), as ``E (Eᵀ X)``
+    with the explicit rows ``E``; :meth:`factor` gives ``L`` with ``M = L Lᵀ``."""
+
+    def __init__(self, xp, M=None, E=None):
+        self.xp, self.M, self.E = xp, M, E
+        self._L = None
+        self.m = int((M if M is not None else E).shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.E.shape[1]) if self.E is not None else self.m
+
+    def apply(self, X):
+        if self.E is not None:
+            return self.E @ (self.xp.matrix_transpose(self.E) @ X)
+        return self.M @ X
+
+    def factor(self):
+        if self._L is None:
+            self._L = self.E if self.E is not None else _psd_factor(self.M, self.xp)
+        return self._L
+
+
+def _psd_factor(M, xp):
+    """``L`` with ``L Lᵀ = M`` for a PSD (often singular) Gram matrix: Cholesky, which is
+    backward stable whenever it completes; eigh with thresholding when it does not."""
+    try:
+        L = xp.linalg.cholesky(M)
+        if bool(xp.all(xp.isfinite(L))):
+            return L
+    except Exception:  # noqa: BLE001 - numpy/cupy/strict raise different types
+        pass
+    w, Q = xp.linalg.eigh(M)
+    wmax = float(xp.max(w)) if w.shape[0] else 0.0
+    idx = xp.nonzero(w > max(wmax, 0.0) * M.shape[0] * dtype_eps(M.dtype))[0]
+    return xp.take(Q, idx, axis=1) * xp.sqrt(xp.take(w, idx))
+
+
+def _top_eigh(B, k: int, xp):
+    """The ``k`` largest eigenpairs of a symmetric ``B``, descending."""
+    n = B.shape[0]
+    k = min(k, n)
+    if is_numpy_namespace(xp) and n > 4 * k + 8:
+        import scipy.linalg
+
+        w, Q = scipy.linalg.eigh(B, subset_by_index=[n - k, n - 1])
+    else:
+        w, Q = xp.linalg.eigh(B)
+        w, Q = w[n - k:], Q[:, n - k:]
+    return xp.flip(w, axis=0), xp.flip(Q, axis=1)
+
+
+class _Core:
+    """The ``m × m`` core ``C = c0·I + X Yᵀ`` in ``R = Uᵀ C V``: ``I/m`` for ``R(F_i)``,
+    ``I/m − 11ᵀ/m²`` for ``R(F_i) − vec(A_K)vec(G_K)ᵀ``, ``I/m − w dᵀ/σ`` after deflating
+    a known triplet."""
+
+    def __init__(self, c0: float, X=None, Y=None):
+        self.c0, self.X, self.Y = float(c0), X, Y
+
+    def apply(self, Z, xp, transpose: bool = False):
+        out = self.c0 * Z
+        if self.X is not None:
+            A, B = (self.Y, self.X) if transpose else (self.X, self.Y)
+            out = out + A @ (xp.matrix_transpose(B) @ Z)
+        return out
+
+
+class RearrangedGram:
+    """The exact leading singular triplets of ``R(F_i)`` without iterating over
+    ``d_a²``- or ``d_g²``-long vectors (PAPERS.md R3; the route of issue 3).
+
+    ``R(F_i) = (1/m) Uᵀ V`` with rows ``U_n = vec(ā_n ā_nᵀ)`` and ``V_n = vec(G_n)``.
+    Its non-zero singular triplets are those of an ``m × m`` problem built from the Gram
+    matrices ``M_U = U Uᵀ = (ĀĀᵀ)∘(ĀĀᵀ)`` and ``M_V = V Vᵀ = [⟨G_n, G_n'⟩] =
+    [Σ_{k,k'} (g_nkᵀ g_n'k')²]``: with ``M_V = L Lᵀ`` (Cholesky, or thresholded eigh
+    when ``M_V`` is numerically singular) and ``Z = C L`` (``C = I/m``),
+    ``B = Zᵀ M_U Z`` has the eigenvalues ``σ_r²`` and eigenvectors ``q_r``; then
+
+        σ_r mat(u_r) = Āᵀ diag(w_r) Ā,     w_r = Z q_r
+        σ_r mat(v_r) = Σ_n d_rn G_n = gᵀ diag(d_r) g,   d_r = Cᵀ M_U w_r / σ_r
+
+    (GEMMs; no division by small Gram eigenvalues). A short side (``d² ≤ m``) uses its
+    explicit rows instead of a Gram matrix. Nothing depends on a spectral gap: the cost
+    is a few GEMMs and one ``m × m`` eigenproblem, whatever ``σ₂/σ₁`` is. The same
+    machinery handles ``R = Uᵀ C V`` for the other cores the methods need (the
+    KFAC-corrected residual, a deflated ``R``).
+
+    Parameters
+    ----------
+    a : array (m, d_a)
+    g : array (m, K, d_g)
+    rank_rtol : float, optional
+        Singular values ``≤ rank_rtol·σ₁`` count as zero (the numerical rank of
+        ``R(F_i)``); default ``10·√(n·eps)``, ``n`` the size of the small problem (the
+        Gram route resolves singular values down to about ``√eps·σ₁``).
+
+    Notes
+    -----
+    Gram matrices and the small problem are computed in float64 whatever the input
+    dtype; the factors come back in the input dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> a, g = rng.normal(size=(20, 4)), rng.normal(size=(20, 1, 3))
+    >>> s, w, d = RearrangedGram(a, g).top(2)
+    >>> s_dense = np.linalg.svd(RearrangedFisher(a, g).to_dense(), compute_uv=False)
+    >>> bool(np.allclose(s, s_dense[:2]))
+    True
+    """
+
+    #: byte budget of one chunk of the g-Gram matrix (m·K)² when K > 1
+    chunk_bytes = 64 * 1024**2
+
+    def __init__(self, a, g, *, rank_rtol: float | None = None):
+        xp, m, K, d_a, d_g = _check_layer(a, g)
+        self.xp, self.m, self.K, self.d_a, self.d_g = xp, m, K, d_a, d_g
+        self.a, self.g, self.dtype = a, g, a.dtype
+        f64 = xp.float64
+        a64 = a if a.dtype == f64 else xp.astype(a, f64)
+        g64 = g if g.dtype == f64 else xp.astype(g, f64)
+        # U side: rows vec(ā ā^T)
+        if d_a * d_a <= m:
+            self.U = _GramSide(xp, E=vec(a64[:, :, None] * a64[:, None, :], xp))
+        else:
+            Ga = a64 @ xp.matrix_transpose(a64)
+            self.U = _GramSide(xp, M=Ga * Ga)
+        # V side: rows vec(G_n)
+        if d_g * d_g <= m:
+            self.V = _GramSide(xp, E=vec(xp.matrix_transpose(g64) @ g64, xp))
+        else:
+            self.V = _GramSide(xp, M=self._g_gram(g64))
+        n = min(self.U.dim, self.V.dim)
+        self.rank_rtol = (10.0 * math.sqrt(max(n, 1) * dtype_eps(f64))
+                          if rank_rtol is None else float(rank_rtol))
+
+    def _g_gram(self, g64):
+        """``[⟨G_n, G_n'⟩]`` = ``Σ_{k,k'} (g_nkᵀ g_n'k')²``, by the cheaper of a chunked
+        Gram of the ``m·K`` vectors and the Gram of the explicit ``G_n``."""
+        xp, m, K, d_g = self.xp, self.m, self.K, self.d_g
+        if K == 1:
+            gf = g64[:, 0, :]
+            Gg = gf @ xp.matrix_transpose(gf)
+            return Gg * Gg
+        cost_vec = (m * K) ** 2 * d_g
+        cost_exp = m * K * d_g * d_g + m * m * d_g * d_g
+        if cost_exp < cost_vec and m * d_g * d_g * 8 <= self.chunk_bytes * 4:
+            Gn = vec(xp.matrix_transpose(g64) @ g64, xp)  # (m, d_g²)
+            return Gn @ xp.matrix_transpose(Gn)
+        gf = xp.reshape(g64, (m * K, d_g))
+        rows = max(1, min(m, self.chunk_bytes // (8 * K * K * m)))
+        parts = []
+        for s in range(0, m, rows):
+            e = min(m, s + rows)
+            P = xp.reshape(gf[s * K:e * K, :] @ xp.matrix_transpose(gf), (e - s, K, m, K))
+            parts.append(xp.sum(xp.sum(P * P, axis=3), axis=1))
+        return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+
+    # -- cores ---------------------------------------------------------------------------
+    def core(self, deflate: Sequence[tuple] = ()):
+        """``C = I/m − Σ w dᵀ/σ`` for known triplets ``(σ, w, d)`` (weights as returned by
+        :meth:`top`)."""
+        if not deflate:
+            return _Core(1.0 / self.m)
+        xp = self.xp
+        X = xp.stack([-w / s for s, w, _ in deflate], axis=1)
+        Y = xp.stack([d for _, _, d in deflate], axis=1)
+        return _Core(1.0 / self.m, X, Y)
+
+    def kfac_residual_core(self):
+        """``C = I/m − 11ᵀ/m²``: ``Uᵀ C V = R(F_i) − vec(A_K) vec(G_K)ᵀ`` with the KFAC
+        factors ``A_K = Āᵀ Ā/m``, ``G_K = Σ_n G_n/m``."""
+        xp = self.xp
+        one = xp.ones((self.m, 1), dtype=xp.float64, device=device_of(self.a))
+        return _Core(1.0 / self.m, -one / self.m**2, one)
+
+    # -- the small problem -------------------------------------------------------------
+    def _base(self):
+        """Cached pieces of the default problem (``C = I/m``), factoring the side with
+        the smaller rank: ``Z₀ = L/m``, ``T₀ = M Z₀``, ``B₀ = Z₀ᵀ T₀``."""
+        if getattr(self, "_base_cache", None) is None:
+            xp = self.xp
+            tr = self.V.dim > self.U.dim  # factor U (and transpose the core) if smaller
+            A_side, B_side = (self.V, self.U) if tr else (self.U, self.V)
+            Z0 = B_side.factor() / self.m
+            T0 = A_side.apply(Z0)
+            B0 = xp.matrix_transpose(Z0) @ T0
+            self._base_cache = (tr, A_side, Z0, T0, 0.5 * (B0 + xp.matrix_transpose(B0)))
+        return self._base_cache
+
+    def top(self, k: int, core: _Core | None = None):
+        """The ``k`` leading singular triplets of ``Uᵀ C V`` (default ``R(F_i)``).
+
+        Returns ``(sigma, w, d)``: ``sigma`` a float64 NumPy array ``(k,)``
+        (descending), and weights ``w, d`` of shape ``(m, k)`` with
+        ``σ_r mat(u_r) = Āᵀ diag(w_r) Ā`` and ``σ_r mat(v_r) = Σ_n d_rn G_n``. Singular
+        values at or below ``rank_rtol·σ₁(R(F_i))`` (and their weights) are returned as
+        zeros. A core ``I/m + X Yᵀ`` updates the cached default problem at ``O(m²)``
+        cost (no new Gram product, factorisation or ``m³`` GEMM).
+        """
+        xp = self.xp
+        C = core if core is not None else self.core()
+        if abs(C.c0 * self.m - 1.0) > 1e-12:
+            raise ValueError("cores of RearrangedGram are I/m plus a low-rank term")
+        tr, A_side, Z0, T0, B0 = self._base()
+        Bm, low = B0, None
+        if C.X is not None:
+            Xc, Yc = (C.Y, C.X) if tr else (C.X, C.Y)  # Z = Z₀ + Xc (Ycᵀ L)
+            YL = (xp.matrix_transpose(Yc) @ Z0) * self.m  # (j, r)
+            MX = A_side.apply(Xc)  # (m, j)
+            XT = xp.matrix_transpose(Xc) @ T0  # (j, r)
+            XMX = xp.matrix_transpose(Xc) @ MX  # (j, j)
+            Bm = (B0 + xp.matrix_transpose(XT) @ YL + xp.matrix_transpose(YL) @ XT
+                  + xp.matrix_transpose(YL) @ (XMX @ YL))
+            Bm = 0.5 * (Bm + xp.matrix_transpose(Bm))
+            low = (Xc, YL, MX)
+        dev = device_of(self.a)
+        kk = min(k, int(Bm.shape[0]))
+        if kk == 0:
+            lam = xp.zeros((0,), dtype=xp.float64, device=dev)
+            Q = xp.zeros((Bm.shape[0], 0), dtype=xp.float64, device=dev)
+        else:
+            lam, Q = _top_eigh(Bm, kk, xp)
+        sig = np.sqrt(np.maximum(np.asarray([float(x) for x in lam]), 0.0))
+        if core is None:
+            self._sigma1 = float(sig[0]) if sig.size else 0.0
+        s1 = self.sigma1
+        keep = int(np.sum(sig > self.rank_rtol * s1)) if s1 > 0 else 0
+        sigma = np.zeros(k)
+        sigma[:keep] = sig[:keep]
+        w = xp.zeros((self.m, k), dtype=xp.float64, device=dev)
+        d = xp.zeros((self.m, k), dtype=xp.float64, device=dev)
+        if keep:
+            Qk = Q[:, :keep]
+            ZQ, TQ = Z0 @ Qk, T0 @ Qk
+            if low is not None:
+                Xc, YL, MX = low
+                YQ = YL @ Qk
+                ZQ, TQ = ZQ + Xc @ YQ, TQ + MX @ YQ
+            s_dev = asarray_on(sig[:keep], Qk, dtype=xp.float64)
+            X2 = C.apply(TQ, xp, transpose=not tr) / s_dev
+            w[:, :keep], d[:, :keep] = (X2, ZQ) if tr else (ZQ, X2)
+        return sigma, w, d
+
+    @property
+    def sigma1(self) -> float:
+        """``σ₁(R(F_i)) = ‖R(F_i)‖₂``, the reference of the rank threshold."""
+        if getattr(self, "_sigma1", None) is None:
+            self.top(1)
+        return self._sigma1
+
+    def numerical_rank(self, upto: int) -> int:
+        """The numerical rank of ``R(F_i)`` if it is below ``upto``, else ``upto``."""
+        s, _, _ = self.top(upto)
+        return int(np.sum(s > 0))
+
+    def lanczos(self, k: int = 2, core: _Core | None = None, *, tol: float = 1e-12,
+                rng=None):
+        """The ``k`` leading triplets of ``Uᵀ C V`` by Golub–Kahan bidiagonalisation of
+        the small matrix ``R̃ = L_Uᵀ C L_V`` (``M_U = L_U L_Uᵀ``, ``M_V = L_V L_Vᵀ``),
+        grown until the Ritz residual is below ``tol·σ₁`` or the space is exhausted.
+
+        Returns ``(sigma, w, d, report)`` like :meth:`top`.
+        """
+        xp = self.xp
+        C = core if core is not None else self.core()
+        Lu, Lv = self.U.factor(), self.V.factor()
+        ZV = C.apply(Lv, xp)  # C L_V
+        Rt = xp.matrix_transpose(Lu) @ ZV
+        if min(Rt.shape) == 0:
+            m = self.m
+            z = xp.zeros((m, k), dtype=xp.float64, device=device_of(self.a))
+            return np.zeros(k), z, z, ConvergenceReport("gram-lanczos", rank=0,
+                                                         breakdown=True)
+        sig, P, Q, rep = lanczos_svd(Rt, k=k, steps=None, tol=tol, rng=rng, warn=False)
+        s1 = float(sig[0]) if core is None else self.sigma1
+        keep = int(np.sum(sig > self.rank_rtol * s1)) if s1 > 0 else 0
+        sig = np.where(np.arange(k) < keep, sig, 0.0)
+        mask = asarray_on(np.where(np.arange(k) < keep, 1.0, 0.0), P, dtype=xp.float64)
+        w = (ZV @ Q) * mask
+        d = C.apply(Lu @ P, xp, transpose=True) * mask
+        rep.method = "gram-lanczos"
+        rep.rank = keep
+        rep.sigma = tuple(float(x) for x in sig)
+        return sig, w, d, rep
+
+    # -- back to Kronecker factors -----------------------------------------------------
+    def term(self, sigma: float, w, d):
+        """The Kronecker term ``σ mat(u) ⊗ mat(v)`` as balanced factors
+        ``(A, G) = (Āᵀdiag(w)Ā/√σ, Σ_n d_n G_n/√σ)``, signed by :func:`psd_sign`, in the
+        input dtype (zero factors for ``σ = 0``)."""
+        xp = self.xp
+        if sigma <= 0:
+            return (xp.zeros((self.d_a, self.d_a), dtype=self.dtype, device=device_of(self.a)),
+                    xp.zeros((self.d_g, self.d_g), dtype=self.dtype, device=device_of(self.a)))
+        c = 1.0 / math.sqrt(float(sigma))
+        wa = xp.astype(w * c, self.dtype)
+        dg = xp.astype(d * c, self.dtype)
+        A = weighted_gram(self.a, wa)
+        G = weighted_gram(self.g, dg)
+        return psd_sign(A, G)
+
+    def terms(self, sigma, w, d) -> list[tuple]:
+        """:meth:`term` for every column of the weights."""
+        return [self.term(float(sigma[r]), w[:, r], d[:, r]) for r in range(len(sigma))]

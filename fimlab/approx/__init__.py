@@ -6,12 +6,21 @@ registers its methods here.
 """
 
 from .kfac import KFAC, kfac_factors
+from .kpsvd import KPSVD, Deflation, KFACCorrected, Lanczos
 
-__all__ = ["KFAC", "kfac_factors", "APPROXIMATIONS", "build_approximation"]
+__all__ = ["KFAC", "kfac_factors", "APPROXIMATIONS", "build_approximation",
+           "KPSVD", "KFACCorrected", "Deflation", "Lanczos"]
 
 #: name -> builder(batch, solver="exact", **options); the order is the display order.
 APPROXIMATIONS = {
     "KFAC": lambda batch, solver="exact", **kw: KFAC(batch),
+    "KPSVD": lambda batch, solver="exact", rank=1, **kw: KPSVD(
+        batch, rank=rank, solver=solver, **kw),
+    "KFAC-corrected": lambda batch, solver="exact", **kw: KFACCorrected(
+        batch, solver=solver, **kw),
+    "Deflation": lambda batch, solver="exact", **kw: Deflation(batch, solver=solver, **kw),
+    "Lanczos": lambda batch, solver="exact", steps=2, **kw: Lanczos(
+        batch, steps=steps, solver=solver, **kw),
 }
 
 

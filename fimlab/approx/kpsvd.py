@@ -1,0 +1,470 @@
+"""The four improvements of KFAC of the KPSVD paper, and rank-r KPSVD (PAPERS.md R1-R4,
+the methods table, I1).
+
+Each method approximates every diagonal block ``F_i = (1/m) Σ_n (ā_n ā_nᵀ) ⊗ G_n`` of
+the Fisher by one or two Kronecker products, the solution of a Frobenius-norm problem
+read off the rearranged block ``R(F_i)`` (R1, R3):
+
+============== ==================================================== ===================
+class          problem (Frobenius norm)                             terms per block
+============== ==================================================== ===================
+KPSVD(rank=r)  ``min ‖F_i − Σ_{j≤r} A_j ⊗ G_j‖`` (r = 1: the paper) r
+KFACCorrected  ``min ‖F_i − A_K⊗G_K − A'⊗G'‖``, KFAC factors fixed   2
+Deflation      rank 2, the terms one after the other                2
+Lanczos        rank 2, both terms at once (Golub–Kahan)             2
+============== ==================================================== ===================
+
+Two solvers (``solver=``):
+
+- ``"exact"`` (default): converged to round-off and independent of any spectral gap.
+  ``R(F_i) = (1/m) Uᵀ V`` (rows ``vec(ā_n ā_nᵀ)`` and ``vec(G_n)``) has the non-zero
+  singular triplets of an ``m × m`` problem built from Gram matrices of the factor
+  batch (:class:`fimlab.kron.RearrangedGram`): KPSVD takes its leading eigenpairs;
+  KFAC-corrected the leading triplet of ``Uᵀ(I/m − 11ᵀ/m²)V = R(F_i) −
+  vec(A_K)vec(G_K)ᵀ``; Deflation the leading triplet of ``R(F_i)``, then that of the
+  deflated ``Uᵀ(I/m − w₁d₁ᵀ/σ₁)V``; Lanczos a Golub–Kahan bidiagonalisation of the
+  small problem, grown until the two leading Ritz triplets have residual ≤ 1e-12·σ₁ (or
+  the Krylov space is exhausted). So exact Deflation, exact Lanczos and rank-2 KPSVD
+  are the same matrix (PAPERS.md; a test asserts it), by three different computations.
+- ``"paper"``: the papers' algorithms and budgets on the matrix-free products with
+  ``R(F_i)`` (R3): power SVD with tolerance ``tol=1e-6`` and at most ``maxiter=1000``
+  iterations, warm-started from ``warm_start`` (the previous operator) when given;
+  Lanczos with ``steps=2`` and restarts from ``v₁ + v₂`` while the residual is above
+  ``tol`` (at most ``max_restarts=100``). Not converging within the cap emits a
+  :class:`~fimlab.ConvergenceWarning` with the residual reached, recorded in the
+  block's report.
+
+Every operator is a :class:`~fimlab.operators.BlockDiagonalOperator` of
+:class:`~fimlab.operators.KroneckerOperator` blocks: ``op.blocks[l].terms`` is the list
+of ``(A, G)`` pairs (leading term first, symmetric, the leading factors PSD by the sign
+rule R4), ``op.blocks[l].report`` / ``op.reports[l]`` the
+:class:`~fimlab.kron.ConvergenceReport`, and ``solve(v, damping, rule)`` applies the
+damped inverses of DESIGN.md (``"factor"``: K2 for one term, I1 for two, PCG for three
+or more; ``"exact"``: K4 for one term, PCG otherwise).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from .. import kron as _kron
+from .._errors import ShapeError
+from .._validation import check_choice
+from ..backend import array_namespace, asarray_on, device_of, vec
+from ..batch import FactorBatch
+from ..operators import BlockDiagonalOperator, KroneckerOperator
+from .kfac import kfac_factors
+
+__all__ = ["KPSVD", "KFACCorrected", "Deflation", "Lanczos", "SOLVERS"]
+
+SOLVERS = ("exact", "paper")
+
+
+def _check_int(name: str, value, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+        raise ShapeError(f"{name} must be an integer >= {lo}, got {value!r}")
+    return int(value)
+
+
+class _KPSVDFamily(BlockDiagonalOperator):
+    """Shared construction: validation, warm starts, one block per layer, reports."""
+
+    method = "?"
+    n_terms = 2
+
+    def __init__(self, batch: FactorBatch, *, solver: str = "exact", warm_start=None,
+                 tol: float = 1e-6, maxiter: int = 1000, max_restarts: int = 100,
+                 seed: int = 0, rank_rtol: float | None = None):
+        if not isinstance(batch, FactorBatch):
+            raise TypeError(
+                f"{type(self).__name__} needs a FactorBatch, got {type(batch).__name__}; "
+                "build one with fl.factor_batch(net, X) or fl.FactorBatch(a=..., g=...)"
+            )
+        self.solver = check_choice(solver, SOLVERS, "KPSVD solver")
+        _kron._check_solver_params(tol=tol, maxiter=maxiter, max_restarts=max_restarts)
+        self.tol, self.maxiter, self.max_restarts = float(tol), maxiter, max_restarts
+        self.seed, self.rank_rtol = seed, rank_rtol
+        self.batch = batch
+        warm = self._warm_terms(warm_start, batch)
+        rng = np.random.default_rng(seed)
+        blocks, reports = [], []
+        for l in range(batch.n_layers):
+            t0 = time.perf_counter()
+            self._layer = l
+            a, g = batch.a[l], batch.g[l]
+            if self.solver == "exact":
+                terms, rep = self._exact(a, g)
+            else:
+                terms, rep = self._paper(a, g, warm[l] if warm else None, rng)
+            rep.seconds = time.perf_counter() - t0
+            block = KroneckerOperator(terms)
+            block.report = rep
+            blocks.append(block)
+            reports.append(rep)
+        super().__init__(blocks)
+        #: one :class:`~fimlab.kron.ConvergenceReport` per block
+        self.reports = reports
+
+    # -- shared helpers --------------------------------------------------------------
+    @property
+    def terms(self) -> list[list[tuple]]:
+        """``terms[l]`` = the Kronecker terms ``[(A, G), ...]`` of block ``l``."""
+        return [b.terms for b in self.blocks]
+
+    @property
+    def converged(self) -> bool:
+        """True when every block's solver met its tolerance."""
+        return all(r.converged for r in self.reports)
+
+    def _name(self, what: str) -> str:
+        return f"{self.method} (solver='paper'), block {self._layer}: {what}"
+
+    def _warm_terms(self, warm_start, batch):
+        if warm_start is None:
+            return None
+        blocks = getattr(warm_start, "blocks", None)
+        if blocks is None or len(blocks) != batch.n_layers:
+            raise ShapeError(
+                f"warm_start must be a block-diagonal Kronecker operator with "
+                f"{batch.n_layers} blocks (e.g. the previous {self.method}), got "
+                f"{type(warm_start).__name__}"
+                + (f" with {len(blocks)} blocks" if blocks is not None else "")
+            )
+        out = []
+        for l, b in enumerate(blocks):
+            terms = getattr(b, "terms", None)
+            if not terms:
+                raise ShapeError(f"warm_start block {l} has no Kronecker terms")
+            A, G = terms[0]
+            if A.shape != (batch.d_a[l],) * 2 or G.shape != (batch.d_g[l],) * 2:
+                raise ShapeError(
+                    f"warm_start block {l} has factors of sizes {A.shape[0]} and "
+                    f"{G.shape[0]}, the batch has d_a = {batch.d_a[l]} and d_g = "
+                    f"{batch.d_g[l]}; warm-start from an operator of the same network"
+                )
+            out.append(terms)
+        return out
+
+    @staticmethod
+    def _start(G, ref):
+        """``vec(G)`` normalised, in the dtype of ``ref``, as a start vector (``None``
+        if ``G`` is zero)."""
+        xp = array_namespace(ref)
+        v = vec(asarray_on(G, ref, dtype=ref.dtype), xp)
+        n = float(xp.linalg.vector_norm(v))
+        return v / n if n > 0 else None
+
+    def _paper_term(self, sigma: float, u, v, d_a: int, d_g: int):
+        """``(√σ mat(u), √σ mat(v))`` symmetrised and signed (R4)."""
+        xp = array_namespace(u, v)
+        if sigma <= 0:
+            dev = device_of(u)
+            return (xp.zeros((d_a, d_a), dtype=u.dtype, device=dev),
+                    xp.zeros((d_g, d_g), dtype=u.dtype, device=dev))
+        s = math.sqrt(sigma)
+        A = _kron.unvec(u, d_a, d_a, xp) * s
+        G = _kron.unvec(v, d_g, d_g, xp) * s
+        A = 0.5 * (A + xp.matrix_transpose(A))
+        G = 0.5 * (G + xp.matrix_transpose(G))
+        return _kron.psd_sign(A, G)
+
+    def _gram(self, a, g):
+        return _kron.RearrangedGram(a, g, rank_rtol=self.rank_rtol)
+
+    def _zero_tol(self, scale: float) -> float:
+        """Paper solver: singular values below this count as zero (the deflated
+        operators keep a residue of size ``tol·σ₁`` from the inexact first term)."""
+        rt = self.rank_rtol if self.rank_rtol is not None else 1e-8
+        return max(10.0 * self.tol, rt) * scale
+
+    def _exact(self, a, g):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _paper(self, a, g, warm, rng):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class KPSVD(_KPSVDFamily):
+    """The Frobenius-optimal sum of ``rank`` Kronecker products on every diagonal block
+    (PAPERS.md R2; ``rank=1`` is the paper's KPSVD method).
+
+    Parameters
+    ----------
+    batch : FactorBatch
+        The curvature batch.
+    rank : int
+        Number of Kronecker terms per block (Eckart–Young: the truncated Kronecker
+        product SVD of ``F_i``); must not exceed the numerical rank of ``R(F_i)``.
+    solver : {"exact", "paper"}
+        ``"exact"``: the Gram route (no iteration, no gap dependence). ``"paper"``:
+        power SVD (``tol``, ``maxiter``, warm start), one term after another (deflation)
+        for ``rank > 1``.
+    warm_start : BlockDiagonalOperator, optional
+        The previous operator; its factors start the power iterations (paper solver).
+    tol, maxiter : float, int
+        Paper solver: relative residual ``‖R v − σ u‖/σ`` and iteration cap per term.
+    seed : int
+        Seed of the random start vectors (paper solver).
+    rank_rtol : float, optional
+        Relative threshold below which singular values of ``R(F_i)`` count as zero.
+
+    Raises
+    ------
+    ShapeError
+        ``rank < 1``, or ``rank`` above the numerical rank of some ``R(F_i)`` (e.g. a
+        one-output layer, ``d_g = 1``, has rank 1).
+
+    Notes
+    -----
+    ``solve(v, damping, rule)``: ``"factor"`` uses (K2) for ``rank=1``, (I1) for
+    ``rank=2`` and preconditioned CG for ``rank ≥ 3``; ``"exact"`` (K4) for rank 1 and
+    PCG otherwise.
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> net = fl.MLP([4, 6, 3], activation="tanh", likelihood="categorical", seed=0)
+    >>> b = fl.factor_batch(net, np.random.default_rng(0).normal(size=(32, 4)))
+    >>> K1, K2 = fl.KPSVD(b), fl.KPSVD(b, rank=2)
+    >>> F = fl.FisherOperator(b)
+    >>> e = [fl.relative_frobenius_error(F, op, block=0) for op in (fl.KFAC(b), K1, K2)]
+    >>> bool(e[2] <= e[1] <= e[0])
+    True
+    """
+
+    method = "KPSVD"
+
+    def __init__(self, batch: FactorBatch, rank: int = 1, solver: str = "exact", *,
+                 warm_start=None, tol: float = 1e-6, maxiter: int = 1000, seed: int = 0,
+                 rank_rtol: float | None = None):
+        self.rank = _check_int("rank", rank, 1)
+        self.n_terms = self.rank
+        super().__init__(batch, solver=solver, warm_start=warm_start, tol=tol,
+                         maxiter=maxiter, seed=seed, rank_rtol=rank_rtol)
+
+    def _rank_error(self, nrank: int, a, g):
+        m, d_a, d_g = a.shape[0], a.shape[1], g.shape[2]
+        bound = min(m, d_a * (d_a + 1) // 2, d_g * (d_g + 1) // 2)
+        return ShapeError(
+            f"KPSVD(rank={self.rank}): block {self._layer} has R(F_i) of numerical rank "
+            f"{nrank} (at most min(m, d_a(d_a+1)/2, d_g(d_g+1)/2) = {bound} for m={m}, "
+            f"d_a={d_a}, d_g={d_g}); ask for rank <= {nrank}"
+        )
+
+    def _exact(self, a, g):
+        gram = self._gram(a, g)
+        s, w, d = gram.top(self.rank)
+        nrank = int(np.sum(s > 0))
+        if nrank < self.rank:
+            raise self._rank_error(nrank, a, g)
+        rep = _kron.ConvergenceReport("gram", rank=nrank, sigma=tuple(float(x) for x in s))
+        return gram.terms(s, w, d), rep
+
+    def _paper(self, a, g, warm, rng):
+        op = _kron.RearrangedFisher(a, g)
+        d_a, d_g = op.d_a, op.d_g
+        parts, triplets, terms = [], [], []
+        for j in range(self.rank):
+            if warm is not None and j < len(warm):
+                v0 = self._start(warm[j][1], a)
+            elif j == 0:
+                v0 = self._start(kfac_factors(a, g)[1], a)
+            else:
+                v0 = None
+            target = op if j == 0 else _kron.deflate(op, triplets)
+            zt = self._zero_tol(triplets[0][0]) if triplets else 0.0
+            s, u, v, rep = _kron.power_svd(
+                target, v0, tol=self.tol, maxiter=self.maxiter, rng=rng, zero_tol=zt,
+                name=self._name(f"power SVD of term {j + 1}"),
+            )
+            parts.append(rep)
+            if s <= 0:
+                raise self._rank_error(j, a, g)
+            triplets.append((s, u, v))
+            terms.append(self._paper_term(s, u, v, d_a, d_g))
+        sig = [t[0] for t in triplets]
+        return terms, _kron.ConvergenceReport.combine("power", parts, sig, len(sig))
+
+
+class KFACCorrected(_KPSVDFamily):
+    """KFAC plus the leading Kronecker term of the residual ``F_i − A_K ⊗ G_K``
+    (PAPERS.md methods table, "KFAC-corrected").
+
+    ``min ‖F_i − A_K⊗G_K − A'⊗G'‖_F`` with the KFAC factors fixed: ``A'⊗G'`` is the
+    leading KPSVD term of ``R(F_i) − vec(A_K)vec(G_K)ᵀ``. With ``solver="exact"`` this
+    is the leading triplet of ``Uᵀ(I/m − 11ᵀ/m²)V`` (the KFAC term is the rank-one
+    ``Uᵀ11ᵀV/m²``), read from the Gram problem; ``solver="paper"`` runs the power SVD on
+    the matrix-free deflated products. Blocks have two terms ``[(A_K, G_K), (A', G')]``
+    (``A', G'`` symmetric, indefinite in general); the second is zero when KFAC is
+    already exact on the block (e.g. one sample).
+
+    Parameters are those of :class:`KPSVD` (without ``rank``).
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> net = fl.MLP([4, 6, 3], activation="tanh", likelihood="categorical", seed=0)
+    >>> b = fl.factor_batch(net, np.random.default_rng(0).normal(size=(32, 4)))
+    >>> F = fl.FisherOperator(b)
+    >>> e_kfac = fl.relative_frobenius_error(F, fl.KFAC(b), block=1)
+    >>> bool(fl.relative_frobenius_error(F, fl.KFACCorrected(b), block=1) <= e_kfac)
+    True
+    """
+
+    method = "KFAC-corrected"
+
+    def __init__(self, batch: FactorBatch, solver: str = "exact", *, warm_start=None,
+                 tol: float = 1e-6, maxiter: int = 1000, seed: int = 0,
+                 rank_rtol: float | None = None):
+        super().__init__(batch, solver=solver, warm_start=warm_start, tol=tol,
+                         maxiter=maxiter, seed=seed, rank_rtol=rank_rtol)
+
+    def _exact(self, a, g):
+        AK, GK = kfac_factors(a, g)
+        gram = self._gram(a, g)
+        s, w, d = gram.top(1, gram.kfac_residual_core())
+        rep = _kron.ConvergenceReport("gram", rank=int(s[0] > 0), breakdown=bool(s[0] <= 0),
+                                      sigma=(float(s[0]),))
+        return [(AK, GK), gram.term(float(s[0]), w[:, 0], d[:, 0])], rep
+
+    def _paper(self, a, g, warm, rng):
+        xp = array_namespace(a, g)
+        AK, GK = kfac_factors(a, g)
+        op = _kron.RearrangedFisher(a, g)
+        vA, vG = vec(AK, xp), vec(GK, xp)
+        scale = float(xp.linalg.vector_norm(vA)) * float(xp.linalg.vector_norm(vG))
+        v0 = self._start(warm[1][1], a) if warm is not None and len(warm) > 1 else None
+        s, u, v, rep = _kron.power_svd(
+            _kron.deflate(op, [(1.0, vA, vG)]), v0, tol=self.tol, maxiter=self.maxiter,
+            rng=rng, zero_tol=self._zero_tol(scale),
+            name=self._name("power SVD of the KFAC residual"),
+        )
+        rep.sigma = (float(s),)
+        return [(AK, GK), self._paper_term(s, u, v, op.d_a, op.d_g)], rep
+
+
+class Deflation(_KPSVDFamily):
+    """Rank-2 approximation, the terms found one after the other (PAPERS.md methods
+    table, "Deflation"): the KPSVD term ``σ₁ u₁ v₁ᵀ``, then the leading term of
+    ``R(F_i) − σ₁u₁v₁ᵀ``.
+
+    ``solver="exact"``: both leading triplets from the Gram problem, the second of the
+    deflated core ``I/m − w₁d₁ᵀ/σ₁`` — the truncated rank-2 KPSVD (a theorem).
+    ``solver="paper"``: two power SVDs on matrix-free products, each warm-started from
+    the previous operator's factor when given. The second term is zero when
+    ``R(F_i)`` has rank one (e.g. ``d_g = 1``).
+
+    Parameters are those of :class:`KPSVD` (without ``rank``).
+    """
+
+    method = "Deflation"
+
+    def __init__(self, batch: FactorBatch, solver: str = "exact", *, warm_start=None,
+                 tol: float = 1e-6, maxiter: int = 1000, seed: int = 0,
+                 rank_rtol: float | None = None):
+        super().__init__(batch, solver=solver, warm_start=warm_start, tol=tol,
+                         maxiter=maxiter, seed=seed, rank_rtol=rank_rtol)
+
+    def _exact(self, a, g):
+        gram = self._gram(a, g)
+        s1, w1, d1 = gram.top(1)
+        if s1[0] > 0:
+            s2, w2, d2 = gram.top(1, gram.core([(float(s1[0]), w1[:, 0], d1[:, 0])]))
+        else:
+            s2, w2, d2 = s1, w1, d1
+        sig = (float(s1[0]), float(s2[0]))
+        rank = int(sig[0] > 0) + int(sig[1] > 0)
+        rep = _kron.ConvergenceReport("gram", rank=rank, breakdown=rank < 2, sigma=sig)
+        return [gram.term(sig[0], w1[:, 0], d1[:, 0]),
+                gram.term(sig[1], w2[:, 0], d2[:, 0])], rep
+
+    def _paper(self, a, g, warm, rng):
+        op = _kron.RearrangedFisher(a, g)
+        v0 = (self._start(warm[0][1], a) if warm is not None
+              else self._start(kfac_factors(a, g)[1], a))
+        s1, u1, v1, r1 = _kron.power_svd(op, v0, tol=self.tol, maxiter=self.maxiter,
+                                         rng=rng, name=self._name("power SVD of term 1"))
+        v0 = self._start(warm[1][1], a) if warm is not None and len(warm) > 1 else None
+        if s1 > 0:
+            s2, u2, v2, r2 = _kron.power_svd(
+                _kron.deflate(op, [(s1, u1, v1)]), v0, tol=self.tol, maxiter=self.maxiter,
+                rng=rng, zero_tol=self._zero_tol(s1),
+                name=self._name("power SVD of term 2 (deflated)"),
+            )
+        else:
+            s2, u2, v2, r2 = 0.0, u1, v1, _kron.ConvergenceReport("power", breakdown=True)
+        rank = int(s1 > 0) + int(s2 > 0)
+        rep = _kron.ConvergenceReport.combine("power", [r1, r2], (s1, s2), rank)
+        rep.breakdown = rep.breakdown or rank < 2
+        d_a, d_g = op.d_a, op.d_g
+        return [self._paper_term(s1, u1, v1, d_a, d_g),
+                self._paper_term(s2, u2, v2, d_a, d_g)], rep
+
+
+class Lanczos(_KPSVDFamily):
+    """Rank-2 approximation with both terms at once by Golub–Kahan (Lanczos)
+    bidiagonalisation of ``R(F_i)`` (PAPERS.md methods table, "Lanczos").
+
+    Parameters
+    ----------
+    batch : FactorBatch
+    steps : int
+        Bidiagonalisation steps per (re)start of the paper solver (2 in the papers'
+        code; at least 2). Steps beyond the rank of ``R(F_i)`` are clipped: a breakdown
+        is an exact invariant subspace, not an error. Ignored by ``solver="exact"``,
+        which grows the Krylov space of the Gram problem until the two leading Ritz
+        triplets have residual ≤ 1e-12·σ₁ (or it is exhausted), and is the rank-2
+        optimum whatever ``steps``.
+    solver : {"exact", "paper"}
+        ``"paper"``: ``steps``-step bidiagonalisation of the matrix-free ``R(F_i)``,
+        SVD of the small bidiagonal, two triplets kept, restarts from ``v₁ + v₂`` while
+        the residual is above ``tol`` (at most ``max_restarts``).
+    warm_start : BlockDiagonalOperator, optional
+        Paper solver: start from ``v₁ + v₂`` of the previous operator's factors.
+    tol, max_restarts : float, int
+    seed : int
+    rank_rtol : float, optional
+    """
+
+    method = "Lanczos"
+
+    def __init__(self, batch: FactorBatch, steps: int = 2, solver: str = "exact", *,
+                 warm_start=None, tol: float = 1e-6, max_restarts: int = 100,
+                 seed: int = 0, rank_rtol: float | None = None):
+        self.steps = _check_int("steps", steps, 2)
+        super().__init__(batch, solver=solver, warm_start=warm_start, tol=tol,
+                         max_restarts=max_restarts, seed=seed, rank_rtol=rank_rtol)
+
+    def _exact(self, a, g):
+        gram = self._gram(a, g)
+        s, w, d, rep = gram.lanczos(2, rng=np.random.default_rng(self.seed))
+        rep.breakdown = rep.breakdown or rep.rank < 2
+        return gram.terms(s, w, d), rep
+
+    def _paper(self, a, g, warm, rng):
+        xp = array_namespace(a, g)
+        op = _kron.RearrangedFisher(a, g)
+        AK, GK = kfac_factors(a, g)
+        scale = float(xp.linalg.vector_norm(AK)) * float(xp.linalg.vector_norm(GK))
+        if warm is not None:  # v₁ + v₂ of the previous factors
+            starts = [v for v in (self._start(G, a) for _, G in warm[:2]) if v is not None]
+            v0 = starts[0] + starts[1] if len(starts) == 2 else (starts[0] if starts else None)
+        else:  # the KFAC direction plus a random one (v₂ is unknown)
+            r = rng.standard_normal(op.shape[1])
+            v0 = 0.5 * asarray_on(r / np.linalg.norm(r), a, dtype=a.dtype)
+            vk = self._start(GK, a)
+            v0 = v0 if vk is None else v0 + vk
+        if v0 is not None and float(xp.linalg.vector_norm(v0)) == 0.0:
+            v0 = None  # cancelled: a random start
+        s, U, V, rep = _kron.lanczos_svd(
+            op, k=2, steps=self.steps, v0=v0, tol=self.tol, max_restarts=self.max_restarts,
+            rng=rng, zero_tol=(self.rank_rtol or 1e-8) * scale,
+            name=self._name(f"Lanczos ({self.steps} steps, restarts from v1+v2)"),
+        )
+        rep.breakdown = rep.breakdown or rep.rank < 2
+        terms = [self._paper_term(float(s[j]), U[:, j], V[:, j], op.d_a, op.d_g)
+                 for j in range(2)]
+        return terms, rep
