@@ -10,6 +10,7 @@ the same run; memory-bound rows report GB/s of the array they produce instead.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -42,18 +43,18 @@ NETS = {
 MODES = {
     "tiny": dict(dtypes=["float64"], fb=["tiny", "tiny-ae"], kfac=["tiny", "tiny-ae"],
                  per_sample=["tiny"], dense=["tiny"], matvec=["tiny", "tiny-ae"],
-                 woodbury=["tiny", "tiny-ae"], blocks="tiny-ae", train="tiny",
+                 woodbury=["tiny", "tiny-ae"], blocks="tiny-ae", train="tiny-ae",
                  kernel_sizes="tiny", gemm_n=256, bw_mb=8, budget=Budget(1, 2, 0.0),
                  slow_budget=Budget(1, 1, 0.0), memory=True, peer_dense_max_p=500),
     "quick": dict(dtypes=["float64"], fb=["small", "mlp", "ae"], kfac=["small", "mlp", "ae"],
                   per_sample=["mlp"], dense=["dense-s"], matvec=["mlp", "ae"],
-                  woodbury=["ae", "mlp"], blocks="ae", train="small",
+                  woodbury=["ae", "mlp"], blocks="ae", train="mlp",
                   kernel_sizes="quick", gemm_n=2048, bw_mb=256, budget=Budget(3, 10, 0.5),
                   slow_budget=Budget(2, 3, 0.0), memory=False, peer_dense_max_p=5000),
     "full": dict(dtypes=["float64", "float32"], fb=["small", "mlp", "ae"],
                  kfac=["small", "mlp", "ae"], per_sample=["mlp"], dense=["dense-s", "dense"],
                  matvec=["small", "mlp", "ae"], woodbury=["ae", "mlp"], blocks="ae",
-                 train="small", kernel_sizes="full", gemm_n=4096, bw_mb=512,
+                 train="ae", kernel_sizes="full", gemm_n=4096, bw_mb=512,
                  budget=Budget(5, 30, 1.0),
                  slow_budget=Budget(3, 5, 0.0), memory=True, peer_dense_max_p=5000),
 }
@@ -68,7 +69,8 @@ FB_MAX_FLOATS = 2.5e8
 
 def row(section: str, what: str, impl: str, case: dict, timing: dict | None, **extra) -> dict:
     """One result row (``timing`` from :func:`~benchmarks.harness.measure`)."""
-    r = {"section": section, "what": what, "impl": impl, **case}
+    r = {"section": section, "what": what, "impl": impl, **case,
+         "load": round(os.getloadavg()[0], 2)}
     if timing is not None:
         r.update(time_s=timing["best"], median_s=timing["median"], repeats=timing["n"])
     r.update(extra)
@@ -539,32 +541,33 @@ def section_e1_total(ctx: Context) -> list:
 
 
 def section_train(ctx: Context) -> list:
+    """One optimizer iteration per method (natural gradient with every registered
+    approximation, the exact natural gradient, SGD, Adam), curvature and inverse
+    refreshed at every iteration (the costliest setting; the papers refresh every 100)."""
     try:
-        from fimlab import train as _train  # noqa: F401
+        from fimlab.optim import make_optimizer, optimizer_names
     except ImportError:
-        ctx.skip("training iteration", "fimlab.train is not in this checkout (the train "
-                 "branch has not landed in main)")
-        return []
-    return _train_rows(ctx)
-
-
-def _train_rows(ctx: Context) -> list:
-    """One natural-gradient iteration per method (curvature refreshed every iteration)."""
-    from fimlab import train as tr
-
-    step = getattr(tr, "benchmark_step", None)
-    if step is None:
-        ctx.skip("training iteration", "fimlab.train has no benchmark_step(); see the notes")
+        ctx.skip("training iteration", "fimlab.optim (the train branch) is not in this "
+                 "checkout")
         return []
     rows = []
     name = ctx.cfg["train"]
     dtype = ctx.cfg["dtypes"][0]
-    net, X, y, case = make_problem(name, dtype)
-    for m in _approximations():
-        f = step(net, X, y, method=m)
-        t = ctx.time({m: f})[m]
-        rows.append(row("training iteration", "one NGD iteration (curvature refreshed)", m,
-                        {**case, "fisher": "mc", "K": 1}, t))
+    for m in optimizer_names():
+        net, X, y, case = make_problem(name, dtype)
+        opts = {} if m in ("sgd", "adam") else dict(damping=1e-2, stat_period=1,
+                                                   inverse_period=1, seed=0)
+        try:
+            opt = make_optimizer(m, net, lr=1e-3, **opts)
+        except Exception as exc:  # noqa: BLE001 - a method this checkout cannot build
+            ctx.skip("training iteration", f"{m}: {type(exc).__name__}: {exc}")
+            continue
+        t = ctx.time({m: (lambda opt=opt, X=X, y=y: opt.step(X, y))})[m]
+        K = 1 if m not in ("sgd", "adam") else None
+        r = row("training iteration", "one optimizer iteration (curvature and inverse "
+                "refreshed)" if K else "one optimizer iteration", m,
+                {**case, "fisher": "mc" if K else "", "K": K}, t)
+        rows.append(r)
     return rows
 
 

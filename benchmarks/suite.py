@@ -64,6 +64,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", default=None, help="also write the Markdown table here")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for BLAS, Numba and PyTorch [default: all cores]")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="before each section, wait up to this long for the 1-minute load "
+                   "average to fall below --quiet-load (a shared machine) [default: 0]")
+    p.add_argument("--quiet-load", type=float, default=1.5,
+                   help="load average regarded as quiet [default: 1.5]")
 
 
 def _section_names():
@@ -78,13 +83,15 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "sections", None):
         sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     report = run_suite(mode=args.mode, sections=sections, use_peers=args.peers,
-                       threads=args.threads, out=args.out, markdown=args.markdown)
+                       threads=args.threads, out=args.out, markdown=args.markdown,
+                       wait_quiet=args.wait_quiet, quiet_load=args.quiet_load)
     return 0 if report is not None else 1
 
 
 def run_suite(mode: str = "quick", sections=None, use_peers: bool = True,
               threads: int | None = None, out: str | os.PathLike | None = None,
-              markdown: str | os.PathLike | None = None, log=print) -> dict:
+              markdown: str | os.PathLike | None = None, log=print,
+              wait_quiet: float = 0.0, quiet_load: float = 1.5) -> dict:
     """Run the suite and return the report (also written as JSON to ``out``)."""
     from threadpoolctl import threadpool_limits
 
@@ -130,7 +137,9 @@ def run_suite(mode: str = "quick", sections=None, use_peers: bool = True,
             fn = cases.SECTIONS[name]
             if fn is None:
                 continue
-            log(f"[{name}] ...")
+            waited = _wait_quiet(wait_quiet, quiet_load)
+            log(f"[{name}] ..." + (f" (waited {waited:.0f} s for load "
+                                   f"{os.getloadavg()[0]:.2f})" if waited else ""))
             ts = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Full backward hook")
@@ -160,6 +169,15 @@ def run_suite(mode: str = "quick", sections=None, use_peers: bool = True,
     log(f"\nwrote {out}" + (f" and {markdown}" if markdown else "")
         + f" ({report['wall_time_s']:.0f} s)")
     return report
+
+
+def _wait_quiet(limit: float, load: float) -> float:
+    """Sleep until the 1-minute load average is below ``load`` or ``limit`` seconds have
+    passed; returns the seconds waited."""
+    t0 = time.perf_counter()
+    while limit > 0 and os.getloadavg()[0] >= load and time.perf_counter() - t0 < limit:
+        time.sleep(5.0)
+    return time.perf_counter() - t0 if limit > 0 else 0.0
 
 
 def _json_default(o):
@@ -309,8 +327,8 @@ def format_markdown(report: dict) -> str:
         rs = [r for r in report["rows"] if r["section"] == s]
         out.append(f"\n### {s}\n")
         out.append("| what | impl | Fisher | dtype | net (N, K) | time (ms) | GFLOP/s (% GEMM) "
-                   "| GB/s | peak MB (alloc / RSS) | ratio |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|")
+                   "| GB/s | peak MB (alloc / RSS) | ratio | load |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rs:
             net = f"{r.get('sizes', r.get('kernel', ''))} ({r.get('N', '')}, {r.get('K', '')})"
             gf = ""
@@ -326,7 +344,7 @@ def format_markdown(report: dict) -> str:
             out.append(f"| {r['what']} | {r['impl']} | {r.get('fisher', '')} | "
                        f"{r.get('dtype', '')} | {net} | {r['time_s'] * 1e3:.3g} | {gf} | "
                        f"{_fmt(r.get('gb_s'), '.1f') if not r.get('gflop_s') else ''} | {mem} "
-                       f"| {ratio} |")
+                       f"| {ratio} | {_fmt(r.get('load'), '.1f')} |")
     if report["skipped"]:
         out.append("\n### Skipped\n")
         out += [f"- {s['section']}: {s['message']}" for s in report["skipped"]]
