@@ -159,6 +159,21 @@ class FactorBatch:
             "per-sample Jacobian U", "FisherOperator.matmat",
         )
         xp = self.xp
+        from .backend import is_numpy_namespace
+
+        if is_numpy_namespace(xp):
+            # NumPy: write each layer's outer products straight into its column block of
+            # one preallocated U (no per-layer temporaries, no concatenation copy)
+            import numpy as np
+
+            n, K = stop - start, self.n_vectors
+            U = np.empty((n * K, self.n_params), dtype=self.dtype)
+            for l in range(self.n_layers):
+                da, dg, o = self.d_a[l], self.d_g[l], self.offsets[l]
+                view = U[:, o : o + da * dg].reshape(n, K, da, dg)  # a view: rows stride P
+                np.multiply(self.a[l][start:stop, None, :, None],
+                            self.g[l][start:stop, :, None, :], out=view)
+            return U
         return xp.concat([self.jacobian(l, start, stop) for l in range(self.n_layers)], axis=1)
 
     def gram(self, l: int | None = None):
