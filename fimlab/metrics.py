@@ -569,6 +569,9 @@ def _fisher_spectral_norm(Fb, xp):
     return float(xp.max(xp.abs(ev))) / b.n_samples
 
 
+__all__ += ["spectral_error"]
+
+
 def spectral_error(F, Ft, block: int | None = None, method: str = "auto", *,
                    tol: float = 1e-8, maxiter: int = 300, seed: int = 0,
                    max_bytes: int | None = None) -> float:
