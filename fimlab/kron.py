@@ -827,7 +827,7 @@ def _op_namespace(op, v0):
 
 def _op_device(op):
     """The device of a product pair's arrays (``None``: the library's default)."""
-    for name in ("a", "M"):
+    for name in ("a", "M", "Rt"):
         arr = getattr(op, name, None)
         if arr is not None:
             return device_of(arr)

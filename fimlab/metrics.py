@@ -507,7 +507,7 @@ def preconditioner_distance(F, approx, damping: float, *, norm: str = "2",
 
 # -- (E3) relative spectral error, matrix-free ------------------------------------------------
 def _lanczos_extreme(op, n: int, dtype, xp, *, tol: float, maxiter: int, seed: int,
-                     max_bytes):
+                     max_bytes, device=None):
     """Largest ``|λ|`` of the symmetric operator ``op`` (a function ``X -> op @ X`` on
     ``(n, 1)`` arrays) by Lanczos with full reorthogonalisation.
 
@@ -529,8 +529,8 @@ def _lanczos_extreme(op, n: int, dtype, xp, *, tol: float, maxiter: int, seed: i
     check_dense_memory((m + 1, n), dtype, max_bytes, "Lanczos basis",
                        "spectral_error(..., maxiter=smaller)")
     q = np.random.default_rng(seed).standard_normal(n)
-    q = xp.astype(from_host(q / np.linalg.norm(q), xp), dtype)
-    Qb = xp.zeros((m + 1, n), dtype=dtype)  # the basis, one vector per row
+    q = xp.astype(from_host(q / np.linalg.norm(q), xp, device=device), dtype)
+    Qb = xp.zeros((m + 1, n), dtype=dtype, device=device)  # the basis, one vector per row
     Qb[0, :] = q
     alphas, betas = [], []
     theta, res = 0.0, float("inf")
@@ -635,7 +635,8 @@ def spectral_error(F, Ft, block: int | None = None, method: str = "auto", *,
         xp = Fb.xp
         n = Fb.shape[0]
         D = SumOperator(Fb, -1.0 * Ftb)
-        kw = dict(tol=tol, maxiter=maxiter, seed=seed, max_bytes=max_bytes)
+        kw = dict(tol=tol, maxiter=maxiter, seed=seed, max_bytes=max_bytes,
+                  device=Fb._device())
         dnorm, _ = _lanczos_extreme(D._matmat, n, Fb.dtype, xp, **kw)
         if isinstance(Fb, (FisherOperator, FisherBlock)):
             fnorm = _fisher_spectral_norm(Fb, xp)

@@ -497,3 +497,38 @@ def test_two_level_user_space_and_operator(xp_backend, host_batch):
     assert_close(xp_backend, T.coarse_matrix, T_np.coarse_matrix, rtol=1e-9)
     assert_close(xp_backend, T.as_operator().to_dense(), T_np.as_operator().to_dense(),
                  rtol=1e-8)
+
+
+# -- E3 and the kernel twins (issue 6) ------------------------------------------------
+@pytest.mark.parametrize("block", [None, 1])
+def test_spectral_error(xp_backend, host_batch, block):
+    b_np = host_batch
+    b = batch_on(xp_backend, b_np)
+    F, F_np = fl.FisherOperator(b), fl.FisherOperator(b_np)
+    Kx, K_np = fl.KFAC(b), fl.KFAC(b_np)
+    for method in ("lanczos", "dense"):
+        assert fl.spectral_error(F, Kx, block=block, method=method) == pytest.approx(
+            fl.spectral_error(F_np, K_np, block=block, method=method), rel=1e-7)
+
+
+def test_kernel_twins_on_the_backend(xp_backend):
+    """The kernel dispatcher runs the array-API twin for non-NumPy inputs (Numba is
+    CPU-only) and agrees with the NumPy result."""
+    from fimlab import _kernels
+
+    rng = np.random.default_rng(12)
+    N, K_, d = 5, 3, 4
+    g = rng.normal(size=(N, K_, d))
+    gx = xp_backend.asarray(g)
+    expect = "numba" if xp_backend.name == "numpy" and _kernels.numba_enabled() else "numpy"
+    assert _kernels.implementation(gx) == expect
+    assert_close(xp_backend, _kernels.second_moment_gram(gx), _kernels.second_moment_gram(g))
+    X, Y = rng.normal(size=(N * K_, d)), rng.normal(size=(N * K_, d))
+    out, out_np = xp_backend.asarray(np.zeros(N)), np.zeros(N)
+    _kernels.grouped_rowdot(xp_backend.asarray(X), xp_backend.asarray(Y), K_, out)
+    _kernels.grouped_rowdot(X, Y, K_, out_np)
+    assert_close(xp_backend, out, out_np)
+    M = rng.normal(size=(300, 300))  # beyond one 256-tile of the twin
+    Mx = xp_backend.asarray(M)
+    _kernels.symmetrize_lower(Mx)
+    assert_close(xp_backend, Mx, np.tril(M) + np.tril(M, -1).T, rtol=0)
