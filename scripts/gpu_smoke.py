@@ -179,6 +179,10 @@ def computations(args) -> list[tuple[str, Callable[[Side], object]]]:
                  lambda s: fl.relative_frobenius_error(s.F, s.K)))
     rows.append(("E1 Gram route, block 0",
                  lambda s: fl.relative_frobenius_error(s.F, s.K, block=0)))
+    if getattr(fl, "spectral_error", None) is not None:
+        rows.append(("E3 spectral error, last block (Lanczos)",
+                     lambda s: fl.spectral_error(s.F, s.K, block=s.F.n_blocks - 1,
+                                                 method="lanczos")))
     # the KPSVD family and two-level corrections, where this checkout has them
     for name, kw in (("KPSVD", {"rank": 1}), ("KPSVD", {"rank": 2}), ("KFACCorrected", {}),
                      ("Deflation", {}), ("Lanczos", {"steps": 2})):
