@@ -179,4 +179,4 @@ plt.show()
 #   and the gain are smaller. Whether a better direction also trains faster is another
 #   question — the paper found that on the auto-encoders it hardly does.
 #
-# Next: natural-gradient training itself (tutorial 6).
+# Next: natural-gradient training itself, :doc:`plot_06_training`.

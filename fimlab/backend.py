@@ -141,6 +141,11 @@ def to_numpy(x: Any) -> np.ndarray:
 
     NumPy arrays are returned as they are; CuPy arrays are copied from the GPU
     (``x.get()``); ``array_api_strict`` arrays are first moved to its CPU device.
+
+    Examples
+    --------
+    >>> to_numpy([1.0, 2.0])
+    array([1., 2.])
     """
     if isinstance(x, np.ndarray):
         return x
@@ -289,6 +294,15 @@ def set_backend(name: str, device: Any = None) -> None:
     default only decides where a model's parameters, loaded data and host random draws
     are put. The environment variable ``FIMLAB_BACKEND="name"`` or ``"name:device"``
     sets the default at import.
+
+    Examples
+    --------
+    >>> import fimlab as fl
+    >>> try:
+    ...     fl.set_backend("tensorflow")
+    ... except fl.BackendError as err:
+    ...     print(err)
+    unknown backend 'tensorflow'; choose one of numpy, cupy, array_api_strict
     """
     global _backend, _backend_device
     name = str(name).strip().lower()
@@ -304,13 +318,31 @@ def set_backend(name: str, device: Any = None) -> None:
 
 
 def get_backend() -> str:
-    """The name of the current default backend."""
+    """The name of the current default backend.
+
+    Examples
+    --------
+    >>> import fimlab as fl
+    >>> with fl.use_backend("numpy"):
+    ...     fl.get_backend()
+    'numpy'
+    """
     return _backend
 
 
 @contextlib.contextmanager
 def use_backend(name: str, device: Any = None) -> Iterator[None]:
-    """Context manager: ``with use_backend("cupy"): ...`` sets the default temporarily."""
+    """Context manager: ``with use_backend("cupy"): ...`` sets the default temporarily.
+
+    Examples
+    --------
+    >>> import fimlab as fl
+    >>> before = fl.get_backend()
+    >>> with fl.use_backend("numpy"):
+    ...     net = fl.MLP([2, 3, 1], likelihood="gaussian")
+    >>> type(net.params[0]).__name__, fl.get_backend() == before
+    ('ndarray', True)
+    """
     old = (_backend, _backend_device)
     old_gpu = _cupy_current_device() if name == "cupy" else None
     set_backend(name, device)

@@ -47,12 +47,6 @@ def _public_callables():
     return out
 
 
-#: Public names whose docstrings belong to a branch in flight (backend.py: issue 7), to
-#: receive their examples when it lands; the test below fails as soon as one of them has
-#: an example, so that this list only shrinks.
-AWAITING_EXAMPLES = {"to_numpy", "set_backend", "get_backend", "use_backend"}
-
-
 def _has_example(name) -> bool:
     tests = doctest.DocTestFinder(recurse=False).find(getattr(fimlab, name), name)
     return bool(tests and tests[0].examples)
@@ -61,11 +55,6 @@ def _has_example(name) -> bool:
 @pytest.mark.parametrize("name", _public_callables())
 def test_public_name_has_a_doctest_example(name):
     """Issue 8: every public function and class carries an example the suite runs."""
-    if name in AWAITING_EXAMPLES:
-        assert not _has_example(name), (
-            f"fimlab.{name} has an example now: remove it from AWAITING_EXAMPLES"
-        )
-        return
     assert _has_example(name), (
         f"fimlab.{name} has no '>>>' example in its docstring; add an Examples section"
     )
