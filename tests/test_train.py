@@ -159,6 +159,18 @@ def test_cli_train_writes_results_figure_and_resumes(tmp_path, capsys):
         main(["train", "--methods", "KFAX", "--out", str(tmp_path / "x"), "--no-progress"])
 
 
+def test_cli_methods_keep_their_settings_from_the_experiment_file(tmp_path):
+    out = tmp_path / "d"
+    assert main(["train", "--config", str(EXPERIMENTS / "train_kpsvd_digits.toml"),
+                 "--benchmark", "synthetic", "--methods", "sgd", "--epochs", "1",
+                 "--n-train", "64", "--batch-size", "32", "--out", str(out),
+                 "--no-progress", "--no-plot"]) == 0
+    cfg = json.loads((out / "SGD" / "seed0" / "result.json").read_text())["config"]
+    exp = load_experiment(EXPERIMENTS / "train_kpsvd_digits.toml")
+    assert cfg["lr"] == next(m["lr"] for m in exp["methods"] if m["method"] == "sgd")
+    assert not (out / "training.png").exists()
+
+
 def test_cli_ctrl_c_keeps_what_was_written(tmp_path, monkeypatch, capsys):
     import fimlab.train as T
 

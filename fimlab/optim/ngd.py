@@ -36,7 +36,10 @@ The training setup of both papers (PAPERS.md "The experiments"), each step an op
 6. **Weight decay after preconditioning**: ``d = ν ζ + wd·θ``.
 7. **Momentum**: ``v ← μ v + d`` (``v = 0`` initially), ``θ ← θ − η v``.
 
-Deterministic: the Monte-Carlo targets come from a generator seeded by ``seed``.
+Deterministic: the Monte-Carlo targets come from a generator seeded by ``seed``. With
+``solver="paper"`` each approximation is warm-started from the previous one (the papers'
+power SVD); that warm start is not part of :meth:`NGD.state_dict`, so a resumed
+``solver="paper"`` run restarts it cold (``solver="exact"`` resumes bit for bit).
 NumPy-first (the optimizer's bookkeeping); the curvature work runs in the operators'
 namespace.
 """
@@ -180,7 +183,9 @@ class NGD(Optimizer):
     window_weights : {"ema", "uniform"}
     two_level : dict, optional
         ``{"coarse_space": ..., "form": ..., ...}``: keyword arguments of
-        ``fimlab.TwoLevel(fine, batch=curvature batch, damping=λ, ...)``.
+        ``fimlab.TwoLevel(fine, batch=curvature batch, damping=λ, rule=damping_rule, ...)``
+        (T2, T3). The fine level is the (averaged) approximation; the coarse matrix uses
+        the Fisher of the current curvature batch (of the window with ``ema="window"``).
     seed : int
         Seed of the Monte-Carlo targets.
 
@@ -267,12 +272,32 @@ class NGD(Optimizer):
         self._source = None      # what the current preconditioner was built from
         self.preconditioner = None
         self._direction_op = None
+        self._warm = None        # the previous approximation (solver="paper" warm starts)
 
     # -- curvature ----------------------------------------------------------------------
     def _build(self, batch):
+        """The approximation on ``batch``; with ``solver="paper"`` warm-started from the
+        previous one (the papers' power SVD), as ``fimlab study`` does."""
         from ..approx import build_approximation
 
-        return build_approximation(self.method, batch, solver=self.solver, **self.approx_options)
+        kw = dict(self.approx_options)
+        if self.solver == "paper" and self._warm is not None and self._accepts_warm_start():
+            kw["warm_start"] = self._warm
+        op = build_approximation(self.method, batch, solver=self.solver, **kw)
+        if self.solver == "paper":
+            self._warm = op
+        return op
+
+    def _accepts_warm_start(self) -> bool:
+        import inspect
+
+        from ..approx import APPROXIMATIONS
+
+        try:
+            params = inspect.signature(APPROXIMATIONS[self.method]).parameters.values()
+        except (TypeError, ValueError):  # pragma: no cover
+            return False
+        return any(p.name == "warm_start" or p.kind is p.VAR_KEYWORD for p in params)
 
     def _curvature_batch(self, X, y):
         from ..models.mlp import factor_batch
@@ -343,8 +368,9 @@ class NGD(Optimizer):
         self.preconditioner = pre
         if self.two_level is not None:
             TL = self._two_level_class()
+            opts = {"rule": self.damping_rule, **self.two_level}
             self._direction_op = TL(pre, batch=src["coarse_batch"], damping=self.damping,
-                                    **self.two_level)
+                                    **opts)
         else:
             self._direction_op = None
 
