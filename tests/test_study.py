@@ -96,3 +96,13 @@ def test_study_bad_options(cfg, err, match):
 def test_missing_config_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_study_on_generated_curves_is_an_autoencoder():
+    res = run_study({"dataset": "curves", "iterations": 0, "n_samples": 40, "batch_size": 40,
+                     "sizes": [784, 6, 784], "methods": ["KFAC"], "out": None},
+                    progress=False, verbose=False)
+    assert res.config["likelihood"] == "bernoulli"
+    with pytest.raises(fl.ShapeError, match="no labels"):
+        run_study({"dataset": "curves", "likelihood": "categorical", "iterations": 0,
+                   "n_samples": 40, "out": None}, progress=False, verbose=False)
