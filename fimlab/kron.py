@@ -245,6 +245,19 @@ def kron_sum_inverse(
     return _pcg_inverse(terms, lam, precond, tol=tol, maxiter=maxiter, rule=rule)
 
 
+def _congruence_diagonal_inverse(La, Lg, den, xp):
+    """``X ↦ (L_a ⊗ L_g) diag(den)⁻¹ (L_a ⊗ L_g)ᵀ X``: the shape shared by (K4), with
+    orthogonal eigenvectors, and (I1), with ``K₁ = ÂE₁``, ``K₂ = ĜE₂``."""
+    LaT, LgT = xp.matrix_transpose(La), xp.matrix_transpose(Lg)
+
+    def apply(X):
+        Y = kron_matmat(LaT, LgT, X)
+        Y = Y / (den[:, None] if Y.ndim == 2 else den)
+        return kron_matmat(La, Lg, Y)
+
+    return apply
+
+
 def _exact_rank1_inverse(A, G, lam, xp):
     """(K4): ``(A⊗G + λI)⁻¹ = (Q_A⊗Q_G)(Λ_A⊗Λ_G + λI)⁻¹(Q_A⊗Q_G)ᵀ``."""
     wa, Qa = xp.linalg.eigh(_sym(A, xp))
@@ -256,13 +269,7 @@ def _exact_rank1_inverse(A, G, lam, xp):
             f"A⊗G + λI is not positive definite (smallest eigenvalue {dmin:.3e}): the "
             "Kronecker factors have eigenvalues of opposite sign; increase the damping"
         )
-    QaT, QgT = xp.matrix_transpose(Qa), xp.matrix_transpose(Qg)
-
-    def apply(X):
-        Y = kron_matmat(QaT, QgT, X)
-        Y = Y / (D[:, None] if Y.ndim == 2 else D)
-        return kron_matmat(Qa, Qg, Y)
-
+    apply = _congruence_diagonal_inverse(Qa, Qg, D, xp)
     apply.rule = "exact"
     apply.diagonal = D
     apply.eigvecs = (Qa, Qg)
@@ -290,14 +297,7 @@ def _rank2_inverse(terms, lam, xp, *, signed: bool):
                 f"(min |1 + s₂s₁| = {amin:.3e}); increase the damping, or use signed=False "
                 "(the papers' |s| rule) or rule='exact'"
             )
-    K1, K2 = Ah @ E1, Gh @ E2
-    K1T, K2T = xp.matrix_transpose(K1), xp.matrix_transpose(K2)
-
-    def apply(X):
-        Y = kron_matmat(K1T, K2T, X)
-        Y = Y / (den[:, None] if Y.ndim == 2 else den)
-        return kron_matmat(K1, K2, Y)
-
+    apply = _congruence_diagonal_inverse(Ah @ E1, Gh @ E2, den, xp)
     apply.rule = "factor"
     apply.signed = signed
     apply.denominator = den
