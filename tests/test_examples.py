@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import runpy
 import sys
+import warnings
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
@@ -33,13 +35,17 @@ def test_tutorial_runs_in_fast_mode(path, monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", [str(path)])
     monkeypatch.setattr(plt, "show", lambda *a, **k: None)
     plt.close("all")
+    printoptions = np.get_printoptions()
     try:
-        # tiny matrices: BLAS threads only add overhead (and oversubscribe a busy machine)
-        with threadpool_limits(1):
+        # tiny matrices: BLAS threads only add overhead (and oversubscribe a busy machine);
+        # a tutorial may change global state (warning filters, rcParams, NumPy's print
+        # options): it is restored, so that the tests after it see the defaults
+        with threadpool_limits(1), warnings.catch_warnings(), matplotlib.rc_context():
             runpy.run_path(str(path), run_name="__main__")
         assert plt.get_fignums(), f"{path.name} drew no figure"
     finally:
         plt.close("all")
+        np.set_printoptions(**printoptions)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
