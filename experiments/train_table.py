@@ -1,6 +1,6 @@
-"""Markdown table of a ``fimlab train`` output folder: per method, mean ± std over seeds of
-the training loss at a few epochs and at the end, the final validation loss, and the
-seconds per epoch.
+"""Markdown table of a ``fimlab train`` output folder: per method, mean ± std over the
+seeds that finished (diverged runs are counted apart) of the training loss at a few epochs
+and at the end, the final validation loss, and the seconds per epoch.
 
     python experiments/train_table.py fimlab-out/train-digits --epochs 10 30
 """
@@ -42,16 +42,18 @@ def table(folder, at_epochs=(10,)) -> str:
             + ["final train loss", "final val loss", "s / epoch", "status"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for lab in order:
-        rs = by.get(lab, [])
-        if not rs:
+        allr = by.get(lab, [])
+        rs = [r for r in allr if r["status"] != "diverged"]  # means over finished runs
+        if not allr:
             continue
-        cells = [lab, str(len(rs))]
+        nd = len(allr) - len(rs)
+        cells = [lab, str(len(allr))]
         for e in at_epochs:
             cells.append(ms([next((row["train_loss"] for row in r["epochs_rows"]
                                    if abs(row["epoch"] - e) < 1e-9), np.nan) for r in rs]))
         cells += [ms([r["final_train_loss"] for r in rs]), ms([r["final_val_loss"] for r in rs]),
                   ms([r["seconds_per_epoch"] for r in rs], "{:.3g}"),
-                  ",".join(sorted({r["status"] for r in rs}))]
+                  "ok" if nd == 0 else f"{nd} diverged (means over the other {len(rs)})"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

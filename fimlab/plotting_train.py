@@ -2,8 +2,9 @@
 
 Top row: training loss (the whole training set, evaluated at every epoch end); bottom
 row: validation loss. Left: against epochs; right: against training wall time. Log
-scale on the loss. With several seeds, the line is the mean over seeds and the band spans
-their minimum and maximum.
+scale on the loss. With several seeds, the line is the mean over the seeds that finished
+and the band spans their minimum and maximum; a diverged run is drawn on its own, dashed,
+up to its last evaluation.
 """
 
 from __future__ import annotations
@@ -46,23 +47,36 @@ def plot_training(results: list[dict], path, title: str | None = None) -> Path:
         from .train import display_name
 
         color = _color(label, display_name(rs[0]["method"]), used)
-        n = min(len(r["epoch_history"]) for r in rs)
-        ep = np.array([e["epoch"] for e in rs[0]["epoch_history"][:n]])
-        tm = np.mean([[e["wall_time"] for e in r["epoch_history"][:n]] for r in rs], axis=0)
-        diverged = any(r["status"] == "diverged" for r in rs)
-        for row, key in enumerate(("train_loss", "val_loss")):
-            Y = np.array([[e[key] for e in r["epoch_history"][:n]] for r in rs], dtype=float)
-            if not np.isfinite(Y).any():
-                continue
-            mean = np.nanmean(Y, axis=0)
-            name = label + (" (diverged)" if diverged else "") + (
-                f" [{len(rs)} seeds]" if len(rs) > 1 and row == 0 else "")
-            for col, x in enumerate((ep, tm)):
-                ax = axes[row, col]
-                ax.plot(x, mean, color=color, lw=1.6, label=name if col == 0 else None)
-                if len(rs) > 1:
-                    ax.fill_between(x, np.nanmin(Y, axis=0), np.nanmax(Y, axis=0),
-                                    color=color, alpha=0.15, lw=0)
+        ok = [r for r in rs if r["status"] != "diverged"]
+        bad = [r for r in rs if r["status"] == "diverged"]
+        note = (f" ({len(bad)}/{len(rs)} diverged)" if bad else "") + (
+            f" [{len(rs)} seeds]" if len(rs) > 1 else "")
+        first = True
+        if ok:
+            n = min(len(r["epoch_history"]) for r in ok)
+            ep = np.array([e["epoch"] for e in ok[0]["epoch_history"][:n]])
+            tm = np.mean([[e["wall_time"] for e in r["epoch_history"][:n]] for r in ok], axis=0)
+            for row, key in enumerate(("train_loss", "val_loss")):
+                Y = np.array([[e[key] for e in r["epoch_history"][:n]] for r in ok], dtype=float)
+                if not np.isfinite(Y).any():
+                    continue
+                for col, x in enumerate((ep, tm)):
+                    ax = axes[row, col]
+                    ax.plot(x, np.nanmean(Y, axis=0), color=color, lw=1.6,
+                            label=label + note if (first and row == 0 and col == 0) else None)
+                    if len(ok) > 1:
+                        ax.fill_between(x, np.nanmin(Y, axis=0), np.nanmax(Y, axis=0),
+                                        color=color, alpha=0.15, lw=0)
+            first = False
+        for r in bad:  # each diverged run on its own, dashed, up to where it stopped
+            eh = r["epoch_history"]
+            for row, key in enumerate(("train_loss", "val_loss")):
+                for col, xk in enumerate(("epoch", "wall_time")):
+                    axes[row, col].plot([e[xk] for e in eh], [e[key] for e in eh], color=color,
+                                        lw=1.0, ls="--", marker="x", ms=4,
+                                        label=label + note if (first and row == 0 and col == 0)
+                                        else None)
+            first = False
     for row, what in enumerate(("training loss", "validation loss")):
         for col, xl in enumerate(("epoch", "training time (s)")):
             ax = axes[row, col]

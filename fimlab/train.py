@@ -26,7 +26,8 @@ name                layer sizes                                         data    
 ``synthetic``       16-8-4-8-16                                          make_synthetic Bern.
 ==================  ==================================================  =============  =====
 
-ReLU hidden units (the papers' code), linear code layer as every other hidden layer.
+ReLU hidden units, the code layer included (PAPERS.md: the papers' code uses ReLU; Hinton &
+Salakhutdinov had a linear code layer: pass ``activation`` as a list to get it).
 
 Outputs of one run (``out_dir``): ``iterations.csv`` (iteration, epoch, mini-batch loss,
 wall time), ``epochs.csv`` (epoch, iteration, training loss, validation loss, wall time),
@@ -809,20 +810,23 @@ def _write_summary(out: Path, results: list[dict], title, plot: bool) -> None:
 
 
 def format_table(results: list[dict]) -> str:
-    """A plain-text table of final losses and seconds per epoch, mean over seeds."""
+    """A plain-text table of final losses and seconds per epoch: means over the seeds
+    whose run finished (diverged runs are counted in the status column)."""
     by: dict = {}
     for r in results:
         by.setdefault(r["label"], []).append(r)
     w = max([28] + [len(lab) + 2 for lab in by])
     lines = [f"{'method':<{w}}{'seeds':>6}{'train loss':>14}{'val loss':>14}{'s/epoch':>10}"
-             f"{'status':>10}"]
+             f"{'status':>12}"]
     for lab, rs in by.items():
         def mean(k, rs=rs):
-            v = [x[k] for x in rs if x[k] is not None and math.isfinite(x[k])]
+            v = [x[k] for x in rs if x["status"] != "diverged" and x[k] is not None
+                 and math.isfinite(x[k])]
             return float(np.mean(v)) if v else float("nan")
-        st = ",".join(sorted({x["status"] for x in rs}))
+        nd = sum(x["status"] == "diverged" for x in rs)
+        st = "ok" if nd == 0 else f"{nd} diverged"
         lines.append(f"{lab:<{w}}{len(rs):>6}{mean('final_train_loss'):>14.5g}"
-                     f"{mean('final_val_loss'):>14.5g}{mean('seconds_per_epoch'):>10.3g}{st:>10}")
+                     f"{mean('final_val_loss'):>14.5g}{mean('seconds_per_epoch'):>10.3g}{st:>12}")
     return "\n".join(lines)
 
 
