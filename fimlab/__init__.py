@@ -55,6 +55,7 @@ from .metrics import (
     preconditioner_distance,
     relative_frobenius_error,
     singular_value_error,
+    spectral_error,
 )
 from .models import MLP, empirical_fisher, exact_fisher, factor_batch
 from .operators import (
@@ -81,7 +82,7 @@ __all__ = [
     # operators
     "CurvatureOperator", "KroneckerOperator", "BlockDiagonalOperator", "DenseOperator",
     # metrics
-    "relative_frobenius_error", "singular_value_error",
+    "relative_frobenius_error", "singular_value_error", "spectral_error",
     "direction_angle", "energy_error", "preconditioned_spectrum",
     "preconditioned_condition_number", "preconditioner_distance",
     # Kronecker algebra (module)

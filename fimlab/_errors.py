@@ -4,6 +4,18 @@ Every error raised at fimlab's public boundary is a :class:`FimlabError`, and al
 subclasses the built-in exception that fits (``ValueError`` for bad values,
 ``MemoryError`` for dense requests beyond the memory limit, ...), so that code which
 catches the built-in keeps working. Messages say what was wrong and how to fix it.
+
+Examples
+--------
+>>> import numpy as np, fimlab as fl
+>>> net = fl.MLP([3, 2], likelihood="gaussian")
+>>> try:
+...     net.forward(np.ones((4, 5)))
+... except ValueError as err:                     # fl.ShapeError is a ValueError
+...     print(type(err).__name__, "-", err)
+ShapeError - X must have shape (N, 3) for this network, got (4, 5)
+>>> issubclass(fl.DenseMemoryError, MemoryError), issubclass(fl.DampingError, fl.FimlabError)
+(True, True)
 """
 
 from __future__ import annotations

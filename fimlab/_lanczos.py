@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._errors import ConvergenceWarning
-from .backend import from_host
+from .backend import device_of, from_host
 
 __all__ = ["LanczosResult", "lanczos"]
 
@@ -85,7 +85,8 @@ def lanczos(
     Mop = M if M is not None else (lambda v: v)
     max_steps = min(n, 300) if max_steps is None else max(1, min(int(max_steps), n))
     if v0 is None:
-        v0 = from_host(np.random.default_rng(seed).standard_normal(n), xp, dtype=dtype)
+        v0 = from_host(np.random.default_rng(seed).standard_normal(n), xp, dtype=dtype,
+                       device=device)
     v = v0
     Mv = Mop(v)
     nrm = math.sqrt(max(float(xp.sum(v * Mv)), 0.0))
@@ -152,5 +153,6 @@ def lanczos(
     vectors = None
     if want_vectors:
         Qm = xp.stack(Q[:m], axis=1)
-        vectors = Qm @ from_host(np.ascontiguousarray(S), xp, dtype=dtype)
+        vectors = Qm @ from_host(np.ascontiguousarray(S), xp, dtype=dtype,
+                                 device=device_of(Qm))
     return LanczosResult(theta, res, vectors, m, converged, exhausted)

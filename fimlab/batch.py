@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from ._errors import ShapeError
 from ._validation import check_dense_memory, check_finite
-from .backend import array_namespace, device_of
+from .backend import array_namespace, asarray_on, device_of, to_numpy
 
 __all__ = ["FactorBatch"]
 
@@ -119,9 +119,21 @@ class FactorBatch:
         return FactorBatch([self.a[l]], [self.g[l]], fisher=self.fisher)
 
     def subset(self, idx) -> FactorBatch:
-        """The factor batch of the samples ``idx`` (a slice or an integer index array)."""
-        return FactorBatch([al[idx, ...] for al in self.a], [gl[idx, ...] for gl in self.g],
-                           fisher=self.fisher)
+        """The factor batch of the samples ``idx`` (a slice, an integer index array of any
+        backend or a sequence of ints, or a boolean mask)."""
+        if isinstance(idx, slice):
+            return FactorBatch([al[idx, ...] for al in self.a],
+                               [gl[idx, ...] for gl in self.g], fisher=self.fisher)
+        xp, ref = self.xp, self.a[0]
+        if isinstance(idx, (list, tuple, range)):
+            idx = xp.asarray(list(idx), dtype=xp.int64, device=device_of(ref))
+        elif array_namespace(idx) is not xp or device_of(idx) != device_of(ref):
+            idx = asarray_on(to_numpy(idx), ref)
+        if xp.isdtype(idx.dtype, "bool"):
+            idx = xp.nonzero(idx)[0]
+        # xp.take: the standard has no mixed integer-array/ellipsis indexing
+        return FactorBatch([xp.take(al, idx, axis=0) for al in self.a],
+                           [xp.take(gl, idx, axis=0) for gl in self.g], fisher=self.fisher)
 
     def astype(self, dtype) -> FactorBatch:
         xp = self.xp
@@ -147,6 +159,21 @@ class FactorBatch:
             "per-sample Jacobian U", "FisherOperator.matmat",
         )
         xp = self.xp
+        from .backend import is_numpy_namespace
+
+        if is_numpy_namespace(xp):
+            # NumPy: write each layer's outer products straight into its column block of
+            # one preallocated U (no per-layer temporaries, no concatenation copy)
+            import numpy as np
+
+            n, K = stop - start, self.n_vectors
+            U = np.empty((n * K, self.n_params), dtype=self.dtype)
+            for l in range(self.n_layers):
+                da, dg, o = self.d_a[l], self.d_g[l], self.offsets[l]
+                view = U[:, o : o + da * dg].reshape(n, K, da, dg)  # a view: rows stride P
+                np.multiply(self.a[l][start:stop, None, :, None],
+                            self.g[l][start:stop, :, None, :], out=view)
+            return U
         return xp.concat([self.jacobian(l, start, stop) for l in range(self.n_layers)], axis=1)
 
     def gram(self, l: int | None = None):

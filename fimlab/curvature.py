@@ -131,6 +131,8 @@ class FisherOperator(CurvatureOperator):
         )
         row_bytes = nbytes_of((b.n_vectors, P), self.dtype)
         chunk = max(1, min(b.n_samples, _CHUNK_BYTES // max(row_bytes, 1)))
+        if _syrk_for(b) is not None:
+            return _dense_syrk(b, chunk)
         F = None
         for s in range(0, b.n_samples, chunk):
             U = b.jacobian_matrix(s, min(s + chunk, b.n_samples), max_bytes=None)
@@ -225,6 +227,41 @@ class FisherOperator(CurvatureOperator):
         return out[:, 0] if vec_in else out
 
 
+def _syrk_for(b):
+    """SciPy's BLAS ``syrk`` for a NumPy float batch, else ``None`` (array-API path)."""
+    from .backend import is_numpy_namespace
+
+    if not is_numpy_namespace(b.xp):
+        return None
+    import numpy as np
+    from scipy.linalg import blas
+
+    return {np.dtype(np.float64): blas.dsyrk, np.dtype(np.float32): blas.ssyrk}.get(
+        np.dtype(b.dtype))
+
+
+def _dense_syrk(b, chunk: int):
+    """``F = UᵀU/N`` for NumPy batches: one BLAS ``syrk`` per sample chunk accumulating
+    (``beta = 1``, scale ``1/N`` folded into ``alpha``) into a single ``P × P`` array, then
+    one pass copying the computed triangle onto the other (a Numba kernel). No per-chunk
+    ``P × P`` temporaries; the flop count is that of ``U.T @ U`` (a symmetric rank-k
+    update), which is what NumPy itself runs for that expression."""
+    import numpy as np
+
+    from . import _kernels
+
+    syrk = _syrk_for(b)
+    P, N = b.n_params, b.n_samples
+    C = np.zeros((P, P), dtype=b.dtype, order="F")
+    for s in range(0, N, chunk):
+        U = b.jacobian_matrix(s, min(s + chunk, N), max_bytes=None)  # (nK, P), C order
+        # U.T is F-contiguous: C <- alpha·(U.T)(U.T)ᵀ + C on the upper triangle
+        C = syrk(1.0 / N, U.T, beta=1.0, c=C, trans=0, lower=0, overwrite_c=1)
+    M = C.T  # C-contiguous; its lower triangle holds F
+    _kernels.symmetrize_lower(M)
+    return M
+
+
 def _chol_solve(L, B, xp):
     """Solve ``L Lᵀ x = B`` (``L`` lower triangular) — SciPy/CuPy triangular solves when
     available, the standard ``linalg.solve`` otherwise."""
@@ -239,7 +276,34 @@ def _chol_solve(L, B, xp):
 
 class FisherBlock(CurvatureOperator):
     """The diagonal block ``F_l = (1/N) Σ_n (ā_n ā_nᵀ) ⊗ G_n`` of one layer (PAPERS.md F1),
-    matrix-free, with Gram-identity norms and inner products with Kronecker sums."""
+    matrix-free, with Gram-identity norms and inner products with Kronecker sums.
+
+    Parameters
+    ----------
+    batch : FactorBatch
+    l : int
+        The layer (0-based).
+
+    Raises
+    ------
+    IndexError
+        For a layer index out of range.
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> net = fl.MLP([3, 4, 2], activation="tanh", likelihood="categorical", seed=0)
+    >>> b = fl.factor_batch(net, np.random.default_rng(0).normal(size=(10, 3)))
+    >>> F = fl.FisherOperator(b)
+    >>> F0 = F.diagonal_block(0)                 # same as fl.FisherBlock(b, 0)
+    >>> F0.shape, bool(np.allclose(F0.to_dense(), F.block(0)))
+    ((16, 16), True)
+    >>> bool(np.isclose(F0.frobenius_norm_sq(), np.linalg.norm(F.block(0)) ** 2))
+    True
+    >>> A, G = F0.kfac_factors()                 # PAPERS.md (K1)
+    >>> bool(np.isclose(F0.inner_kron([(A, G)]), np.sum(F.block(0) * np.kron(A, G))))
+    True
+    """
 
     def __init__(self, batch: FactorBatch, l: int):
         if not 0 <= l < batch.n_layers:
@@ -266,22 +330,27 @@ class FisherBlock(CurvatureOperator):
 
     def frobenius_norm_sq(self) -> float:
         """``‖F_l‖²_F = (1/N²) Σ_{n,n'} (ā_nᵀā_n')² Σ_{k,k'} (g_nkᵀ g_n'k')²``."""
+        from . import _kernels
+
         xp = self.xp
-        N, K = self.batch.n_samples, self.batch.n_vectors
+        N = self.batch.n_samples
         Ga = self.a @ xp.matrix_transpose(self.a)
-        gf = xp.reshape(self.g, (N * K, self.d_g))
-        Gg = gf @ xp.matrix_transpose(gf)
-        GG = xp.sum(xp.reshape(Gg * Gg, (N, K, N, K)), axis=(1, 3))  # ⟨G_n, G_n'⟩
+        GG = _kernels.second_moment_gram(self.g)  # ⟨G_n, G_n'⟩, chunked (no NK × NK)
         return float(xp.sum(Ga * Ga * GG)) / N**2
 
     def inner_kron(self, terms) -> float:
         """``⟨F_l, Σ_r A_r ⊗ G_r⟩_F = (1/N) Σ_r Σ_n (ā_nᵀ A_r ā_n)(Σ_k g_nkᵀ G_r g_nk)``."""
+        from . import _kernels
+
         xp = self.xp
-        N = self.batch.n_samples
+        N, K = self.batch.n_samples, self.batch.n_vectors
+        gf = xp.reshape(self.g, (N * K, self.d_g))
+        qa = xp.empty((N,), dtype=self.dtype, device=self._device())
+        qg = xp.empty((N,), dtype=self.dtype, device=self._device())
         total = 0.0
         for A, G in terms:
-            qa = xp.sum((self.a @ A) * self.a, axis=1)  # (N,)
-            qg = xp.sum(xp.sum((self.g @ G) * self.g, axis=2), axis=1)  # (N,)
+            _kernels.grouped_rowdot(self.a @ A, self.a, 1, qa)  # ā_nᵀ A ā_n
+            _kernels.grouped_rowdot(gf @ G, gf, K, qg)  # Σ_k g_nkᵀ G g_nk
             total += float(xp.sum(qa * qg))
         return total / N
 

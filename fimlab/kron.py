@@ -245,6 +245,19 @@ def kron_sum_inverse(
     return _pcg_inverse(terms, lam, precond, tol=tol, maxiter=maxiter, rule=rule)
 
 
+def _congruence_diagonal_inverse(La, Lg, den, xp):
+    """``X ↦ (L_a ⊗ L_g) diag(den)⁻¹ (L_a ⊗ L_g)ᵀ X``: the shape shared by (K4), with
+    orthogonal eigenvectors, and (I1), with ``K₁ = ÂE₁``, ``K₂ = ĜE₂``."""
+    LaT, LgT = xp.matrix_transpose(La), xp.matrix_transpose(Lg)
+
+    def apply(X):
+        Y = kron_matmat(LaT, LgT, X)
+        Y = Y / (den[:, None] if Y.ndim == 2 else den)
+        return kron_matmat(La, Lg, Y)
+
+    return apply
+
+
 def _exact_rank1_inverse(A, G, lam, xp):
     """(K4): ``(A⊗G + λI)⁻¹ = (Q_A⊗Q_G)(Λ_A⊗Λ_G + λI)⁻¹(Q_A⊗Q_G)ᵀ``."""
     wa, Qa = xp.linalg.eigh(_sym(A, xp))
@@ -256,13 +269,7 @@ def _exact_rank1_inverse(A, G, lam, xp):
             f"A⊗G + λI is not positive definite (smallest eigenvalue {dmin:.3e}): the "
             "Kronecker factors have eigenvalues of opposite sign; increase the damping"
         )
-    QaT, QgT = xp.matrix_transpose(Qa), xp.matrix_transpose(Qg)
-
-    def apply(X):
-        Y = kron_matmat(QaT, QgT, X)
-        Y = Y / (D[:, None] if Y.ndim == 2 else D)
-        return kron_matmat(Qa, Qg, Y)
-
+    apply = _congruence_diagonal_inverse(Qa, Qg, D, xp)
     apply.rule = "exact"
     apply.diagonal = D
     apply.eigvecs = (Qa, Qg)
@@ -290,14 +297,7 @@ def _rank2_inverse(terms, lam, xp, *, signed: bool):
                 f"(min |1 + s₂s₁| = {amin:.3e}); increase the damping, or use signed=False "
                 "(the papers' |s| rule) or rule='exact'"
             )
-    K1, K2 = Ah @ E1, Gh @ E2
-    K1T, K2T = xp.matrix_transpose(K1), xp.matrix_transpose(K2)
-
-    def apply(X):
-        Y = kron_matmat(K1T, K2T, X)
-        Y = Y / (den[:, None] if Y.ndim == 2 else den)
-        return kron_matmat(K1, K2, Y)
-
+    apply = _congruence_diagonal_inverse(Ah @ E1, Gh @ E2, den, xp)
     apply.rule = "factor"
     apply.signed = signed
     apply.denominator = den
@@ -438,11 +438,11 @@ def psd_sign(A, G):
     but may be indefinite.
     """
     xp = array_namespace(A, G)
-    tr = float(xp.sum(xp.linalg.diagonal(A)))
-    scale = float(xp.max(xp.abs(A))) if A.size else 0.0
-    if abs(tr) <= 1e-12 * scale * A.shape[0]:
+    diag = xp.linalg.diagonal(A)
+    tr = float(xp.sum(diag))
+    if abs(tr) <= 1e-12 * float(xp.sum(xp.abs(diag))) or tr == 0.0:
         flat = xp.reshape(A, (-1,))
-        tr = float(flat[int(xp.argmax(xp.abs(flat)))]) if scale > 0 else 1.0
+        tr = float(flat[int(xp.argmax(xp.abs(flat)))]) if flat.shape[0] else 1.0
     return (A, G) if tr >= 0 else (-A, -G)
 
 
@@ -825,13 +825,23 @@ def _op_namespace(op, v0):
     return xp, dtype
 
 
-def _random_vector(n, xp, dtype, rng, like=None):
+def _op_device(op):
+    """The device of a product pair's arrays (``None``: the library's default)."""
+    for name in ("a", "M", "Rt"):
+        arr = getattr(op, name, None)
+        if arr is not None:
+            return device_of(arr)
+    inner = getattr(op, "op", None)
+    return _op_device(inner) if inner is not None else None
+
+
+def _random_vector(n, xp, dtype, rng, like=None, device=None):
     rng = rng if rng is not None else np.random.default_rng(0)
     x = rng.standard_normal(n)
-    x = x / np.linalg.norm(x)
+    x = x / np.linalg.norm(x)  # xp: host draw, then moved
     if like is not None:
         return asarray_on(x, like, dtype=dtype)
-    return from_host(x, xp, dtype=dtype)
+    return from_host(x, xp, dtype=dtype, device=device)
 
 
 def power_svd(op, v0=None, *, tol: float = 1e-6, maxiter: int = 1000, rng=None,
@@ -877,7 +887,7 @@ def power_svd(op, v0=None, *, tol: float = 1e-6, maxiter: int = 1000, rng=None,
     n_rows, n_cols = op.shape
     xp, dtype = _op_namespace(op, v0)
     if v0 is None:
-        v = _random_vector(n_cols, xp, dtype, rng)
+        v = _random_vector(n_cols, xp, dtype, rng, device=_op_device(op))
     else:
         if v0.shape != (n_cols,):
             raise ShapeError(f"v0 must have length {n_cols}, got shape {tuple(v0.shape)}")
@@ -1111,7 +1121,7 @@ def golub_kahan(op, steps: int, v0=None, *, rng=None):
     _check_solver_params(steps=steps)
     xp, dtype = _op_namespace(op, v0)
     if v0 is None:
-        v0 = _random_vector(op.shape[1], xp, dtype, rng)
+        v0 = _random_vector(op.shape[1], xp, dtype, rng, device=_op_device(op))
     gk = _GK(op, v0, steps, xp)
     while gk.step():
         pass
@@ -1163,7 +1173,7 @@ def lanczos_svd(op, k: int = 2, steps: int | None = 2, v0=None, *, tol: float = 
     xp, dtype = _op_namespace(op, v0)
     rng = rng if rng is not None else np.random.default_rng(0)
     if v0 is None:
-        v = _random_vector(n_cols, xp, dtype, rng)
+        v = _random_vector(n_cols, xp, dtype, rng, device=_op_device(op))
     else:
         if v0.shape != (n_cols,):
             raise ShapeError(f"v0 must have length {n_cols}, got shape {tuple(v0.shape)}")
@@ -1264,22 +1274,21 @@ def weighted_gram(X, w):
     """
     xp = array_namespace(X, w)
     d = X.shape[-1]
-    out = None
-    for positive in (True, False):
-        idx = xp.nonzero(w > 0 if positive else w < 0)[0]
-        if idx.shape[0] == 0:
-            continue
-        Y = xp.take(X, idx, axis=0)
-        s = xp.sqrt(xp.abs(xp.take(w, idx)))
-        Y = xp.reshape(Y * xp.reshape(s, (-1,) + (1,) * (X.ndim - 1)), (-1, d))
-        P = xp.matrix_transpose(Y) @ Y
-        if out is None:
-            out = P if positive else -P
-        else:
-            out = out - P
-    if out is None:
-        out = xp.zeros((d, d), dtype=X.dtype, device=device_of(X))
-    return out
+    shape = (-1,) + (1,) * (X.ndim - 1)
+    for sign in (1.0, -1.0):  # one-signed weights: one SYRK, no row selection
+        if bool(xp.all(sign * w >= 0)):
+            Y = xp.reshape(X * xp.reshape(xp.sqrt(sign * w), shape), (-1, d))
+            P = xp.matrix_transpose(Y) @ Y
+            return P if sign > 0 else -P
+    # mixed signs: rows of positive weight first (one copy), then two SYRKs on views
+    neg = w < 0
+    order = xp.argsort(xp.astype(neg, xp.int8), stable=True)
+    k = int(X.shape[0]) - int(xp.sum(xp.astype(neg, xp.int64)))
+    Y = xp.take(X, order, axis=0)
+    Y *= xp.reshape(xp.sqrt(xp.abs(xp.take(w, order))), shape)
+    Y = xp.reshape(Y, (X.shape[0], -1, d))
+    Yp, Yn = xp.reshape(Y[:k, ...], (-1, d)), xp.reshape(Y[k:, ...], (-1, d))
+    return xp.matrix_transpose(Yp) @ Yp - xp.matrix_transpose(Yn) @ Yn
 
 
 class _GramSide:
@@ -1290,6 +1299,7 @@ class _GramSide:
     def __init__(self, xp, M=None, E=None):
         self.xp, self.M, self.E = xp, M, E
         self._L = None
+        self.kind = "explicit" if E is not None else None  # or "cholesky" / "eigh"
         self.m = int((M if M is not None else E).shape[0])
 
     @property
@@ -1303,23 +1313,42 @@ class _GramSide:
 
     def factor(self):
         if self._L is None:
-            self._L = self.E if self.E is not None else _psd_factor(self.M, self.xp)
+            if self.E is not None:
+                self._L = self.E
+            else:
+                self._L, self.kind = _psd_factor(self.M, self.xp)
         return self._L
+
+    def coords(self, y):
+        """Coordinates ``L⁺ y`` of the vector whose products with the rows are ``y``
+        (``y = U x``): for ``L`` from Cholesky a triangular solve; from eigh, whose
+        columns are orthogonal, a scaling. (Explicit rows: the vector is its own
+        coordinates; the caller passes it.)"""
+        xp, L = self.xp, self.factor()
+        if self.kind == "cholesky":
+            from .backend import scipy_linalg
+
+            sl = scipy_linalg(xp)
+            if sl is not None:
+                return sl.solve_triangular(L, y, lower=True)
+            return xp.linalg.solve(L, y)
+        return (xp.matrix_transpose(L) @ y) / xp.sum(L * L, axis=0)
 
 
 def _psd_factor(M, xp):
-    """``L`` with ``L Lᵀ = M`` for a PSD (often singular) Gram matrix: Cholesky, which is
-    backward stable whenever it completes; eigh with thresholding when it does not."""
+    """``(L, kind)`` with ``L Lᵀ = M`` for a PSD (often singular) Gram matrix: Cholesky,
+    which is backward stable whenever it completes; eigh with thresholding when it does
+    not."""
     try:
         L = xp.linalg.cholesky(M)
         if bool(xp.all(xp.isfinite(L))):
-            return L
+            return L, "cholesky"
     except Exception:  # noqa: BLE001 - numpy/cupy/strict raise different types
         pass
     w, Q = xp.linalg.eigh(M)
     wmax = float(xp.max(w)) if w.shape[0] else 0.0
     idx = xp.nonzero(w > max(wmax, 0.0) * M.shape[0] * dtype_eps(M.dtype))[0]
-    return xp.take(Q, idx, axis=1) * xp.sqrt(xp.take(w, idx))
+    return xp.take(Q, idx, axis=1) * xp.sqrt(xp.take(w, idx)), "eigh"
 
 
 def _top_eigh(B, k: int, xp):
@@ -1470,10 +1499,20 @@ class RearrangedGram:
             xp = self.xp
             tr = self.V.dim > self.U.dim  # factor U (and transpose the core) if smaller
             A_side, B_side = (self.V, self.U) if tr else (self.U, self.V)
-            Z0 = B_side.factor() / self.m
-            T0 = A_side.apply(Z0)
-            B0 = xp.matrix_transpose(Z0) @ T0
-            self._base_cache = (tr, A_side, Z0, T0, 0.5 * (B0 + xp.matrix_transpose(B0)))
+            L = B_side.factor()
+            Z0 = L / self.m
+            if (B_side.kind == "cholesky" and A_side.M is not None
+                    and is_numpy_namespace(xp) and L.dtype == xp.float64):
+                # triangular L: half the flops of the two GEMMs (BLAS TRMM)
+                from scipy.linalg.blas import dtrmm
+
+                T0 = dtrmm(1.0 / self.m, L, A_side.M, side=1, lower=1)
+                B0 = dtrmm(1.0 / self.m, L, T0, side=0, lower=1, trans_a=1)
+            else:
+                T0 = A_side.apply(Z0)
+                B0 = xp.matrix_transpose(Z0) @ T0
+            # B0 is symmetric up to round-off; the eigensolvers read one triangle
+            self._base_cache = (tr, A_side, Z0, T0, B0)
         return self._base_cache
 
     def top(self, k: int, core: _Core | None = None):
@@ -1500,7 +1539,6 @@ class RearrangedGram:
             XMX = xp.matrix_transpose(Xc) @ MX  # (j, j)
             Bm = (B0 + xp.matrix_transpose(XT) @ YL + xp.matrix_transpose(YL) @ XT
                   + xp.matrix_transpose(YL) @ (XMX @ YL))
-            Bm = 0.5 * (Bm + xp.matrix_transpose(Bm))
             low = (Xc, YL, MX)
         dev = device_of(self.a)
         kk = min(k, int(Bm.shape[0]))
@@ -1510,6 +1548,11 @@ class RearrangedGram:
         else:
             lam, Q = _top_eigh(Bm, kk, xp)
         sig = np.sqrt(np.maximum(np.asarray([float(x) for x in lam]), 0.0))
+        # orient each eigenvector so that the weights of the factored side sum to ≥ 0
+        # (the leading ones are then all ≥ 0 by Perron–Frobenius: one SYRK each)
+        if kk:
+            sgn = xp.sum(Z0 @ Q, axis=0)
+            Q = Q * xp.where(sgn < 0, -xp.ones_like(sgn), xp.ones_like(sgn))
         if core is None:
             self._sigma1 = float(sig[0]) if sig.size else 0.0
         s1 = self.sigma1
@@ -1572,6 +1615,20 @@ class RearrangedGram:
         rep.sigma = tuple(float(x) for x in sig)
         return sig, w, d, rep
 
+    def coordinates(self, core: _Core | None = None) -> GramCoordinates:
+        """``Uᵀ C V`` (default ``R(F_i)``) as a small dense product pair in isometric
+        coordinates, for running the papers' iterative solvers cheaply (see
+        :class:`GramCoordinates`)."""
+        return GramCoordinates(self, core)
+
+    def g_inner(self, G):
+        """``[⟨G_n, G⟩_F]_n = [Σ_k g_nkᵀ G g_nk]_n`` (float64, ``O(m K d_g²)``)."""
+        xp, m, K, d_g = self.xp, self.m, self.K, self.d_g
+        gf = xp.reshape(self.g, (m * K, d_g))
+        G = asarray_on(G, gf, dtype=gf.dtype)
+        q = xp.sum(xp.reshape(xp.sum((gf @ G) * gf, axis=1), (m, K)), axis=1)
+        return xp.astype(q, xp.float64)
+
     # -- back to Kronecker factors -----------------------------------------------------
     def term(self, sigma: float, w, d):
         """The Kronecker term ``σ mat(u) ⊗ mat(v)`` as balanced factors
@@ -1591,3 +1648,61 @@ class RearrangedGram:
     def terms(self, sigma, w, d) -> list[tuple]:
         """:meth:`term` for every column of the weights."""
         return [self.term(float(sigma[r]), w[:, r], d[:, r]) for r in range(len(sigma))]
+
+
+class GramCoordinates:
+    """``R = Uᵀ C V`` (``R(F_i)`` for ``C = I/m``) in isometric coordinates: the dense
+    ``r_U × r_V`` matrix ``R̃ = L_Uᵀ C L_V`` (``U Uᵀ = L_U L_Uᵀ``, ``V Vᵀ = L_V L_Vᵀ``),
+    a product pair on which the papers' iterative solvers run exactly as on the
+    matrix-free ``R`` — the map between the two is an isometry on the row and column
+    spaces of ``R`` — at ``O(m²)`` per product instead of ``O(m (d_a² + K d_g²))``.
+
+    A right vector ``vec(G)`` has coordinates ``L_V⁺ [⟨G_n, G⟩]_n`` (its projection on
+    the row space of ``R``, which is all ``R`` sees); a triplet ``(σ, ũ, ṽ)`` maps back
+    to weights ``w = C L_V ṽ`` (``R v = Uᵀ w``) and ``d = Cᵀ L_U ũ`` (``Rᵀu = Vᵀ d``), so
+    ``σ u ≈ Uᵀ w`` and ``σ v ≈ Vᵀ d`` up to the solver's residual.
+    """
+
+    def __init__(self, gram: RearrangedGram, core: _Core | None = None):
+        xp = gram.xp
+        C = core if core is not None else gram.core()
+        self.gram, self.core, self.xp = gram, C, xp
+        Lu, Lv = gram.U.factor(), gram.V.factor()
+        self.ZV = C.apply(Lv, xp)  # (m, r_V)
+        self.ZU = C.apply(Lu, xp, transpose=True)  # (m, r_U)
+        self.Rt = xp.matrix_transpose(Lu) @ self.ZV
+        self.shape = (int(self.Rt.shape[0]), int(self.Rt.shape[1]))
+        self.dtype = self.Rt.dtype
+
+    def matvec(self, x):
+        return self.Rt @ x
+
+    def rmatvec(self, y):
+        return self.xp.matrix_transpose(self.Rt) @ y
+
+    def right(self, G):
+        """Coordinates of ``vec(G)/‖G‖_F`` (``None`` for ``G = 0``)."""
+        xp, gram = self.xp, self.gram
+        nG = float(xp.linalg.vector_norm(G))
+        if nG == 0.0:
+            return None
+        if gram.V.kind == "explicit":
+            return xp.astype(vec(asarray_on(G, gram.a), xp), xp.float64) / nG
+        return gram.V.coords(gram.g_inner(G)) / nG
+
+    def right_kfac(self):
+        """Coordinates of ``vec(G_K)/‖G_K‖_F`` for the KFAC factor ``G_K = Vᵀ1/m``:
+        ``L_Vᵀ 1/m`` (``L_V⁺ M_V 1 = L_Vᵀ 1``), no solve."""
+        xp = self.xp
+        Lv = self.gram.V.factor()
+        v = xp.sum(Lv, axis=0) / self.gram.m
+        n = float(xp.linalg.vector_norm(v))
+        return v / n if n > 0 else None
+
+    def random(self, rng):
+        x = rng.standard_normal(self.shape[1])
+        return asarray_on(x / np.linalg.norm(x), self.Rt, dtype=self.dtype)
+
+    def term(self, sigma: float, u, v):
+        """The Kronecker term of the triplet ``(σ, ũ, ṽ)`` (see the class notes)."""
+        return self.gram.term(float(sigma), self.ZV @ v, self.ZU @ u)

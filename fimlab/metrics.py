@@ -21,7 +21,7 @@ import math
 
 from ._errors import ShapeError
 from ._validation import check_choice
-from .backend import array_namespace
+from .backend import array_namespace, device_of
 from .curvature import FisherBlock, FisherOperator
 from .operators import BlockDiagonalOperator, CurvatureOperator, KroneckerOperator
 
@@ -85,7 +85,7 @@ def _dense(op, block, max_bytes):
     if isinstance(op, CurvatureOperator):
         return op.to_dense(max_bytes=max_bytes)
     xp = array_namespace(op)
-    return xp.asarray(op)
+    return xp.asarray(op, device=device_of(op))
 
 
 def relative_frobenius_error(F, Ft, block: int | None = None, method: str = "auto",
@@ -365,7 +365,7 @@ def _spectrum(F, approx, damping, rule, algorithm, steps, tol, seed, max_bytes, 
     if algorithm == "dense":
         check_dense_memory((P, P), dtype, max_bytes, "preconditioned Fisher",
                            "algorithm='lanczos'")
-        I = xp.eye(P, dtype=dtype)
+        I = xp.eye(P, dtype=dtype, device=F._device())
         Fl = F.to_dense(max_bytes=max_bytes) + lam * I
         Pm = apply(I)
         Pm = 0.5 * (Pm + xp.matrix_transpose(Pm))
@@ -377,6 +377,7 @@ def _spectrum(F, approx, damping, rule, algorithm, steps, tol, seed, max_bytes, 
         return F.matvec(v) + lam * v
 
     res = lanczos(lambda v, Mv: apply(as_mat(Mv))[:, 0], P, xp=xp, dtype=dtype,
+                  device=F._device(),
                   M=Fl_apply, which=which, tol=tol, max_steps=steps, seed=seed,
                   what="preconditioned spectrum")
     return res.values, res
@@ -433,6 +434,13 @@ def preconditioned_condition_number(F, approx, damping: float, **kwargs) -> floa
     """(E4) ``κ(F̃_λ⁻¹F_λ) = μ_max / μ_min`` (see :func:`preconditioned_spectrum`).
 
     ``inf`` when the smallest eigenvalue is not positive (an indefinite preconditioner).
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> F = fl.DenseOperator(np.diag([1.0, 3.0]))
+    >>> round(fl.preconditioned_condition_number(F, lambda X: X, 1.0), 6)   # (3+1)/(1+1)
+    2.0
     """
     xp_vals = preconditioned_spectrum(F, approx, damping, **kwargs)
     lo, hi = float(xp_vals[0]), float(xp_vals[-1])
@@ -482,7 +490,7 @@ def preconditioner_distance(F, approx, damping: float, *, norm: str = "2",
     P, xp, dtype = F.shape[0], F.xp, F.dtype
     if algorithm == "dense":
         check_dense_memory((P, P), dtype, max_bytes, "I − F̃_λ⁻¹F_λ", "algorithm='lanczos'")
-        I = xp.eye(P, dtype=dtype)
+        I = xp.eye(P, dtype=dtype, device=F._device())
         E = I - apply(F.to_dense(max_bytes=max_bytes) + lam * I)
         return float(xp.linalg.matrix_norm(E, ord=2))
 
@@ -492,6 +500,158 @@ def preconditioner_distance(F, approx, damping: float, *, norm: str = "2",
         Z = apply(Y)
         return (Y - (F.matmat(Z) + lam * Z))[:, 0]
 
-    res = lanczos(EtE, P, xp=xp, dtype=dtype, which="largest", tol=tol, max_steps=steps,
+    res = lanczos(EtE, P, xp=xp, dtype=dtype, device=F._device(), which="largest", tol=tol, max_steps=steps,
                   seed=seed, what="‖I − F̃_λ⁻¹F_λ‖₂")
     return math.sqrt(max(float(res.values[-1]), 0.0))
+
+
+# -- (E3) relative spectral error, matrix-free ------------------------------------------------
+def _lanczos_extreme(op, n: int, dtype, xp, *, tol: float, maxiter: int, seed: int,
+                     max_bytes, device=None):
+    """Largest ``|λ|`` of the symmetric operator ``op`` (a function ``X -> op @ X`` on
+    ``(n, 1)`` arrays) by Lanczos with full reorthogonalisation.
+
+    Stops when the Ritz value of largest magnitude has residual ``|β_k s_k| ≤ tol·|θ|``
+    (its error is then below ``tol·|θ|``, and usually far below: ``r²/gap``), when the
+    Krylov space is exhausted (an invariant subspace: exact), or at ``maxiter`` steps
+    (a :class:`~fimlab.ConvergenceWarning` with the residual reached). Returns
+    ``(|θ|, info)``.
+    """
+    import warnings
+
+    import numpy as np
+
+    from ._errors import ConvergenceWarning
+    from ._validation import check_dense_memory
+    from .backend import from_host
+
+    m = max(1, min(int(maxiter), n))
+    check_dense_memory((m + 1, n), dtype, max_bytes, "Lanczos basis",
+                       "spectral_error(..., maxiter=smaller)")
+    q = np.random.default_rng(seed).standard_normal(n)
+    q = xp.astype(from_host(q / np.linalg.norm(q), xp, device=device), dtype)
+    Qb = xp.zeros((m + 1, n), dtype=dtype, device=device)  # the basis, one vector per row
+    Qb[0, :] = q
+    alphas, betas = [], []
+    theta, res = 0.0, float("inf")
+    for k in range(m):
+        qk = Qb[k, :]
+        w = op(xp.reshape(qk, (n, 1)))[:, 0]
+        a = float(xp.sum(w * qk))
+        alphas.append(a)
+        w = w - a * qk - (betas[-1] * Qb[k - 1, :] if betas else 0.0)
+        Qk = Qb[: k + 1, :]
+        for _ in range(2):  # full reorthogonalisation, twice is enough
+            w = w - (Qk @ w) @ Qk
+        b = float(xp.linalg.vector_norm(w))
+        T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+        ev, S = np.linalg.eigh(T)
+        j = int(np.argmax(np.abs(ev)))
+        theta = float(abs(ev[j]))
+        res = abs(b * S[-1, j])
+        if b <= 1e-14 * max(theta, 1e-300) * math.sqrt(n) or res <= tol * max(theta, 1e-300):
+            return theta, {"iterations": k + 1, "residual": res, "converged": True}
+        betas.append(b)
+        Qb[k + 1, :] = w / b
+    warnings.warn(
+        f"Lanczos did not reach tol={tol:g} in {m} steps (residual {res:.3g} of |θ| = "
+        f"{theta:.6g}); raise maxiter for a tighter estimate",
+        ConvergenceWarning, stacklevel=3,
+    )
+    return theta, {"iterations": m, "residual": res, "converged": False}
+
+
+def _fisher_spectral_norm(Fb, xp):
+    """``‖F‖₂`` of a Fisher operator or block from its ``N·K × N·K`` Gram matrix (the
+    non-zero eigenvalues of ``UᵀU/N`` are those of ``UUᵀ/N``)."""
+    b = Fb.batch.layer(Fb.l) if isinstance(Fb, FisherBlock) else Fb.batch
+    ev = xp.linalg.eigvalsh(b.gram())
+    return float(xp.max(xp.abs(ev))) / b.n_samples
+
+
+__all__ += ["spectral_error"]
+
+
+def spectral_error(F, Ft, block: int | None = None, method: str = "auto", *,
+                   tol: float = 1e-8, maxiter: int = 300, seed: int = 0,
+                   max_bytes: int | None = None) -> float:
+    """(E3) relative spectral error ``‖F − F̃‖₂ / ‖F‖₂`` (PAPERS.md E3).
+
+    Parameters
+    ----------
+    F : FisherOperator, FisherBlock, CurvatureOperator or dense array
+        The reference.
+    Ft : CurvatureOperator or dense array
+        The approximation, built from the same factor batch.
+    block : int, optional
+        Compare diagonal block ``block`` only (as in :func:`relative_frobenius_error`).
+    method : {"auto", "lanczos", "dense"}
+        ``"lanczos"`` (what ``"auto"`` takes for operators): matrix-free, Lanczos with
+        full reorthogonalisation on ``F − F̃`` using only products with ``F`` and ``F̃``
+        (two GEMMs each for Fisher and Kronecker blocks), and ``‖F‖₂`` from the
+        ``N·K × N·K`` Gram matrix of a Fisher operator (Lanczos otherwise).
+        ``"dense"``: symmetric eigenvalues of the dense matrices (memory-guarded; the
+        reference the tests compare with). Dense arrays always go the dense way.
+    tol : float
+        Relative residual of the extreme Ritz value at which Lanczos stops.
+    maxiter : int
+        Lanczos steps at most (the basis holds ``maxiter`` vectors of the block's size:
+        memory-guarded by ``max_bytes``).
+    seed : int
+        Seed of the Lanczos start vector (results are deterministic).
+
+    Returns
+    -------
+    float
+
+    Notes
+    -----
+    ``F − F̃`` is symmetric and, in general, indefinite: its 2-norm is its eigenvalue of
+    largest magnitude, which Lanczos finds from both ends of the spectrum at once.
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> net = fl.MLP([3, 4, 2], activation="tanh", likelihood="categorical", seed=0)
+    >>> b = fl.factor_batch(net, np.random.default_rng(0).normal(size=(20, 3)))
+    >>> F, K = fl.FisherOperator(b), fl.KFAC(b)
+    >>> e = fl.metrics.spectral_error(F, K, block=0)
+    >>> bool(abs(e - fl.metrics.spectral_error(F, K, block=0, method="dense")) < 1e-8)
+    True
+    """
+    from .operators import SumOperator
+
+    check_choice(method, ("auto", "lanczos", "dense"), "spectral-error method")
+    Fb, Ftb = _as_block(F, block), _as_block(Ft, block)
+    ops = isinstance(Fb, CurvatureOperator) and isinstance(Ftb, CurvatureOperator)
+    if method == "lanczos" and not ops:
+        raise ShapeError(
+            f"the Lanczos route needs two operators (or a block of block-structured ones); "
+            f"got {type(Fb).__name__} and {type(Ftb).__name__}: use method='dense'"
+        )
+    if ops and Fb.shape != Ftb.shape:
+        raise ShapeError(f"cannot compare operators of shapes {Fb.shape} and {Ftb.shape}")
+    if ops and method != "dense":
+        xp = Fb.xp
+        n = Fb.shape[0]
+        D = SumOperator(Fb, -1.0 * Ftb)
+        kw = dict(tol=tol, maxiter=maxiter, seed=seed, max_bytes=max_bytes,
+                  device=Fb._device())
+        dnorm, _ = _lanczos_extreme(D._matmat, n, Fb.dtype, xp, **kw)
+        if isinstance(Fb, (FisherOperator, FisherBlock)):
+            fnorm = _fisher_spectral_norm(Fb, xp)
+        else:
+            fnorm, _ = _lanczos_extreme(Fb._matmat, n, Fb.dtype, xp, **kw)
+        if fnorm <= 0:
+            raise ShapeError("the reference matrix is zero: the relative error is undefined")
+        return dnorm / fnorm
+    D1, D2 = _dense(Fb, block, max_bytes), _dense(Ftb, block, max_bytes)
+    if D1.shape != D2.shape:
+        raise ShapeError(f"cannot compare matrices of shapes {D1.shape} and {D2.shape}")
+    xp = array_namespace(D1, D2)
+    E = D1 - D2
+    e = float(xp.max(xp.abs(xp.linalg.eigvalsh(0.5 * (E + xp.matrix_transpose(E))))))
+    f = float(xp.max(xp.abs(xp.linalg.eigvalsh(0.5 * (D1 + xp.matrix_transpose(D1))))))
+    if f <= 0:
+        raise ShapeError("the reference matrix is zero: the relative error is undefined")
+    return e / f

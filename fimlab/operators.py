@@ -17,9 +17,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from . import kron as _kron
-from ._errors import DampingError, ShapeError
+from ._errors import BackendError, DampingError, ShapeError
 from ._validation import check_damping, check_dense_memory, check_finite
-from .backend import array_namespace, device_of, is_numpy_namespace, to_numpy
+from .backend import (
+    array_namespace,
+    device_of,
+    is_numpy_namespace,
+    library_name,
+    same_namespace,
+)
 
 __all__ = [
     "CurvatureOperator",
@@ -35,7 +41,34 @@ class CurvatureOperator:
     """Base class: a symmetric linear operator on parameter space.
 
     Subclasses set ``shape`` (``(P, P)``), ``dtype`` and ``xp`` and implement
-    ``_matmat(X)`` for ``X`` of shape ``(P, k)``. Everything else follows.
+    ``_matmat(X)`` for ``X`` of shape ``(P, k)``. Everything else follows: ``matvec``,
+    ``matmat``, ``@``, lazy ``+``/``-``/scalar ``*``, a memory-guarded ``to_dense``,
+    ``solve(v, damping)`` (``(F + λI)⁻¹ v`` by conjugate gradients unless a subclass
+    has a direct formula) and ``to_scipy()``.
+
+    Raises
+    ------
+    ShapeError
+        From the products, for an operand whose length is not ``P``.
+
+    Examples
+    --------
+    A diagonal matrix as an operator:
+
+    >>> import numpy as np
+    >>> from fimlab.operators import CurvatureOperator
+    >>> class Diagonal(CurvatureOperator):
+    ...     def __init__(self, d):
+    ...         self.d, self.shape, self.dtype, self.xp = d, (d.size, d.size), d.dtype, np
+    ...     def _matmat(self, X):
+    ...         return self.d[:, None] * X
+    >>> D = Diagonal(np.array([1.0, 2.0, 4.0]))
+    >>> D @ np.ones(3)
+    array([1., 2., 4.])
+    >>> (D + 2.0 * D) @ np.ones(3)              # lazy algebra
+    array([ 3.,  6., 12.])
+    >>> np.round(D.solve(np.ones(3), damping=1.0), 6)    # (D + I)⁻¹ 1 by CG
+    array([0.5     , 0.333333, 0.2     ])
     """
 
     shape: tuple[int, int]
@@ -52,6 +85,25 @@ class CurvatureOperator:
             raise ShapeError(
                 f"{type(self).__name__} of shape {self.shape} cannot multiply an array of "
                 f"shape {tuple(X.shape)}; expected {want} with P = {self.shape[1]}"
+            )
+        self._check_backend(X)
+
+    def _check_backend(self, X):
+        """A clear error for an operand of another array library or device."""
+        if self.xp is None:
+            return
+        xq = array_namespace(X)
+        if not same_namespace(xq, self.xp):
+            raise BackendError(
+                f"{type(self).__name__} holds {library_name(self.xp)} arrays but the "
+                f"operand is a {library_name(xq)} array; move it first, e.g. "
+                "fimlab.backend.asarray_on(v, like=<an array of the operator>)"
+            )
+        dev = self._device()
+        if dev is not None and device_of(X) != dev:
+            raise BackendError(
+                f"{type(self).__name__} lives on device {dev} but the operand is on "
+                f"{device_of(X)}; move it first, e.g. fimlab.backend.asarray_on(v, like=...)"
             )
 
     def matvec(self, v):
@@ -136,10 +188,10 @@ class CurvatureOperator:
             raise TypeError("to_scipy() needs NumPy arrays; use to_numpy() on the inputs first")
 
         def mv(v):
-            return np.asarray(self.matvec(np.asarray(v, dtype=self.dtype).reshape(-1)))
+            return np.asarray(self.matvec(np.ravel(np.asarray(v, dtype=self.dtype))))  # xp: NumPy only
 
         def mm(X):
-            return np.asarray(self.matmat(np.asarray(X, dtype=self.dtype)))
+            return np.asarray(self.matmat(np.asarray(X, dtype=self.dtype)))  # xp: NumPy only
 
         return LinearOperator(
             self.shape,
@@ -147,7 +199,7 @@ class CurvatureOperator:
             rmatvec=mv,
             matmat=mm,
             rmatmat=mm,
-            dtype=np.dtype(str(to_numpy(self.xp.zeros(1, dtype=self.dtype)).dtype)),
+            dtype=np.dtype(self.dtype),
         )
 
     def __repr__(self) -> str:
@@ -185,7 +237,31 @@ class ScaledOperator(CurvatureOperator):
 
 
 class DenseOperator(CurvatureOperator):
-    """A dense symmetric matrix seen as an operator (tests, teaching, small problems)."""
+    """A dense symmetric matrix seen as an operator (tests, teaching, small problems).
+
+    Parameters
+    ----------
+    M : array, shape (P, P)
+        A square, finite matrix (symmetry is assumed, not checked).
+
+    Raises
+    ------
+    ShapeError
+        For a matrix that is not square.
+    NonFiniteError
+        For NaN or infinite entries.
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> M = np.array([[2.0, 1.0], [1.0, 2.0]])
+    >>> op = fl.DenseOperator(M)
+    >>> op @ np.array([1.0, 0.0])
+    array([2., 1.])
+    >>> bool(np.allclose(op.solve(np.ones(2), damping=1.0),
+    ...                  np.linalg.solve(M + np.eye(2), np.ones(2))))
+    True
+    """
 
     def __init__(self, M):
         xp = array_namespace(M)
@@ -208,10 +284,12 @@ class DenseOperator(CurvatureOperator):
         lam = check_damping(damping)
         xp = self.xp
         n = self.shape[0]
-        return xp.linalg.solve(
+        self._check_operand(v, (1, 2))
+        x = xp.linalg.solve(
             self.M + lam * xp.eye(n, dtype=self.dtype, device=self._device()),
             v if v.ndim == 2 else xp.reshape(v, (-1, 1)),
-        ).reshape(v.shape)
+        )
+        return xp.reshape(x, v.shape)
 
 
 class KroneckerOperator(CurvatureOperator):
@@ -229,6 +307,29 @@ class KroneckerOperator(CurvatureOperator):
     ``(A ⊗ G) vec(V) = vec(G V Aᵀ)``: two GEMMs, the Kronecker product is never formed
     (except by ``to_dense``). ``solve`` applies the damped inverses of PAPERS.md (K2-K4)
     for one term and (I1) / preconditioned CG for two or more, see :meth:`solve`.
+
+    Raises
+    ------
+    ShapeError
+        For no terms, a non-square factor, or factors of different sizes across terms.
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> A = np.array([[2.0, 0.5], [0.5, 1.0]]); G = np.diag([1.0, 3.0, 2.0])
+    >>> K = fl.KroneckerOperator([(A, G)])
+    >>> K.shape, K.rank
+    ((6, 6), 1)
+    >>> v = np.random.default_rng(0).normal(size=6)
+    >>> bool(np.allclose(K @ v, np.kron(A, G) @ v))          # never forms kron(A, G)
+    True
+    >>> lam = 0.1; s = np.sqrt(lam)                         # rule="factor": (K2)
+    >>> K2 = np.kron(np.linalg.inv(A + s * np.eye(2)), np.linalg.inv(G + s * np.eye(3)))
+    >>> bool(np.allclose(K.solve(v, damping=lam), K2 @ v))
+    True
+    >>> bool(np.allclose(K.solve(v, damping=lam, rule="exact"),  # (K4)
+    ...                  np.linalg.solve(np.kron(A, G) + lam * np.eye(6), v)))
+    True
     """
 
     def __init__(self, terms: Sequence[tuple]):
@@ -300,6 +401,7 @@ class KroneckerOperator(CurvatureOperator):
         preconditioned CG otherwise.
         """
         lam = check_damping(damping)
+        self._check_backend(v)
         xp = array_namespace(v)
         vec_in = v.ndim == 1
         X = xp.reshape(v, (-1, 1)) if vec_in else v
@@ -324,6 +426,28 @@ class BlockDiagonalOperator(CurvatureOperator):
 
     ``blocks`` are curvature operators (usually :class:`KroneckerOperator`); products,
     dense forms and solves act block by block.
+
+    Parameters
+    ----------
+    blocks : sequence of CurvatureOperator
+        The diagonal blocks, in the order of ``θ``.
+
+    Raises
+    ------
+    ShapeError
+        For an empty list of blocks.
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> A = np.array([[2.0, 0.5], [0.5, 1.0]]); G = np.diag([1.0, 3.0, 2.0])
+    >>> B = fl.BlockDiagonalOperator([fl.DenseOperator(np.eye(2)),
+    ...                               fl.KroneckerOperator([(A, G)])])
+    >>> B.shape, B.block_slice(1)
+    ((8, 8), slice(2, 8, None))
+    >>> D = B.to_dense()
+    >>> bool(np.allclose(D[2:, 2:], np.kron(A, G))), bool(np.any(D[:2, 2:]))
+    (True, False)
     """
 
     def __init__(self, blocks: Sequence[CurvatureOperator]):
@@ -382,6 +506,7 @@ class BlockDiagonalOperator(CurvatureOperator):
     def solve(self, v, damping, rule: str = "factor", **kwargs):
         """Block by block damped inverse (see :meth:`KroneckerOperator.solve`)."""
         check_damping(damping)
+        self._check_backend(v)
         xp = array_namespace(v)
         if v.shape[0] != self.shape[0]:
             raise ShapeError(

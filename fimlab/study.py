@@ -135,12 +135,17 @@ def _load_data(c: dict):
     else:
         from . import datasets
 
-        X, labels = datasets.load_for_study(name, seed=c["seed"])
+        X, labels = datasets.load_for_study(name, seed=c["seed"], n=c.get("n_samples"))
     if c.get("n_samples"):
-        X, labels = X[: c["n_samples"]], labels[: c["n_samples"]]
+        X = X[: c["n_samples"]]
+        labels = None if labels is None else labels[: c["n_samples"]]
     d_in = X.shape[1]
-    if lik in (None, "categorical") and labels is not None:
+    if lik in (None, "categorical") and labels is not None:  # a classifier
         return X, labels.astype(np.int64), [d_in, 32, 10], "categorical"
+    if lik == "categorical":
+        raise ShapeError(f"dataset {name!r} has no labels: use the bernoulli or gaussian "
+                         "likelihood (an auto-encoder)")
+    lik = lik or "bernoulli"
     if lik == "bernoulli" and (X.min() < 0 or X.max() > 1):
         raise ShapeError(f"dataset {name!r} is not in [0, 1]: use the gaussian likelihood")
     return X, X.copy(), [d_in, 32, 8, 32, d_in], lik

@@ -52,3 +52,62 @@ def small_net(request):
 
     sizes, act, lik = SMALL_NETS[request.param]
     return fl.MLP(sizes, activation=act, likelihood=lik, seed=request.param)
+
+
+# -- array backends (issue 7): the `xp` fixture ------------------------------------------
+# NumPy, array_api_strict (a CPU namespace that fails on anything non-portable; its arrays
+# are put on its non-default "device1", so an array created without the inputs' device
+# cannot be combined with them and the test fails), and CuPy when a GPU is usable.
+
+
+class ArrayBackend:
+    """One backend of the test matrix: its namespace ``xp``, device and helpers."""
+
+    def __init__(self, name: str, device=None):
+        from fimlab import backend as B
+
+        self.name, self.device_arg = name, device
+        with B.use_backend(name, device):
+            self.xp = B.default_namespace()
+            self.device = B.default_device()
+
+    def asarray(self, a, dtype=None):
+        """A host (NumPy) array or nested list on this backend and device."""
+        from fimlab.backend import from_host
+
+        return from_host(np.asarray(a), self.xp, dtype=dtype, device=self.device)
+
+    def use(self):
+        """``with backend.use(): ...`` creates new arrays (models) on this backend."""
+        from fimlab.backend import use_backend
+
+        return use_backend(self.name, self.device_arg)
+
+    def __repr__(self) -> str:
+        return f"ArrayBackend({self.name!r}, device={self.device!r})"
+
+
+def _backend_or_skip(name: str) -> ArrayBackend:
+    from fimlab import BackendError
+
+    if name == "cupy":
+        try:
+            return ArrayBackend("cupy")
+        except BackendError as exc:  # not installed, or no GPU: the CPU suite skips it
+            pytest.skip(f"CuPy backend unavailable: {exc}")
+    if name == "array_api_strict":
+        return ArrayBackend(name, "device1")
+    return ArrayBackend(name)
+
+
+@pytest.fixture(params=["numpy", "array_api_strict",
+                        pytest.param("cupy", marks=pytest.mark.gpu)])
+def xp_backend(request) -> ArrayBackend:
+    """The array backend of the test (namespace, device, ``asarray``, ``use()``)."""
+    return _backend_or_skip(request.param)
+
+
+@pytest.fixture
+def xp(xp_backend):
+    """The array namespace of the test: NumPy, ``array_api_strict`` or CuPy."""
+    return xp_backend.xp

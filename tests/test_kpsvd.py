@@ -57,9 +57,10 @@ def batch(request):
 
 
 # -- every method's factors vs the SVD of the explicit R(F_i) -----------------------------
-@pytest.mark.parametrize("solver", ["exact", "paper"])
-def test_factors_match_svd_of_explicit_R(batch, solver):
-    kw = {} if solver == "exact" else {"tol": 1e-11, "maxiter": 20000}
+@pytest.mark.parametrize("solver,products", [("exact", "gram"), ("paper", "gram"),
+                                             ("paper", "matrix-free")])
+def test_factors_match_svd_of_explicit_R(batch, solver, products):
+    kw = {} if solver == "exact" else {"tol": 1e-11, "maxiter": 20000, "products": products}
     with warnings.catch_warnings():
         warnings.simplefilter("error", fl.ConvergenceWarning)
         ops = {"KPSVD": fl.KPSVD(batch, solver=solver, **kw),
@@ -67,7 +68,7 @@ def test_factors_match_svd_of_explicit_R(batch, solver):
                "KFAC-corrected": fl.KFACCorrected(batch, solver=solver, **kw)}
         ops["Lanczos"] = (fl.Lanczos(batch) if solver == "exact" else
                           fl.Lanczos(batch, steps=12, solver="paper", tol=1e-10,
-                                     max_restarts=2000))
+                                     max_restarts=2000, products=products))
     for l in range(batch.n_layers):
         R = _R(batch, l)
         R1, s = _rank_k(R, 1)
@@ -251,6 +252,38 @@ def test_registry_builders(fisher):
 
 
 # -- the paper solver: warm start, reports, non-convergence ----------------------------
+@pytest.mark.parametrize("cls", [fl.KPSVD, fl.KFACCorrected, fl.Deflation])
+def test_paper_iterations_same_in_gram_coordinates_and_matrix_free(cls):
+    b = _batch(2, "mc", N=40, seed=5)
+    gram = cls(b, solver="paper")
+    free = cls(b, solver="paper", products="matrix-free")
+    for l in range(b.n_layers):
+        rg, rf = gram.reports[l], free.reports[l]
+        # the same iteration from the same start: the same count, the same residuals
+        assert abs(rg.iterations - rf.iterations) <= 1
+        assert rg.sigma == pytest.approx(rf.sigma, rel=1e-7)
+        Dg, Df = gram.blocks[l].to_dense(), free.blocks[l].to_dense()
+        np.testing.assert_allclose(Dg, Df, atol=1e-5 * np.abs(Df).max())
+    warm_g = cls(b, solver="paper", warm_start=gram)
+    warm_f = cls(b, solver="paper", warm_start=free, products="matrix-free")
+    assert [r.iterations for r in warm_g.reports] == [r.iterations for r in warm_f.reports]
+
+
+def test_paper_lanczos_same_in_both_representations_for_a_few_restarts():
+    b = _batch(2, "mc", N=40, seed=5)
+    warm = fl.KFACCorrected(b)  # factors in the row space of every R(F_i)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fl.ConvergenceWarning)
+        ops = [fl.Lanczos(b, solver="paper", warm_start=warm, max_restarts=4, products=p)
+               for p in ("gram", "matrix-free")]
+    assert ops[1].products == fl.Lanczos(b, max_restarts=1).products == "matrix-free"
+    for rg, rf in zip(ops[0].reports, ops[1].reports):
+        assert rg.restarts == rf.restarts
+        assert rg.sigma == pytest.approx(rf.sigma, rel=1e-8)
+        assert rg.residual == pytest.approx(rf.residual, rel=1e-6, abs=1e-12)
+
+
+
 def test_paper_solver_warm_start_and_reports():
     b = _batch(0, "mc", N=40)
     cold = fl.Deflation(b, solver="paper")
@@ -344,6 +377,8 @@ def test_bad_input_errors():
         fl.Lanczos(b, steps=1)
     with pytest.raises(fl.UnknownNameError, match="solver"):
         fl.Deflation(b, solver="fast")
+    with pytest.raises(fl.UnknownNameError, match="product representation"):
+        fl.Deflation(b, solver="paper", products="dense")
     with pytest.raises(TypeError, match="FactorBatch"):
         fl.KFACCorrected(np.zeros((3, 3)))
     with pytest.raises(fl.ShapeError, match="tol"):
@@ -357,3 +392,14 @@ def test_bad_input_errors():
         op.solve(np.ones(b.n_params), 1e-3, rule="pi")  # K3 is for one term
     with pytest.raises(fl.DampingError):
         op.solve(np.ones(b.n_params), -1.0)
+
+
+def test_example_script_runs_in_fast_mode(tmp_path, monkeypatch):
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "plot_kpsvd.py"
+    monkeypatch.setenv("FIMLAB_FAST", "1")
+    monkeypatch.setenv("FIMLAB_OUT", str(tmp_path))
+    runpy.run_path(str(script), run_name="__main__")
+    assert (tmp_path / "plot_kpsvd.png").stat().st_size > 10_000

@@ -287,11 +287,49 @@ def test_gram_route_rank_deficiency(rng):
     np.testing.assert_array_equal(sig[4:], 0.0)
     np.testing.assert_array_equal(w[:, 4:], 0.0)
     M = np.array([[1.0, 1.0], [1.0, 1.0]])  # exactly singular: the fallback
-    L = K._psd_factor(M, fl.backend.array_namespace(M))
+    L, kind = K._psd_factor(M, fl.backend.array_namespace(M))
+    assert kind == "eigh"
     np.testing.assert_allclose(L @ L.T, M, atol=1e-14)
     # one output (d_g = 1): R(F_i) has rank one
     a, g = _layer(rng, 10, 1, 3, 1)
     assert K.RearrangedGram(a, g).numerical_rank(3) == 1
+
+
+@pytest.mark.parametrize("case", ["cholesky", "explicit", "eigh"])
+def test_gram_coordinates_are_isometric(case, rng):
+    if case == "cholesky":  # m below the symmetric dimensions: PD Gram matrices
+        a, g = _layer(rng, 8, 2, 5, 4)
+    elif case == "explicit":
+        a, g = _layer(rng, 30, 1, 3, 3)  # d² ≤ m: explicit rows on both sides
+    else:  # duplicated samples: singular Gram matrices
+        a, g = _layer(rng, 5, 1, 6, 5)
+        a, g = np.concatenate([a, a]), np.concatenate([g, g])
+    R = _dense_R(a, g)
+    gram = K.RearrangedGram(a, g)
+    C = gram.coordinates()
+    assert gram.V.kind == case if case != "eigh" else gram.V.kind in ("eigh", "cholesky")
+    s = np.linalg.svd(R, compute_uv=False)
+    st_ = np.linalg.svd(C.Rt, compute_uv=False)
+    np.testing.assert_allclose(st_[:5], s[:5], rtol=1e-8, atol=1e-10 * s[0])
+    # a right vector: its coordinates carry the norm of its row-space projection
+    G = rng.normal(size=(g.shape[2],) * 2)
+    G = G + G.T
+    x = _vec(G) / np.linalg.norm(G)
+    Vrows = np.stack([_vec(gn.T @ gn) for gn in g])  # rows vec(G_n)
+    P = np.linalg.pinv(Vrows) @ Vrows  # projector on the row space of V
+    xt = C.right(G)
+    assert np.linalg.norm(xt) == pytest.approx(np.linalg.norm(P @ x), rel=1e-7)
+    assert np.linalg.norm(C.matvec(xt)) == pytest.approx(np.linalg.norm(R @ x), rel=1e-7)
+    kf = C.right_kfac()
+    AK, GK = fl.kfac_factors(a, g)
+    assert np.linalg.norm(C.matvec(kf)) == pytest.approx(
+        np.linalg.norm(R @ _vec(GK)) / np.linalg.norm(GK), rel=1e-9)
+    # a triplet maps back to the dense term
+    Ut, st2, Vth = np.linalg.svd(C.Rt)
+    A1, G1 = C.term(st2[0], Ut[:, 0], Vth[0])
+    U, s, Vh = np.linalg.svd(R)
+    np.testing.assert_allclose(np.outer(_vec(A1), _vec(G1)), s[0] * np.outer(U[:, 0], Vh[0]),
+                               atol=1e-9 * s[0])
 
 
 # -- iterative SVDs on product pairs ---------------------------------------------------

@@ -110,6 +110,18 @@ class CoarseSpace:
     -----
     ``R₀v``, ``R₀ᵀβ``, ``R₀R₀ᵀ`` and ``U R₀ᵀ`` cost ``O(P·c)`` at most, never a dense
     ``c × P`` array; :meth:`to_dense` forms ``R₀`` for tests and small problems.
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> net = fl.MLP([4, 5, 3], activation="tanh", likelihood="categorical", seed=0)
+    >>> b = fl.factor_batch(net, np.random.default_rng(0).normal(size=(20, 4)))
+    >>> R0 = fl.nicolaides_space(fl.KFAC(b))           # one row of ones per layer
+    >>> R0.n_rows, R0.to_dense().shape
+    (2, (2, 43))
+    >>> v = np.arange(43.0)
+    >>> bool(np.allclose(R0.apply(v), R0.to_dense() @ v))
+    True
     """
 
     def __init__(self, parts, offsets, n_rows: int, labels=None, dropped=None, xp=None,
@@ -325,6 +337,19 @@ def spectral_space(fine, damping: float, rule: str = "factor", *, tol: float = 1
     The vector is scaled so that its max-abs entry is ``+1``. When the top eigenvalue is
     repeated, any unit vector of its eigenspace is a dominant eigenvector; which one is
     returned is deterministic (``seed``) but unspecified.
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> net = fl.MLP([4, 5, 3], activation="tanh", likelihood="categorical", seed=0)
+    >>> b = fl.factor_batch(net, np.random.default_rng(0).normal(size=(20, 4)))
+    >>> K = fl.KFAC(b)
+    >>> r0 = fl.spectral_space(K, 1e-2).to_dense()[0, :25]     # the row of layer 0
+    >>> A, G = K.blocks[0].terms[0]                             # (K2) with √λ = 0.1:
+    >>> Minv = np.linalg.inv(np.kron(A + 0.1 * np.eye(5), G + 0.1 * np.eye(5)))
+    >>> q = np.linalg.eigh(Minv)[1][:, -1]                      # its dominant eigenvector
+    >>> bool(np.isclose(abs(q @ r0) / np.linalg.norm(r0), 1.0))
+    True
     """
     lam = check_damping(damping)
     blocks, offsets = _layer_info(fine)
@@ -359,6 +384,17 @@ def residual_space(fine, residual, damping: float, rule: str = "factor", *,
 
     A layer whose residual is exactly zero gives a zero row: dropped (``zero_rows="drop"``,
     recorded in ``.dropped``) or an error (``"raise"``).
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> net = fl.MLP([4, 5, 3], activation="tanh", likelihood="categorical", seed=0)
+    >>> b = fl.factor_batch(net, np.random.default_rng(0).normal(size=(20, 4)))
+    >>> r = np.random.default_rng(1).normal(size=43)
+    >>> r[25:] = 0.0                                      # no residual on layer 1
+    >>> R0 = fl.residual_space(fl.KFAC(b), r, 1e-2)
+    >>> R0.n_rows, len(R0.dropped)
+    (1, 1)
     """
     lam = check_damping(damping)
     blocks, offsets = _layer_info(fine)
@@ -372,7 +408,17 @@ def residual_space(fine, residual, damping: float, rule: str = "factor", *,
 
 def krylov_nicolaides_space(fine, damping: float, rule: str = "factor",
                             **solve_kwargs) -> CoarseSpace:
-    """Krylov-Nicolaides coarse space: per layer ``{1_i, M_i⁻¹ 1_i}`` (two rows)."""
+    """Krylov-Nicolaides coarse space: per layer ``{1_i, M_i⁻¹ 1_i}`` (two rows).
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> net = fl.MLP([4, 5, 3], activation="tanh", likelihood="categorical", seed=0)
+    >>> b = fl.factor_batch(net, np.random.default_rng(0).normal(size=(20, 4)))
+    >>> R0 = fl.krylov_nicolaides_space(fl.KFAC(b), 1e-2)
+    >>> R0.n_rows, float(np.abs(R0.to_dense()).max(axis=1).min())   # rows scaled to max-abs 1
+    (4, 1.0)
+    """
     lam = check_damping(damping)
     blocks, offsets = _layer_info(fine)
     xp, dtype, dev = _ref(fine)
@@ -388,7 +434,17 @@ def krylov_nicolaides_space(fine, damping: float, rule: str = "factor",
 
 def krylov_residual_space(fine, residual, damping: float, rule: str = "factor", *,
                           zero_rows: str = "drop", **solve_kwargs) -> CoarseSpace:
-    """Krylov-residual coarse space: per layer ``{M_i⁻¹ r_i, M_i⁻² r_i}`` (two rows)."""
+    """Krylov-residual coarse space: per layer ``{M_i⁻¹ r_i, M_i⁻² r_i}`` (two rows).
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> net = fl.MLP([4, 5, 3], activation="tanh", likelihood="categorical", seed=0)
+    >>> b = fl.factor_batch(net, np.random.default_rng(0).normal(size=(20, 4)))
+    >>> r = np.random.default_rng(1).normal(size=43)
+    >>> fl.krylov_residual_space(fl.KFAC(b), r, 1e-2).n_rows
+    4
+    """
     lam = check_damping(damping)
     blocks, offsets = _layer_info(fine)
     xp, dtype, dev = _ref(fine)
@@ -446,6 +502,19 @@ def build_coarse_space(name, fine, damping: float, rule: str = "factor", residua
 
     ``"previous"`` gives the Nicolaides rows (its coarse matrix is
     :func:`previous_coarse_matrix`). ``residual`` is required by the residual-based spaces.
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> net = fl.MLP([4, 5, 3], activation="tanh", likelihood="categorical", seed=0)
+    >>> b = fl.factor_batch(net, np.random.default_rng(0).normal(size=(20, 4)))
+    >>> K = fl.KFAC(b)
+    >>> [fl.build_coarse_space(name, K, 1e-2).n_rows
+    ...  for name in ("nicolaides", "spectral", "krylov-nicolaides")]
+    [2, 2, 4]
+    >>> r = np.random.default_rng(1).normal(size=43)
+    >>> fl.build_coarse_space("krylov-residual", K, 1e-2, residual=r).n_rows
+    4
     """
     check_choice(name, COARSE_SPACES, "coarse space")
     if name in ("nicolaides", "previous"):
@@ -489,6 +558,17 @@ def coarse_matrix(R0: CoarseSpace, batch, damping: float):
         The curvature batch (the same as the fine level's).
     damping : float
         ``λ`` of ``F_λ = F + λI``.
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> net = fl.MLP([4, 5, 3], activation="tanh", likelihood="categorical", seed=0)
+    >>> b = fl.factor_batch(net, np.random.default_rng(0).normal(size=(20, 4)))
+    >>> R0 = fl.nicolaides_space(fl.KFAC(b))
+    >>> Fc = fl.coarse_matrix(R0, b, 1e-2)
+    >>> R = R0.to_dense(); Fl = fl.FisherOperator(b).to_dense() + 1e-2 * np.eye(43)
+    >>> bool(np.allclose(Fc, R @ Fl @ R.T))             # (T1), without forming F
+    True
     """
     lam = check_damping(damping)
     F = _as_fisher(batch)
@@ -514,6 +594,15 @@ def previous_coarse_matrix(batch, damping: float):
     ``(1/m) Σ_{n,k} (1ᵀā_i)(1ᵀā_j)(1ᵀg_i)(1ᵀg_j)``: the approximation factorises the
     expectation of the product, as KFAC does on the diagonal blocks. Symmetric positive
     definite (a Hadamard product of two Gram matrices plus a positive diagonal).
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> net = fl.MLP([4, 5, 3], activation="tanh", likelihood="categorical", seed=0)
+    >>> b = fl.factor_batch(net, np.random.default_rng(0).normal(size=(20, 4)))
+    >>> Fc_prev = fl.previous_coarse_matrix(b, 1e-2)
+    >>> Fc_prev.shape, bool(np.all(np.linalg.eigvalsh(Fc_prev) > 0))
+    ((2, 2), True)
     """
     lam = check_damping(damping)
     b = _as_fisher(batch).batch

@@ -22,7 +22,13 @@ import numpy as np
 
 from .._errors import NonFiniteError, ShapeError
 from .._validation import check_choice
-from ..backend import array_namespace, from_host, is_numpy_namespace, to_numpy
+from ..backend import (
+    array_namespace,
+    device_of,
+    from_host,
+    is_numpy_namespace,
+    to_numpy,
+)
 
 __all__ = ["LIKELIHOODS", "get_likelihood", "Categorical", "Gaussian", "Bernoulli"]
 
@@ -41,7 +47,7 @@ def _to_device(arr: np.ndarray, like):
     xp = array_namespace(like)
     if is_numpy_namespace(xp):
         return np.asarray(arr, dtype=arr.dtype)
-    return from_host(arr, xp)
+    return from_host(arr, xp, device=device_of(like))
 
 
 class Likelihood:

@@ -18,7 +18,15 @@ import numpy as np
 
 from .._errors import ShapeError, UnknownNameError
 from .._validation import check_choice, check_dense_memory, check_finite
-from ..backend import array_namespace, default_namespace, from_host, vec
+from ..backend import (
+    array_namespace,
+    asarray_on,
+    default_namespace,
+    device_of,
+    from_host,
+    to_numpy,
+    vec,
+)
 from ..batch import FactorBatch
 from .likelihoods import Likelihood, get_likelihood
 
@@ -193,8 +201,11 @@ class MLP:
             )
         check_finite(X, "X")
         xp = self.xp
+        dev = device_of(self._params[0])
+        if array_namespace(X) is not xp or device_of(X) != dev:
+            X = asarray_on(to_numpy(X), self._params[0])  # loaded data: to the model
         if X.dtype != self.dtype:
-            X = xp.astype(xp.asarray(X), self.dtype)
+            X = xp.astype(X, self.dtype)
         return X
 
     def _forward(self, X):
@@ -202,7 +213,7 @@ class MLP:
         X = self._check_X(X)
         abar, s_list, h_list = [], [], []
         h = X
-        ones = xp.ones((X.shape[0], 1), dtype=X.dtype)
+        ones = xp.ones((X.shape[0], 1), dtype=X.dtype, device=device_of(X))
         for W, act in zip(self._params, self.activations):
             ab = xp.concat([h, ones], axis=1)
             s = ab @ xp.matrix_transpose(W)
@@ -237,6 +248,11 @@ class MLP:
     def _targets(self, y, N):
         if y is None:
             raise ShapeError("targets y are required here")
+        ref = self._params[0]
+        if not isinstance(y, (list, tuple)) and (
+            array_namespace(y) is not self.xp or device_of(y) != device_of(ref)
+        ):
+            y = asarray_on(to_numpy(y), ref)  # loaded targets: to the model's device
         return self.likelihood.check_targets(y, N, self.layer_sizes[-1])
 
     def loss(self, X, y) -> float:
@@ -307,6 +323,35 @@ def factor_batch(
     -------
     FactorBatch
         ``a[l]``: ``(N, d_in+1)``; ``g[l]``: ``(N, K, d_out)``. No Python loop over samples.
+
+    Raises
+    ------
+    UnknownNameError
+        For a ``fisher`` other than the three above.
+    ShapeError
+        For ``X`` or ``y`` of the wrong shape, ``fisher="empirical"`` without ``y``, or a
+        ``mc_samples`` that is not a positive integer.
+    NonFiniteError
+        For NaN or infinite inputs.
+
+    Notes
+    -----
+    Every Fisher-type matrix is ``F = (1/N) Σ_{n,k} j_nk j_nkᵀ`` with
+    ``j_nk = [ā_0,n ⊗ g_0,nk; …]`` (DESIGN.md); only the back-propagated vectors differ
+    between the three kinds. The diagonal blocks are PAPERS.md (F1), the off-diagonal
+    ones (F2).
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> net = fl.MLP([4, 5, 3], activation="tanh", likelihood="categorical", seed=0)
+    >>> X = np.random.default_rng(0).normal(size=(10, 4)); y = np.arange(10) % 3
+    >>> b = fl.factor_batch(net, X, fisher="exact")
+    >>> [a.shape for a in b.a], [g.shape for g in b.g]
+    ([(10, 5), (10, 6)], [(10, 3, 5), (10, 3, 3)])
+    >>> [fl.factor_batch(net, X, y, fisher=f, mc_samples=4, rng=1).n_vectors
+    ...  for f in ("exact", "mc", "empirical")]
+    [3, 4, 1]
     """
     if not isinstance(net, MLP):
         raise TypeError(f"factor_batch needs an fl.MLP, got {type(net).__name__}")
@@ -337,6 +382,32 @@ def exact_fisher(net: MLP, X, max_bytes: int | None = None):
 
     For large networks use ``FisherOperator(factor_batch(net, X))`` instead, which never
     forms the matrix.
+
+    Parameters
+    ----------
+    net : MLP
+    X : array, shape (N, d_0)
+    max_bytes : int, optional
+        Refuse to form a matrix larger than this (default 2 GiB).
+
+    Returns
+    -------
+    array, shape (P, P)
+        ``(1/N) Σ_n J_nᵀ H_n J_n``, rows and columns in the order of ``θ``.
+
+    Raises
+    ------
+    DenseMemoryError
+        When the matrix would exceed ``max_bytes``; the message names the matrix-free
+        alternative.
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> net = fl.MLP([4, 5, 3], activation="tanh", likelihood="categorical", seed=0)
+    >>> F = fl.exact_fisher(net, np.random.default_rng(0).normal(size=(10, 4)))
+    >>> F.shape, bool(np.allclose(F, F.T)), bool(np.linalg.eigvalsh(F).min() > -1e-12)
+    ((43, 43), True, True)
     """
     from ..curvature import FisherOperator
 
@@ -346,7 +417,42 @@ def exact_fisher(net: MLP, X, max_bytes: int | None = None):
 
 
 def empirical_fisher(net: MLP, X, y, max_bytes: int | None = None):
-    """Dense empirical Fisher ``(1/N) Σ_n ∇ℓ_n ∇ℓ_nᵀ`` of ``net`` on ``(X, y)``."""
+    """Dense empirical Fisher ``(1/N) Σ_n ∇ℓ_n ∇ℓ_nᵀ`` of ``net`` on ``(X, y)``.
+
+    ``ℓ_n = −log p(y_n | x_n)`` with the true targets ``y`` (not samples from the model:
+    this is not the Fisher information, see :func:`exact_fisher`).
+
+    Parameters
+    ----------
+    net : MLP
+    X : array, shape (N, d_0)
+    y : array
+        Targets, as for :func:`factor_batch`.
+    max_bytes : int, optional
+        Refuse to form a matrix larger than this (default 2 GiB).
+
+    Returns
+    -------
+    array, shape (P, P)
+
+    Raises
+    ------
+    DenseMemoryError
+        When the matrix would exceed ``max_bytes``.
+    ShapeError
+        For targets of the wrong shape or out of range.
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> net = fl.MLP([4, 5, 3], activation="tanh", likelihood="categorical", seed=0)
+    >>> X = np.random.default_rng(0).normal(size=(10, 4)); y = np.arange(10) % 3
+    >>> Fe = fl.empirical_fisher(net, X, y)
+    >>> grads = [np.concatenate([W.ravel(order="F") for W in net.gradient(X[n:n+1], y[n:n+1])])
+    ...          for n in range(10)]                    # per-sample gradients, one by one
+    >>> bool(np.allclose(Fe, sum(np.outer(g, g) for g in grads) / 10))
+    True
+    """
     from ..curvature import FisherOperator
 
     check_dense_memory((net.n_params, net.n_params), net.dtype, max_bytes, "empirical Fisher",

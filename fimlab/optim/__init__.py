@@ -53,6 +53,13 @@ def make_optimizer(method: str, net, lr: float, **options) -> Optimizer:
     ------
     UnknownNameError
         ``method`` is none of these (the message lists them).
+
+    Examples
+    --------
+    >>> import fimlab as fl
+    >>> net = fl.MLP([4, 6, 4], activation="tanh", likelihood="gaussian", seed=0)
+    >>> [type(fl.make_optimizer(m, net, lr=0.1)).__name__ for m in ("sgd", "Adam", "KFAC")]
+    ['SGD', 'Adam', 'NGD']
     """
     if isinstance(method, str) and method.lower() in BASELINES:
         return BASELINES[method.lower()](net, lr=lr, **options)

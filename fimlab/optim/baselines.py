@@ -71,6 +71,16 @@ class Adam(Optimizer):
 
     With ``d = ∇L(θ) + wd·θ``: ``m ← β₁m + (1−β₁)d``, ``s ← β₂s + (1−β₂)d²``,
     ``θ ← θ − η m̂ / (√ŝ + ε)`` with ``m̂ = m/(1−β₁ᵗ)``, ``ŝ = s/(1−β₂ᵗ)``.
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> net = fl.MLP([4, 6, 4], activation="tanh", likelihood="gaussian", seed=0)
+    >>> X = np.random.default_rng(0).normal(size=(32, 4))
+    >>> opt = fl.Adam(net, lr=1e-2)
+    >>> losses = [opt.step(X, X) for _ in range(20)]
+    >>> losses[-1] < losses[0], opt.t
+    (True, 20)
     """
 
     name = "adam"
