@@ -126,6 +126,11 @@ def machine() -> dict:
     """CPU, BLAS (threadpoolctl), threads, load and versions."""
     from threadpoolctl import threadpool_info
 
+    try:  # load SciPy's BLAS too (it may be a second OpenBLAS) so that it is listed
+        import scipy.linalg.blas  # noqa: F401
+    except ImportError:  # pragma: no cover
+        pass
+
     import fimlab
 
     info = {
@@ -135,8 +140,9 @@ def machine() -> dict:
         "numpy": np.__version__,
         "fimlab": fimlab.__version__,
         "threadpools": [
-            {k: d.get(k) for k in ("user_api", "internal_api", "prefix", "version",
-                                   "architecture", "num_threads", "threading_layer")}
+            {**{k: d.get(k) for k in ("user_api", "internal_api", "prefix", "version",
+                                      "architecture", "num_threads", "threading_layer")},
+             "library": os.path.basename(d.get("filepath") or "")}
             for d in threadpool_info()
         ],
         "env": {k: os.environ.get(k) for k in (

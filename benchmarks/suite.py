@@ -138,8 +138,8 @@ def run_suite(mode: str = "quick", sections=None, use_peers: bool = True,
             if fn is None:
                 continue
             waited = _wait_quiet(wait_quiet, quiet_load)
-            log(f"[{name}] ..." + (f" (waited {waited:.0f} s for load "
-                                   f"{os.getloadavg()[0]:.2f})" if waited else ""))
+            log(f"[{name}] ..." + (f" (waited {waited:.0f} s; load now "
+                                   f"{os.getloadavg()[0]:.2f})" if waited >= 1 else ""))
             ts = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Full backward hook")
@@ -267,7 +267,7 @@ def _pools(info: dict) -> str:
         arch = f"{d['architecture']} kernel, " if d.get("architecture") else ""
         ver = f" {d['version']}" if d.get("version") else ""
         parts.append(f"{d['internal_api']}{ver} ({arch}{d['num_threads']} threads, "
-                     f"{d['prefix']})")
+                     f"{d.get('library') or d['prefix']})")
     return "; ".join(parts)
 
 

@@ -23,6 +23,8 @@ from .batch import FactorBatch  # noqa: E402  (re-exported)
 
 #: Per-sample Jacobian chunks are built in pieces of at most this many bytes.
 _CHUNK_BYTES = 256 * 1024**2
+#: NumPy dense assembly: up to this many bytes, ``U`` is built whole (one ``syrk``).
+_ONE_PIECE_BYTES = 1024**3
 
 
 def _split_rows(X, offsets):
@@ -241,17 +243,26 @@ def _syrk_for(b):
 
 
 def _dense_syrk(b, chunk: int):
-    """``F = UᵀU/N`` for NumPy batches: one BLAS ``syrk`` per sample chunk accumulating
-    (``beta = 1``, scale ``1/N`` folded into ``alpha``) into a single ``P × P`` array, then
-    one pass copying the computed triangle onto the other (a Numba kernel). No per-chunk
-    ``P × P`` temporaries; the flop count is that of ``U.T @ U`` (a symmetric rank-k
-    update), which is what NumPy itself runs for that expression."""
+    """``F = UᵀU/N`` for NumPy batches. When ``U`` fits in 1 GiB: ``U.T @ U`` (NumPy runs
+    it as a symmetric rank-k update) and an in-place ``/N``. Otherwise one BLAS ``syrk``
+    per sample chunk accumulating (``beta = 1``, the scale ``1/N`` folded into ``alpha``)
+    into a single ``P × P`` array, then one pass copying the computed triangle onto the
+    other (a Numba kernel): no per-chunk ``P × P`` temporaries. Either way the flop count
+    is that of ``U.T @ U``."""
     import numpy as np
 
     from . import _kernels
 
     syrk = _syrk_for(b)
     P, N = b.n_params, b.n_samples
+    if nbytes_of((N * b.n_vectors, P), b.dtype) <= _ONE_PIECE_BYTES:
+        # U fits in one piece: NumPy's own U.T @ U (a syrk in NumPy's BLAS, which
+        # measured faster than SciPy's bundled one here) and one in-place scaling pass
+        U = b.jacobian_matrix(max_bytes=None)
+        F = U.T @ U
+        del U
+        np.divide(F, N, out=F)
+        return F
     C = np.zeros((P, P), dtype=b.dtype, order="F")
     for s in range(0, N, chunk):
         U = b.jacobian_matrix(s, min(s + chunk, N), max_bytes=None)  # (nK, P), C order

@@ -100,9 +100,10 @@ def test_dense_fisher_syrk_path(dtype, chunk, monkeypatch):
     import fimlab.curvature as curv
 
     b = _batch(1, "exact", 23, 0, dtype=dtype)
-    if chunk is not None:  # several sample chunks accumulate into one matrix
+    if chunk is not None:  # several sample chunks accumulate into one matrix (syrk)
         row = b.n_vectors * b.n_params * np.dtype(dtype).itemsize
         monkeypatch.setattr(curv, "_CHUNK_BYTES", chunk * row)
+        monkeypatch.setattr(curv, "_ONE_PIECE_BYTES", 0)
     U = b.jacobian_matrix().astype(np.float64)
     ref = U.T @ U / b.n_samples
     D = fl.FisherOperator(b).to_dense()
