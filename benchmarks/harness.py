@@ -37,9 +37,16 @@ class Budget:
         self.min_repeats, self.max_repeats, self.min_time = min_repeats, max_repeats, min_time
 
 
-def measure(fns: dict[str, Callable[[], object]], budget: Budget, warmup: bool = True
-            ) -> dict[str, dict]:
-    """Time each callable of ``fns`` round-robin; returns ``{name: {best, median, n}}``."""
+def measure(fns: dict[str, Callable[[], object]], budget: Budget, warmup: bool = True,
+            gap: float = 0.05) -> dict[str, dict]:
+    """Time each callable of ``fns`` round-robin; returns ``{name: {best, median, n}}``.
+
+    ``gap`` seconds of sleep precede every timed call (untimed): OpenMP runtimes (PyTorch's,
+    MKL's, Numba's) keep their worker threads spinning for a while after a parallel
+    region, and on a two-core machine those spinning threads would steal the cores from
+    whichever implementation is timed next. The suite also sets
+    ``OMP_WAIT_POLICY=PASSIVE`` (unless the environment sets it) for the same reason.
+    """
     times: dict[str, list[float]] = {k: [] for k in fns}
     if warmup:
         for f in fns.values():
@@ -49,6 +56,8 @@ def measure(fns: dict[str, Callable[[], object]], budget: Budget, warmup: bool =
     while n < budget.max_repeats and (n < budget.min_repeats or total < budget.min_time):
         for k, f in fns.items():
             gc.collect()
+            if gap:  # let other libraries' worker threads stop spinning (see measure)
+                time.sleep(gap)
             t0 = time.perf_counter()
             f()
             dt = time.perf_counter() - t0
@@ -147,7 +156,7 @@ def machine() -> dict:
         ],
         "env": {k: os.environ.get(k) for k in (
             "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
-            "OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "FIMLAB_NUMBA") if k in os.environ},
+            "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "NUMBA_NUM_THREADS", "FIMLAB_NUMBA") if k in os.environ},
         "loadavg_start": list(os.getloadavg()),
     }
     try:

@@ -93,6 +93,10 @@ def run_suite(mode: str = "quick", sections=None, use_peers: bool = True,
               markdown: str | os.PathLike | None = None, log=print,
               wait_quiet: float = 0.0, quiet_load: float = 1.5) -> dict:
     """Run the suite and return the report (also written as JSON to ``out``)."""
+    # OpenMP worker threads (PyTorch, MKL, Numba's omp layer) busy-wait after each parallel
+    # region by default; on a 2-core machine they steal the cores from the next timed
+    # call. Passive waiting must be set before those runtimes start (see harness.measure).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from threadpoolctl import threadpool_limits
 
     from fimlab._errors import UnknownNameError
