@@ -17,8 +17,10 @@ Contents
   (R1, R2, R4), for tests and teaching;
 - :func:`rearranged_matvec`, :func:`rearranged_rmatvec`, :class:`RearrangedFisher` — the
   products with ``R(F_i)`` of a factor-batch layer, matrix-free (R3);
-- :class:`RearrangedGram` — the exact, iteration-free route to the leading singular
-  triplets of ``R(F_i)`` through an ``m × m`` problem built from Gram matrices;
+- :class:`RearrangedGram` — the exact route to the leading singular triplets of
+  ``R(F_i)`` through an ``m × m`` problem built from Gram matrices (Golub–Kahan in Gram
+  coefficients, or the dense eigenproblem; :func:`gram_of_rows`, :func:`weighted_gram`
+  build the factors by symmetric rank-k updates);
 - :func:`power_svd`, :func:`golub_kahan`, :func:`lanczos_svd`, :func:`deflate` — the
   papers' iterative solvers on any product pair, with convergence reports.
 """
@@ -70,6 +72,7 @@ __all__ = [
     "RearrangedFisher",
     "RearrangedGram",
     "weighted_gram",
+    "gram_of_rows",
     # iterative SVD on product pairs
     "as_product_pair",
     "deflate",
@@ -1278,8 +1281,7 @@ def weighted_gram(X, w):
     for sign in (1.0, -1.0):  # one-signed weights: one SYRK, no row selection
         if bool(xp.all(sign * w >= 0)):
             Y = xp.reshape(X * xp.reshape(xp.sqrt(sign * w), shape), (-1, d))
-            P = xp.matrix_transpose(Y) @ Y
-            return P if sign > 0 else -P
+            return gram_of_rows(Y, sign)
     # mixed signs: rows of positive weight first (one copy), then two SYRKs on views
     neg = w < 0
     order = xp.argsort(xp.astype(neg, xp.int8), stable=True)
@@ -1288,7 +1290,93 @@ def weighted_gram(X, w):
     Y *= xp.reshape(xp.sqrt(xp.abs(xp.take(w, order))), shape)
     Y = xp.reshape(Y, (X.shape[0], -1, d))
     Yp, Yn = xp.reshape(Y[:k, ...], (-1, d)), xp.reshape(Y[k:, ...], (-1, d))
+    syrk = _blas_syrk(Y)
+    if syrk is not None:
+        # NumPy: both updates accumulate into one triangle (BLAS syrk, beta = 1), then one
+        # pass mirrors it — measured 1.5x faster at d = 1000 than two full products and a
+        # subtraction, and as fast as one unweighted Gram matrix
+        from . import _kernels
+
+        C = syrk(1.0, xp.matrix_transpose(Yp), trans=0, lower=0)  # upper, F order
+        C = syrk(-1.0, xp.matrix_transpose(Yn), beta=1.0, c=C, trans=0, lower=0,
+                 overwrite_c=1)
+        M = xp.matrix_transpose(C)  # C order; the lower triangle holds the result
+        _kernels.symmetrize_lower(M)
+        return M
     return xp.matrix_transpose(Yp) @ Yp - xp.matrix_transpose(Yn) @ Yn
+
+
+def gram_of_rows(Y, alpha: float = 1.0):
+    """``α YᵀY`` for ``Y`` of shape ``(n, d)``, exactly symmetric.
+
+    NumPy float arrays: SciPy's BLAS ``syrk`` on the F-ordered ``Yᵀ`` (no copy, one
+    triangle, ``α`` folded in) and one pass mirroring the triangle — measured 1.3–2x
+    faster than ``Y.T @ Y`` at ``n = 512``, ``d`` = 250–1000 on this project's machine
+    (``benchmarks``); other namespaces: ``Y.T @ Y``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Y = np.arange(6.0).reshape(3, 2)
+    >>> gram_of_rows(Y, 0.5).tolist()
+    [[10.0, 13.0], [13.0, 17.5]]
+    """
+    syrk = _blas_syrk(Y)
+    if syrk is None:
+        xp = array_namespace(Y)
+        P = xp.matrix_transpose(Y) @ Y
+        return P if alpha == 1.0 else alpha * P
+    from . import _kernels
+
+    M = syrk(float(alpha), Y.T, trans=0, lower=0).T  # C order; lower triangle = α YᵀY
+    _kernels.symmetrize_lower(M)
+    return M
+
+
+def _reorth(p, Mp, Bt, MBt, xp):
+    """Orthogonalise ``p`` against the rows of ``Bt`` in the inner product ``⟨x, y⟩ =
+    xᵀ M y`` (``MBt`` = the rows times ``M``), updating ``Mp = M p`` alongside: classical
+    Gram–Schmidt, repeated when the first pass removed more than half of the squared norm
+    (Daniel–Gragg–Kaufman–Stewart). Returns ``(p, Mp, pᵀ M p)``."""
+    n0 = float(xp.sum(p * Mp))
+    for _ in range(2):
+        c = MBt @ p
+        p, Mp = p - Bt.T @ c, Mp - MBt.T @ c
+        n1 = float(xp.sum(p * Mp))
+        if n1 > 0.5 * n0:
+            break
+        n0 = n1
+    return p, Mp, n1
+
+
+def _squared_row_gram(X):
+    """``(X Xᵀ)∘(X Xᵀ)`` for rows ``X`` of shape ``(m, d)``: one symmetric rank-k update
+    (SciPy's BLAS ``syrk`` on the F-ordered ``Xᵀ`` for NumPy — no copy, one triangle,
+    measured 1.1–1.5x faster than ``X @ X.T`` at m = 512), the square taken in place
+    (a fresh ``m × m`` temporary costs page faults comparable to the product), one
+    pass mirroring the triangle."""
+    xp = array_namespace(X)
+    syrk = _blas_syrk(X)
+    if syrk is not None:
+        from . import _kernels
+
+        C = syrk(1.0, xp.matrix_transpose(X), trans=1, lower=0)  # X Xᵀ, upper, F order
+        M = xp.matrix_transpose(C)  # C order, lower triangle
+        M *= M
+        _kernels.symmetrize_lower(M)
+        return M
+    G = X @ xp.matrix_transpose(X)
+    return G * G
+
+
+def _blas_syrk(Y):
+    """SciPy's BLAS ``?syrk`` for a C-contiguous float32/float64 NumPy array, else
+    ``None``."""
+    if not isinstance(Y, np.ndarray) or not Y.flags.c_contiguous:
+        return None
+    from scipy.linalg import blas
+
+    return {np.dtype(np.float64): blas.dsyrk, np.dtype(np.float32): blas.ssyrk}.get(Y.dtype)
 
 
 class _GramSide:
@@ -1395,11 +1483,16 @@ class RearrangedGram:
         σ_r mat(u_r) = Āᵀ diag(w_r) Ā,     w_r = Z q_r
         σ_r mat(v_r) = Σ_n d_rn G_n = gᵀ diag(d_r) g,   d_r = Cᵀ M_U w_r / σ_r
 
-    (GEMMs; no division by small Gram eigenvalues). A short side (``d² ≤ m``) uses its
-    explicit rows instead of a Gram matrix. Nothing depends on a spectral gap: the cost
-    is a few GEMMs and one ``m × m`` eigenproblem, whatever ``σ₂/σ₁`` is. The same
-    machinery handles ``R = Uᵀ C V`` for the other cores the methods need (the
-    KFAC-corrected residual, a deflated ``R``).
+    (GEMMs; no division by small Gram eigenvalues) — the dense route, ``≈ 3m³`` flops
+    whatever ``σ₂/σ₁`` is. The default route for ``m > 96`` is cheaper:
+    :meth:`golub_kahan` runs on Gram coefficients (``v = Vᵀy`` kept as ``y``, so
+    ``R v = Uᵀ(C M_V y)`` and ``⟨v, v'⟩ = yᵀM_V y'``), two ``m × m`` matrix-vector
+    products per step, until the wanted triplets have relative residual ``≤ 1e-10``
+    (4–7 steps for the leading triplet of the auto-encoder's blocks, 17–28 for two); it
+    falls back to the dense route after ``max_steps`` steps, so a small spectral gap
+    costs time, never accuracy. A short side (``d² ≤ m``) uses its explicit rows instead
+    of a Gram matrix. The same machinery handles ``R = Uᵀ C V`` for the other cores the
+    methods need (the KFAC-corrected residual, a deflated ``R``).
 
     Parameters
     ----------
@@ -1440,8 +1533,7 @@ class RearrangedGram:
         if d_a * d_a <= m:
             self.U = _GramSide(xp, E=vec(a64[:, :, None] * a64[:, None, :], xp))
         else:
-            Ga = a64 @ xp.matrix_transpose(a64)
-            self.U = _GramSide(xp, M=Ga * Ga)
+            self.U = _GramSide(xp, M=_squared_row_gram(a64))
         # V side: rows vec(G_n)
         if d_g * d_g <= m:
             self.V = _GramSide(xp, E=vec(xp.matrix_transpose(g64) @ g64, xp))
@@ -1456,9 +1548,7 @@ class RearrangedGram:
         Gram of the ``m·K`` vectors and the Gram of the explicit ``G_n``."""
         xp, m, K, d_g = self.xp, self.m, self.K, self.d_g
         if K == 1:
-            gf = g64[:, 0, :]
-            Gg = gf @ xp.matrix_transpose(gf)
-            return Gg * Gg
+            return _squared_row_gram(g64[:, 0, :])
         cost_vec = (m * K) ** 2 * d_g
         cost_exp = m * K * d_g * d_g + m * m * d_g * d_g
         if cost_exp < cost_vec and m * d_g * d_g * 8 <= self.chunk_bytes * 4:
@@ -1515,16 +1605,222 @@ class RearrangedGram:
             self._base_cache = (tr, A_side, Z0, T0, B0)
         return self._base_cache
 
-    def top(self, k: int, core: _Core | None = None):
+    #: Gram problems with ``m`` at or below this use the dense eigenproblem directly
+    dense_below = 96
+    #: Golub–Kahan steps before :meth:`top` falls back to the dense eigenproblem
+    max_steps = 160
+    #: relative residual ``‖Rᵀu − σv‖/σ₁`` at which a Golub–Kahan triplet is accepted
+    tol = 1e-10
+
+    #: default ``method`` of :meth:`top` (``"auto"``, ``"dense"`` or ``"lanczos"``)
+    method = "auto"
+
+    def top(self, k: int, core: _Core | None = None, *, method: str | None = None):
         """The ``k`` leading singular triplets of ``Uᵀ C V`` (default ``R(F_i)``).
 
         Returns ``(sigma, w, d)``: ``sigma`` a float64 NumPy array ``(k,)``
         (descending), and weights ``w, d`` of shape ``(m, k)`` with
         ``σ_r mat(u_r) = Āᵀ diag(w_r) Ā`` and ``σ_r mat(v_r) = Σ_n d_rn G_n``. Singular
         values at or below ``rank_rtol·σ₁(R(F_i))`` (and their weights) are returned as
-        zeros. A core ``I/m + X Yᵀ`` updates the cached default problem at ``O(m²)``
-        cost (no new Gram product, factorisation or ``m³`` GEMM).
+        zeros.
+
+        ``method="dense"`` solves the ``m × m`` eigenproblem (Cholesky of one Gram
+        matrix, a congruence, a partial ``eigh``: ``≈ 3m³`` flops whatever the
+        spectrum). ``method="lanczos"`` runs Golub–Kahan bidiagonalisation in Gram
+        coefficients (:meth:`golub_kahan`: two ``m × m`` matrix-vector products per
+        step, full reorthogonalisation) until every wanted triplet has relative
+        residual ``≤ tol`` (``1e-10``), and falls back to the dense route if that takes
+        more than ``max_steps`` steps — so a small spectral gap costs at most the dense
+        route plus ``max_steps`` cheap steps, and never accuracy. ``"auto"`` (default)
+        (the class attribute ``method``, default) takes Golub–Kahan for
+        ``m > dense_below`` (``96``). A core ``I/m + X Yᵀ`` is
+        applied at ``O(m·rank)`` per step (Golub–Kahan) or updates the cached dense
+        problem at ``O(m²)`` (dense).
         """
+        method = self.method if method is None else method
+        check_choice(method, ("auto", "dense", "lanczos"), "method of RearrangedGram.top")
+        n = min(self.U.dim, self.V.dim)
+        if method == "lanczos" or (method == "auto" and self.m > self.dense_below
+                                   and n > 4 * k + 8):
+            res = self._top_gk(k, core)
+            if res is not None:
+                return res
+        return self._top_dense(k, core)
+
+    def _top_gk(self, k: int, core: _Core | None):
+        """:meth:`top` by :meth:`golub_kahan`; ``None`` when it did not converge."""
+        xp = self.xp
+        C = core if core is not None else self.core()
+        sig, w, d, rep = self.golub_kahan(k, C, tol=self.tol, max_steps=self.max_steps)
+        if not rep.converged:
+            return None
+        if core is None:
+            self._sigma1 = float(sig[0]) if sig.size else 0.0
+        s1 = self.sigma1
+        keep = int(np.sum(sig > self.rank_rtol * s1)) if s1 > 0 else 0
+        mask = asarray_on(np.where(np.arange(k) < keep, 1.0, 0.0), w, dtype=xp.float64)
+        sigma = np.where(np.arange(k) < keep, sig, 0.0)
+        return sigma, w * mask, d * mask
+
+    def golub_kahan(self, k: int, core: _Core | None = None, *, tol: float = 1e-10,
+                    max_steps: int | None = None, rng=None):
+        """The ``k`` leading singular triplets of ``R = Uᵀ C V`` by Golub–Kahan
+        bidiagonalisation carried out on Gram coefficients.
+
+        A right vector ``v = Vᵀy`` is stored as its coefficients ``y ∈ ℝᵐ`` (and
+        ``M_V y``), a left vector ``u = Uᵀx`` as ``x`` (and ``M_U x``); then
+        ``R v = Uᵀ (C M_V y)``, ``Rᵀu = Vᵀ (Cᵀ M_U x)`` and ``⟨v, v'⟩ = yᵀ M_V y'``, so a
+        step costs one product with each Gram matrix (``2m²`` flops each) plus the
+        reorthogonalisation (classical Gram–Schmidt, twice, in the ``M``-inner
+        products). The iteration starts from ``y = 1 + ε`` (the KFAC direction
+        ``vec(G_K) = Vᵀ1/m`` plus a fixed random perturbation of the same norm, so that
+        no triplet is missed by symmetry), checks the Ritz residuals
+        ``β_j |p_j(r)| ≤ tol·σ₁`` and stops at convergence, at a breakdown (an
+        invariant subspace: the Ritz triplets are exact), or after ``max_steps``
+        (default ``min(m, 160)``). ``rng`` (a seed or ``numpy.random.Generator``; default
+        seed 0) draws the perturbation.
+
+        Returns ``(sigma, w, d, report)`` as :meth:`top` (weights of the unthresholded
+        Ritz triplets; ``report.converged`` says whether ``tol`` was met).
+        """
+        xp, m = self.xp, self.m
+        C = core if core is not None else self.core()
+        dev = device_of(self.a)
+        t0 = time.perf_counter()
+        rank_bound = min(self.U.dim, self.V.dim)
+        steps = min(rank_bound, m, self.max_steps if max_steps is None else int(max_steps))
+        MU, MV = self.U.apply, self.V.apply
+        rng = np.random.default_rng(0 if rng is None else rng)
+        y0 = np.ones(m) / math.sqrt(m) + rng.standard_normal(m) / math.sqrt(m)
+        y = asarray_on(y0, self.a, dtype=xp.float64)
+        My = MV(y)
+        nrm = math.sqrt(max(float(xp.sum(y * My)), 0.0))
+        report = ConvergenceReport("gram-golub-kahan", tol=tol)
+        z = xp.zeros((m, k), dtype=xp.float64, device=dev)
+        if nrm == 0.0:  # V = 0: R = 0
+            report.breakdown, report.rank, report.sigma = True, 0, (0.0,) * k
+            return np.zeros(k), z, xp.zeros((m, k), dtype=xp.float64, device=dev), report
+        y, My = y / nrm, My / nrm
+        # bases stored as rows (coefficient vectors), preallocated: Xt[:j] is contiguous
+        # (grown by doubling: a full (steps+1) x m allocation would cost page faults)
+        cap = min(steps + 1, 2 * k + 10)
+        Xt, MXt, Yt, MYt = (xp.zeros((cap, m), dtype=xp.float64, device=dev)
+                            for _ in range(4))
+        Yt[0, :], MYt[0, :] = y, My
+        alphas, betas = [], []
+        smax = 0.0
+        conv, res = False, float("inf")
+        P = Q = svals = None
+        j, next_check, left_bd = 0, k, False
+        c0 = C.c0
+        if C.X is not None:  # the low-rank part of the core, applied to vectors
+            CX, CYt, CY, CXt = C.X, C.Y.T, C.Y, C.X.T
+
+            def core(z, transpose=False):
+                return (c0 * z + CY @ (CXt @ z)) if transpose else (c0 * z + CX @ (CYt @ z))
+        else:
+            def core(z, transpose=False):
+                return c0 * z
+        while True:
+            # left: alpha_j x_j = C M_V y_j - beta_{j-1} x_{j-1}, M_U-orthogonal to X
+            p = core(My)
+            if j:
+                p = p - betas[-1] * Xt[j - 1, :]
+            Mp = MU(p)
+            if j:
+                p, Mp, a2 = _reorth(p, Mp, Xt[:j, :], MXt[:j, :], xp)
+            else:
+                a2 = float(xp.sum(p * Mp))
+            alpha = math.sqrt(max(a2, 0.0))
+            smax = max(smax, alpha)
+            if alpha <= 1e-14 * smax or alpha == 0.0:
+                report.breakdown = left_bd = True
+                break
+            Xt[j, :], MXt[j, :] = p / alpha, Mp / alpha
+            alphas.append(alpha)
+            # right: beta_j y_{j+1} = Cᵀ M_U x_j - alpha_j y_j, M_V-orthogonal to Y
+            q = core(MXt[j, :], True) - alpha * y
+            Mq = MV(q)
+            q, Mq, b2 = _reorth(q, Mq, Yt[: j + 1, :], MYt[: j + 1, :], xp)
+            beta = math.sqrt(max(b2, 0.0))
+            betas.append(beta)
+            smax = max(smax, beta)
+            j += 1
+            breakdown = beta <= 1e-14 * smax
+            if breakdown or j >= steps or j >= next_check:
+                next_check = j + (2 if j < 40 else j // 8)  # small SVDs: cheap checks
+                B = np.diag(alphas) + np.diag(betas[:-1], 1)
+                P, svals, Qt = np.linalg.svd(B)
+                Q = Qt.T
+                kk = min(k, j)
+                s1 = float(svals[0])
+                resid = np.abs(beta * P[-1, :kk])
+                # triplets below the rank threshold count as converged (they are zeros)
+                ok = (resid <= tol * s1) | (svals[:kk] <= self.rank_rtol * s1)
+                res = float(np.max(resid) / s1) if s1 > 0 else 0.0
+                if breakdown or (kk == k and bool(np.all(ok))):
+                    conv = True
+                    report.breakdown = bool(breakdown)
+                    break
+                if j >= steps:
+                    conv = j >= rank_bound  # the whole space: the triplets are exact
+                    if conv and self.U.dim <= self.V.dim and beta > 0:
+                        # the left space is exhausted (α_j+1 = 0 up to round-off): the
+                        # exact triplets are those of [B_j β_j e_j] with y_j+1
+                        left_bd = True
+                    else:
+                        break
+            y, My = q / beta, Mq / beta
+            if j + 1 > cap - 1:  # room for x_j+1 and y_j+1
+                cap2 = min(steps + 1, 2 * cap)
+                grown = []
+                for T in (Xt, MXt, Yt, MYt):
+                    T2 = xp.zeros((cap2, m), dtype=xp.float64, device=dev)
+                    T2[:cap, :] = T
+                    grown.append(T2)
+                Xt, MXt, Yt, MYt = grown
+                cap = cap2
+            Yt[j, :], MYt[j, :] = y, My
+            if left_bd:
+                break
+        n_have = len(alphas)
+        if n_have == 0:
+            report.rank, report.sigma = 0, (0.0,) * k
+            report.converged = True
+            return (np.zeros(k), z, xp.zeros((m, k), dtype=xp.float64, device=dev),
+                    report)
+        if left_bd:  # α_j+1 = 0: R [V_j v_j+1] = U_j [B_j β_j e_j], the triplets are exact
+            B = np.zeros((n_have, n_have + 1))
+            B[:, :n_have] = np.diag(alphas) + np.diag(betas[: n_have - 1], 1)
+            B[-1, -1] = betas[-1]
+            P, svals, Qt = np.linalg.svd(B, full_matrices=False)
+            Q = Qt.T
+            conv, res = True, 0.0
+        kk = min(k, n_have)
+        sig = np.zeros(k)
+        sig[:kk] = svals[:kk]
+        Pk = asarray_on(P[:, :kk] * svals[:kk], Xt, dtype=xp.float64)
+        Qk = asarray_on(Q[:, :kk] * svals[:kk], Xt, dtype=xp.float64)
+        # σ u = Uᵀ w, σ v = Vᵀ d
+        wk = xp.matrix_transpose(Xt[:n_have, :]) @ Pk
+        dk = xp.matrix_transpose(Yt[: Q.shape[0], :]) @ Qk
+        # orient: weights of each triplet sum to ≥ 0 (the leading ones are then one-signed)
+        sgn = xp.sum(wk, axis=0) + xp.sum(dk, axis=0)
+        flip = xp.where(sgn < 0, -xp.ones_like(sgn), xp.ones_like(sgn))
+        w = xp.zeros((m, k), dtype=xp.float64, device=dev)
+        d = xp.zeros((m, k), dtype=xp.float64, device=dev)
+        w[:, :kk], d[:, :kk] = wk * flip, dk * flip
+        report.converged = bool(conv)
+        report.residual = res
+        report.iterations = n_have
+        report.n_products = 2 * n_have
+        report.rank = int(np.sum(sig > 0))
+        report.sigma = tuple(float(s) for s in sig)
+        report.seconds = time.perf_counter() - t0
+        return sig, w, d, report
+
+    def _top_dense(self, k: int, core: _Core | None = None):
+        """:meth:`top` by the dense ``m × m`` eigenproblem."""
         xp = self.xp
         C = core if core is not None else self.core()
         if abs(C.c0 * self.m - 1.0) > 1e-12:
@@ -1585,35 +1881,25 @@ class RearrangedGram:
         s, _, _ = self.top(upto)
         return int(np.sum(s > 0))
 
-    def lanczos(self, k: int = 2, core: _Core | None = None, *, tol: float = 1e-12,
+    def lanczos(self, k: int = 2, core: _Core | None = None, *, tol: float = 1e-10,
                 rng=None):
-        """The ``k`` leading triplets of ``Uᵀ C V`` by Golub–Kahan bidiagonalisation of
-        the small matrix ``R̃ = L_Uᵀ C L_V`` (``M_U = L_U L_Uᵀ``, ``M_V = L_V L_Vᵀ``),
-        grown until the Ritz residual is below ``tol·σ₁`` or the space is exhausted.
+        """The ``k`` leading triplets of ``Uᵀ C V`` by Golub–Kahan bidiagonalisation in
+        Gram coefficients (:meth:`golub_kahan`), grown until every Ritz residual is below
+        ``tol·σ₁`` or the space is exhausted (then the triplets are exact); ``rng``
+        perturbs the start vector (default: a fixed seed).
 
         Returns ``(sigma, w, d, report)`` like :meth:`top`.
         """
-        xp = self.xp
         C = core if core is not None else self.core()
-        Lu, Lv = self.U.factor(), self.V.factor()
-        ZV = C.apply(Lv, xp)  # C L_V
-        Rt = xp.matrix_transpose(Lu) @ ZV
-        if min(Rt.shape) == 0:
-            m = self.m
-            z = xp.zeros((m, k), dtype=xp.float64, device=device_of(self.a))
-            return np.zeros(k), z, z, ConvergenceReport("gram-lanczos", rank=0,
-                                                         breakdown=True)
-        sig, P, Q, rep = lanczos_svd(Rt, k=k, steps=None, tol=tol, rng=rng, warn=False)
+        sig, w, d, rep = self.golub_kahan(k, C, tol=tol, max_steps=self.m, rng=rng)
         s1 = float(sig[0]) if core is None else self.sigma1
         keep = int(np.sum(sig > self.rank_rtol * s1)) if s1 > 0 else 0
         sig = np.where(np.arange(k) < keep, sig, 0.0)
-        mask = asarray_on(np.where(np.arange(k) < keep, 1.0, 0.0), P, dtype=xp.float64)
-        w = (ZV @ Q) * mask
-        d = C.apply(Lu @ P, xp, transpose=True) * mask
+        mask = asarray_on(np.where(np.arange(k) < keep, 1.0, 0.0), w, dtype=self.xp.float64)
         rep.method = "gram-lanczos"
         rep.rank = keep
         rep.sigma = tuple(float(x) for x in sig)
-        return sig, w, d, rep
+        return sig, w * mask, d * mask, rep
 
     def coordinates(self, core: _Core | None = None) -> GramCoordinates:
         """``Uᵀ C V`` (default ``R(F_i)``) as a small dense product pair in isometric

@@ -72,6 +72,10 @@ HOST_FUNCTIONS = {
         "_bidiag_top_svd": "tridiagonal eigenproblem of B_k",
         "lanczos_svd": "the k singular values and B_k's Ritz data",
         "RearrangedGram.top": "the k singular values",
+        "RearrangedGram._top_dense": "the k singular values",
+        "RearrangedGram._top_gk": "the k singular values, a k-vector mask then moved",
+        "RearrangedGram.golub_kahan": "host draw of the start (then moved); alpha/beta, "
+                                      "the small bidiagonal and its SVD on the host",
         "RearrangedGram.numerical_rank": "the k singular values",
         "RearrangedGram.lanczos": "the k singular values, a k-vector mask then moved",
         "GramCoordinates.random": "host draw, then moved",

@@ -401,5 +401,6 @@ def test_example_script_runs_in_fast_mode(tmp_path, monkeypatch):
     script = Path(__file__).resolve().parents[1] / "examples" / "plot_kpsvd.py"
     monkeypatch.setenv("FIMLAB_FAST", "1")
     monkeypatch.setenv("FIMLAB_OUT", str(tmp_path))
-    runpy.run_path(str(script), run_name="__main__")
+    with np.printoptions():  # the script sets print options; keep them out of later tests
+        runpy.run_path(str(script), run_name="__main__")
     assert (tmp_path / "plot_kpsvd.png").stat().st_size > 10_000

@@ -212,8 +212,16 @@ GRAM_CASES = [  # (m, K, d_a, d_g): Gram/explicit sides, K = 1 and K > 1
 ]
 
 
+@pytest.fixture(params=["dense", "lanczos"])
+def gram_route(request, monkeypatch):
+    """Run a Gram-route test with the dense m × m eigenproblem and with Golub–Kahan in
+    Gram coefficients (the default for m > 96), whatever m the test uses."""
+    monkeypatch.setattr(K.RearrangedGram, "method", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("m,Kk,d_a,d_g", GRAM_CASES)
-def test_gram_route_equals_svd_of_explicit_R(m, Kk, d_a, d_g, rng):
+def test_gram_route_equals_svd_of_explicit_R(m, Kk, d_a, d_g, rng, gram_route):
     a, g = _layer(rng, m, Kk, d_a, d_g)
     R = _dense_R(a, g)
     U, s, Vh = np.linalg.svd(R)
@@ -242,7 +250,7 @@ def test_gram_route_equals_svd_of_explicit_R(m, Kk, d_a, d_g, rng):
 
 
 @pytest.mark.parametrize("m,Kk,d_a,d_g", GRAM_CASES)
-def test_gram_route_cores(m, Kk, d_a, d_g, rng):
+def test_gram_route_cores(m, Kk, d_a, d_g, rng, gram_route):
     a, g = _layer(rng, m, Kk, d_a, d_g)
     R = _dense_R(a, g)
     s = np.linalg.svd(R, compute_uv=False)
@@ -274,7 +282,7 @@ def test_gram_route_chunked_and_explicit_g_gram(rng):
     np.testing.assert_allclose(K.RearrangedGram(a, g)._g_gram(g), ref, rtol=1e-12)
 
 
-def test_gram_route_rank_deficiency(rng):
+def test_gram_route_rank_deficiency(rng, gram_route):
     # duplicated samples: singular Gram matrices (Cholesky may fail: eigh fallback)
     a, g = _layer(rng, 4, 1, 7, 6)
     a, g = np.concatenate([a, a, a]), np.concatenate([g, g, g])
@@ -293,6 +301,128 @@ def test_gram_route_rank_deficiency(rng):
     # one output (d_g = 1): R(F_i) has rank one
     a, g = _layer(rng, 10, 1, 3, 1)
     assert K.RearrangedGram(a, g).numerical_rank(3) == 1
+
+
+# -- Golub–Kahan in Gram coefficients (the default route for m > 96) ------------------
+def _best_rank_k(R, k):
+    U, s, Vh = np.linalg.svd(R)
+    return (U[:, :k] * s[:k]) @ Vh[:k], s
+
+
+@pytest.mark.parametrize("m,Kk,d_a,d_g", [(300, 1, 9, 7), (200, 2, 6, 8), (160, 1, 3, 30)])
+def test_golub_kahan_at_large_m_equals_svd_of_explicit_R(m, Kk, d_a, d_g, rng):
+    a, g = _layer(rng, m, Kk, d_a, d_g)
+    gram = K.RearrangedGram(a, g)
+    R = _dense_R(a, g)
+    for k in (1, 2, 3):
+        best, s = _best_rank_k(R, k)
+        sig, w, d, rep = gram.golub_kahan(k)
+        assert rep.converged and rep.iterations < m
+        np.testing.assert_allclose(sig, s[:k], rtol=1e-10)
+        # the weights give the triplets: σ_r u_r = Uᵀ w_r, σ_r v_r = Vᵀ d_r
+        approx = sum(np.outer(_vec(a.T @ np.diag(w[:, r]) @ a),
+                              _vec(sum(d[n, r] * g[n].T @ g[n] for n in range(m)))) / sig[r]
+                     for r in range(k))
+        np.testing.assert_allclose(approx, best, atol=1e-8 * s[0])
+        # the default route of top() at this m is Golub–Kahan; it agrees with the dense one
+        s_auto, w_auto, d_auto = gram.top(k)
+        s_dense, _, _ = gram.top(k, method="dense")
+        np.testing.assert_allclose(s_auto, s_dense, rtol=1e-10)
+        terms = gram.terms(s_auto, w_auto, d_auto)
+        np.testing.assert_allclose(sum(np.outer(_vec(A), _vec(G)) for A, G in terms), best,
+                                   atol=1e-8 * s[0])
+    # cores: the KFAC residual and a deflated R
+    AK, GK = fl.kfac_factors(a, g)
+    Rc = R - np.outer(_vec(AK), _vec(GK))
+    best, sc = _best_rank_k(Rc, 1)
+    s3, w3, d3 = gram.top(1, gram.kfac_residual_core(), method="lanczos")
+    assert s3[0] == pytest.approx(sc[0], rel=1e-10)
+    A, G = gram.term(s3[0], w3[:, 0], d3[:, 0])
+    np.testing.assert_allclose(np.outer(_vec(A), _vec(G)), best, atol=1e-8 * sc[0])
+    s1, w1, d1 = gram.top(1, method="lanczos")
+    s2, _, _ = gram.top(1, gram.core([(s1[0], w1[:, 0], d1[:, 0])]), method="lanczos")
+    assert s2[0] == pytest.approx(np.linalg.svd(R, compute_uv=False)[1], rel=1e-9)
+
+
+def test_golub_kahan_falls_back_to_the_dense_route(rng):
+    a, g = _layer(rng, 200, 1, 8, 8)
+    gram = K.RearrangedGram(a, g)
+    s, w, d, rep = gram.golub_kahan(3, max_steps=4)
+    assert not rep.converged and rep.iterations == 4
+    gram.max_steps = 4  # top() must not return unconverged triplets: the dense route
+    sig, _, _ = gram.top(3)
+    np.testing.assert_allclose(sig, np.linalg.svd(_dense_R(a, g), compute_uv=False)[:3],
+                               rtol=1e-10)
+
+
+def test_golub_kahan_breakdowns_give_exact_triplets(rng):
+    # rank 3 (two distinct samples of a 2 x 2 layer ... repeated): an invariant subspace
+    a, g = _layer(rng, 3, 1, 2, 2)
+    a, g = np.concatenate([a] * 50), np.concatenate([g] * 50)
+    gram = K.RearrangedGram(a, g)
+    s_ref = np.linalg.svd(_dense_R(a, g), compute_uv=False)
+    sig, w, d, rep = gram.golub_kahan(4)
+    assert rep.breakdown and rep.converged
+    np.testing.assert_allclose(sig[:3], s_ref[:3], rtol=1e-9)
+    assert gram.numerical_rank(4) == 3
+    # a zero batch: R = 0
+    z = K.RearrangedGram(np.zeros((120, 3)), np.zeros((120, 1, 2)))
+    sig, w, d, rep = z.golub_kahan(2)
+    np.testing.assert_array_equal(sig, 0.0)
+    assert rep.breakdown and rep.rank == 0
+
+
+@given(SEEDS, st.integers(1, 40), st.integers(1, 3), st.integers(1, 5), st.integers(1, 5),
+       st.integers(1, 3))
+def test_golub_kahan_property(seed, m, Kk, d_a, d_g, k):
+    """Golub–Kahan in Gram coefficients (forced at every size) gives the leading singular
+    values of the explicit R(F_i) and the best rank-k approximation."""
+    rng = _rng(seed)
+    a, g = _layer(rng, m, Kk, d_a, d_g)
+    R = _dense_R(a, g)
+    s = np.linalg.svd(R, compute_uv=False)
+    gram = K.RearrangedGram(a, g)
+    sig, w, d = gram.top(k, method="lanczos")
+    tol = gram.rank_rtol * s[0]
+    nz = s[:k] > 10 * tol
+    np.testing.assert_allclose(sig[: nz.sum()], s[:k][nz], rtol=1e-8)
+    assert np.all(sig[nz.sum():] <= 10 * tol + 1e-300)
+
+
+def test_top_unknown_method():
+    a, g = _layer(_rng(0), 5, 1, 2, 2)
+    with pytest.raises(fl.UnknownNameError, match="method of RearrangedGram.top"):
+        K.RearrangedGram(a, g).top(1, method="arnoldi")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gram_of_rows(dtype, rng):
+    Y = rng.normal(size=(37, 11)).astype(dtype)
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    for arr in (Y, np.asfortranarray(Y), Y[::2]):  # BLAS syrk path and the fallback
+        P = K.gram_of_rows(arr, 0.5)
+        assert P.dtype == dtype
+        np.testing.assert_allclose(P, 0.5 * arr.T.astype(np.float64) @ arr, rtol=rtol,
+                                   atol=rtol * np.abs(arr).max() ** 2)
+        np.testing.assert_array_equal(P, P.T)
+    # signed weights through the two-update path agree with the explicit sum
+    w, Y64 = rng.normal(size=37), Y.astype(np.float64)
+    ref = sum(w[n] * np.outer(Y64[n], Y64[n]) for n in range(37))
+    np.testing.assert_allclose(K.weighted_gram(Y64, w), ref, atol=1e-12 * 37)
+
+
+def test_golub_kahan_on_array_api_strict():
+    import array_api_strict as xs
+
+    rng = _rng(3)
+    a, g = _layer(rng, 130, 2, 5, 4)
+    ref, _, _, _ = K.RearrangedGram(a, g).golub_kahan(2)
+    gs = K.RearrangedGram(xs.asarray(a), xs.asarray(g))
+    sig, w, d, rep = gs.golub_kahan(2)
+    assert rep.converged
+    np.testing.assert_allclose(sig, ref, rtol=1e-12)
+    assert isinstance(w, type(xs.asarray(a)))
+    np.testing.assert_allclose(K.gram_of_rows(xs.asarray(a)), a.T @ a, rtol=1e-12)
 
 
 @pytest.mark.parametrize("case", ["cholesky", "explicit", "eigh"])

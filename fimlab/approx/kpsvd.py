@@ -16,16 +16,17 @@ Lanczos        rank 2, both terms at once (Golub–Kahan)             2
 
 Two solvers (``solver=``):
 
-- ``"exact"`` (default): converged to round-off and independent of any spectral gap.
-  ``R(F_i) = (1/m) Uᵀ V`` (rows ``vec(ā_n ā_nᵀ)`` and ``vec(G_n)``) has the non-zero
-  singular triplets of an ``m × m`` problem built from Gram matrices of the factor
-  batch (:class:`fimlab.kron.RearrangedGram`): KPSVD takes its leading eigenpairs;
-  KFAC-corrected the leading triplet of ``Uᵀ(I/m − 11ᵀ/m²)V = R(F_i) −
-  vec(A_K)vec(G_K)ᵀ``; Deflation the leading triplet of ``R(F_i)``, then that of the
-  deflated ``Uᵀ(I/m − w₁d₁ᵀ/σ₁)V``; Lanczos a Golub–Kahan bidiagonalisation of the
-  small problem, grown until the two leading Ritz triplets have residual ≤ 1e-12·σ₁ (or
-  the Krylov space is exhausted). So exact Deflation, exact Lanczos and rank-2 KPSVD
-  are the same matrix (PAPERS.md; a test asserts it), by three different computations.
+- ``"exact"`` (default): converged to a relative residual of 1e-10 (or exact), and
+  correct whatever the spectral gap. ``R(F_i) = (1/m) Uᵀ V`` (rows ``vec(ā_n ā_nᵀ)``
+  and ``vec(G_n)``) has the non-zero singular triplets of an ``m × m`` problem built
+  from Gram matrices of the factor batch (:class:`fimlab.kron.RearrangedGram`, solved by
+  Golub–Kahan in Gram coefficients with a dense fallback): KPSVD takes its leading
+  triplets; KFAC-corrected the leading triplet of ``Uᵀ(I/m − 11ᵀ/m²)V = R(F_i) −
+  vec(A_K)vec(G_K)ᵀ``; Deflation the two leading triplets (the second is the leading one
+  of the deflated ``Uᵀ(I/m − w₁d₁ᵀ/σ₁)V``); Lanczos a Golub–Kahan bidiagonalisation of
+  the small problem, grown until the two leading Ritz triplets have residual
+  ≤ 1e-10·σ₁ (or the Krylov space is exhausted). So exact Deflation, exact Lanczos and
+  rank-2 KPSVD are the same matrix (PAPERS.md; a test asserts it).
 - ``"paper"``: the papers' algorithms and budgets: power SVD with tolerance
   ``tol=1e-6`` and at most ``maxiter=1000`` iterations, warm-started from
   ``warm_start`` (the previous operator) when given; Lanczos with ``steps=2`` and
@@ -259,7 +260,8 @@ class KPSVD(_KPSVDFamily):
         Number of Kronecker terms per block (Eckart–Young: the truncated Kronecker
         product SVD of ``F_i``); must not exceed the numerical rank of ``R(F_i)``.
     solver : {"exact", "paper"}
-        ``"exact"``: the Gram route (no iteration, no gap dependence). ``"paper"``:
+        ``"exact"``: the Gram route (converged to a relative residual of 1e-10 or
+        exact; see :meth:`fimlab.kron.RearrangedGram.top`). ``"paper"``:
         power SVD (``tol``, ``maxiter``, warm start), one term after another (deflation)
         for ``rank > 1``.
     warm_start : BlockDiagonalOperator, optional
@@ -444,17 +446,16 @@ class Deflation(_KPSVDFamily):
                          maxiter=maxiter, seed=seed, rank_rtol=rank_rtol, products=products)
 
     def _exact(self, a, g):
+        # the leading triplet of the deflated R(F_i) − σ₁u₁v₁ᵀ is R(F_i)'s second one, so
+        # both terms come from one solve of the Gram problem (one Golub–Kahan run, not
+        # two; RearrangedGram.core([...]) is the explicit deflation, tested to agree)
         gram = self._gram(a, g)
-        s1, w1, d1 = gram.top(1)
-        if s1[0] > 0:
-            s2, w2, d2 = gram.top(1, gram.core([(float(s1[0]), w1[:, 0], d1[:, 0])]))
-        else:
-            s2, w2, d2 = s1, w1, d1
-        sig = (float(s1[0]), float(s2[0]))
+        s, w, d = gram.top(2)
+        sig = (float(s[0]), float(s[1]))
         rank = int(sig[0] > 0) + int(sig[1] > 0)
         rep = _kron.ConvergenceReport("gram", rank=rank, breakdown=rank < 2, sigma=sig)
-        return [gram.term(sig[0], w1[:, 0], d1[:, 0]),
-                gram.term(sig[1], w2[:, 0], d2[:, 0])], rep
+        return [gram.term(sig[0], w[:, 0], d[:, 0]),
+                gram.term(sig[1], w[:, 1], d[:, 1])], rep
 
     def _paper(self, a, g, warm, rng):
         sp = self._space(a, g)
