@@ -79,6 +79,43 @@ def test_symmetrize_lower_twins_agree(n, dtype, seed):
         np.testing.assert_array_equal(W, ref)  # a copy: bit for bit
 
 
+def naive_outer_rows(a, g, P, offset):
+    n, K, dg = g.shape
+    U = np.zeros((n * K, P))
+    for i in range(n):
+        for k in range(K):  # vec(g ā_nᵀ), column-major: ā_n ⊗ g_nk
+            U[i * K + k, offset:offset + a.shape[1] * dg] = np.kron(a[i], g[i, k])
+    return U
+
+
+@given(n=st.integers(1, 7), K=st.integers(1, 3), da=st.integers(1, 6), dg=st.integers(1, 6),
+       pad=st.integers(0, 5), dtype=DTYPES, seed=st.integers(0, 2**16))
+def test_outer_rows_twins_agree(n, K, da, dg, pad, dtype, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, da)).astype(dtype)
+    g = rng.standard_normal((n, K, dg)).astype(dtype)
+    P, offset = da * dg + pad, pad // 2
+    ref = naive_outer_rows(a.astype(np.float64), g.astype(np.float64), P, offset)
+    for impl in (numba_impl, numpy_impl, _kernels):
+        U = np.zeros((n * K, P), dtype=dtype)
+        impl.outer_rows(a, g, U, offset)
+        assert U.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(U, ref, rtol=rtol_for(dtype), atol=0)
+
+
+def test_outer_rows_is_the_jacobian_of_a_factor_batch(monkeypatch):
+    """The dense Jacobian U of a factor batch, by the kernel and by NumPy's broadcasting
+    (FIMLAB_NUMBA=0), equals the explicit per-layer Kronecker rows."""
+    net = fl.MLP([5, 4, 3], activation="tanh", likelihood="categorical", seed=0)
+    b = fl.factor_batch(net, np.random.default_rng(0).normal(size=(9, 5)), fisher="exact")
+    U = b.jacobian_matrix()
+    ref = np.concatenate([naive_outer_rows(b.a[l], b.g[l], b.d_a[l] * b.d_g[l], 0)
+                          for l in range(b.n_layers)], axis=1)
+    np.testing.assert_array_equal(U, ref)
+    monkeypatch.setenv("FIMLAB_NUMBA", "0")
+    np.testing.assert_array_equal(b.jacobian_matrix(), ref)
+
+
 def test_parallel_variants_equal_serial(monkeypatch):
     """The multi-threaded variants sum each entry in the same order: equal bit for bit."""
     rng = np.random.default_rng(0)
@@ -88,7 +125,13 @@ def test_parallel_variants_equal_serial(monkeypatch):
     numba_impl.sq_gram_reduce(Gg, 3, serial_out)
     serial_M = M.copy()
     numba_impl.symmetrize_lower(serial_M)
+    a, g = rng.standard_normal((30, 7)), rng.standard_normal((30, 2, 5))
+    serial_U = np.zeros((60, 40))
+    numba_impl.outer_rows(a, g, serial_U, 3)
     monkeypatch.setattr(numba_impl, "_PARALLEL_MIN_WORK", 1)
+    par_U = np.zeros((60, 40))
+    numba_impl.outer_rows(a, g, par_U, 3)
+    np.testing.assert_array_equal(par_U, serial_U)
     par_out = np.empty((12, 20))
     numba_impl.sq_gram_reduce(Gg, 3, par_out)
     par_M = M.copy()
@@ -120,6 +163,10 @@ def test_dispatcher_uses_the_twin_for_other_namespaces():
     o2 = xps.empty((2, 3), dtype=xps.float64)
     _kernels.sq_gram_reduce(xps.asarray(Gg), 3, o2)
     np.testing.assert_allclose(np.asarray(o2), naive_sq_gram_reduce(Gg, 3), rtol=1e-12)
+    a, g = rng.standard_normal((4, 3)), rng.standard_normal((4, 2, 2))
+    Us = xps.zeros((8, 7), dtype=xps.float64)
+    _kernels.outer_rows(xps.asarray(a), xps.asarray(g), Us, 1)
+    np.testing.assert_allclose(np.asarray(Us), naive_outer_rows(a, g, 7, 1), rtol=1e-15)
     M = np.tril(rng.standard_normal((300, 300)))
     Ms = xps.asarray(M)
     _kernels.symmetrize_lower(Ms)
@@ -133,6 +180,10 @@ def test_kernel_shape_errors():
         _kernels.grouped_rowdot(np.ones((6, 2)), np.ones((6, 3)), 2, np.empty(3))
     with pytest.raises(fl.ShapeError, match="square"):
         _kernels.symmetrize_lower(np.ones((3, 4)))
+    with pytest.raises(fl.ShapeError, match="outer_rows"):
+        _kernels.outer_rows(np.ones((3, 2)), np.ones((3, 1, 2)), np.empty((3, 5)), 2)
+    with pytest.raises(fl.ShapeError, match="outer_rows"):
+        _kernels.outer_rows(np.ones((3, 2)), np.ones((2, 1, 2)), np.empty((3, 4)), 0)
 
 
 # -- chunked second moments ------------------------------------------------------------------

@@ -31,7 +31,7 @@ from ..backend import array_namespace, device_of
 from . import numpy_impl
 
 __all__ = [
-    "sq_gram_reduce", "grouped_rowdot", "symmetrize_lower", "second_moment_gram",
+    "sq_gram_reduce", "grouped_rowdot", "symmetrize_lower", "second_moment_gram", "outer_rows",
     "numba_enabled",
     "implementation",
 ]
@@ -89,6 +89,23 @@ def grouped_rowdot(X, Y, K: int, out) -> None:
         _nb.grouped_rowdot(np.ascontiguousarray(X), np.ascontiguousarray(Y), int(K), out)
     else:
         numpy_impl.grouped_rowdot(X, Y, K, out)
+
+
+def outer_rows(a, g, U, offset: int) -> None:
+    """Per-sample Jacobian rows ``ā_n ⊗ g_nk`` of one layer into columns
+    ``offset : offset + d_a·d_g`` of ``U`` (see
+    :func:`fimlab._kernels.numpy_impl.outer_rows`); Numba needs a C-contiguous ``U``."""
+    if (a.ndim != 2 or g.ndim != 3 or U.ndim != 2 or g.shape[0] != a.shape[0]
+            or U.shape[0] != g.shape[0] * g.shape[1]
+            or not 0 <= offset <= U.shape[1] - a.shape[1] * g.shape[2]):
+        raise ShapeError(
+            f"outer_rows: a {tuple(a.shape)}, g {tuple(g.shape)}, U {tuple(U.shape)} and "
+            f"offset {offset} do not match"
+        )
+    if _numba_ok(a, g, U) and U.flags.c_contiguous:
+        _nb.outer_rows(np.ascontiguousarray(a), np.ascontiguousarray(g), U, int(offset))
+    else:
+        numpy_impl.outer_rows(a, g, U, offset)
 
 
 def symmetrize_lower(M) -> None:

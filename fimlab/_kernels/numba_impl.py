@@ -130,3 +130,42 @@ def symmetrize_lower(M):
         _symmetrize_parallel(M, 64)
     else:
         _symmetrize_serial(M, 64)
+
+
+def _outer_rows_body(a, g, U, offset, n):  # pragma: no cover - inlined into the kernels
+    K = g.shape[1]
+    dg = g.shape[2]
+    da = a.shape[1]
+    for k in range(K):
+        r = n * K + k
+        for i in range(da):
+            ai = a[n, i]
+            c = offset + i * dg
+            for j in range(dg):
+                U[r, c + j] = ai * g[n, k, j]
+
+
+_outer_rows_row = njit(cache=True, inline="always")(_outer_rows_body)
+
+
+@njit(cache=True)
+def _outer_rows_serial(a, g, U, offset):  # pragma: no cover - compiled
+    for n in range(a.shape[0]):
+        _outer_rows_row(a, g, U, offset, n)
+
+
+@njit(cache=True, parallel=True)
+def _outer_rows_parallel(a, g, U, offset):  # pragma: no cover - compiled
+    for n in prange(a.shape[0]):
+        _outer_rows_row(a, g, U, offset, n)
+
+
+def outer_rows(a, g, U, offset):
+    """``U[nK+k, offset + i·d_g + j] = a[n, i] · g[n, k, j]``: one layer's per-sample
+    Jacobian rows ``ā_n ⊗ g_nk`` written straight into their column block of ``U``
+    (C-contiguous), samples on all threads — which also spreads the first-touch page
+    faults of a freshly allocated ``U`` over the threads."""
+    if U.size >= _PARALLEL_MIN_WORK:
+        _outer_rows_parallel(a, g, U, offset)
+    else:
+        _outer_rows_serial(a, g, U, offset)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..backend import array_namespace
 
-__all__ = ["sq_gram_reduce", "grouped_rowdot", "symmetrize_lower"]
+__all__ = ["sq_gram_reduce", "grouped_rowdot", "symmetrize_lower", "outer_rows"]
 
 
 def sq_gram_reduce(Gg, K: int, out) -> None:
@@ -68,3 +68,15 @@ def symmetrize_lower(M) -> None:
         M[i0:i1, i1:] = xp.matrix_transpose(M[i1:, i0:i1])
         blk = M[i0:i1, i0:i1]
         M[i0:i1, i0:i1] = xp.tril(blk) + xp.matrix_transpose(xp.tril(blk, k=-1))
+
+
+def outer_rows(a, g, U, offset: int) -> None:
+    """One layer's per-sample Jacobian rows written into their column block of ``U``:
+    ``U[nK+k, offset + i·d_g + j] = a[n, i] · g[n, k, j]`` (``a``: ``(n, d_a)``, ``g``:
+    ``(n, K, d_g)``, ``U``: ``(n·K, P)``) — row ``nK+k`` of the block is
+    ``vec(g_nk ā_nᵀ) = ā_n ⊗ g_nk`` in the column-major convention."""
+    xp = array_namespace(a, g, U)
+    n, K, dg = g.shape
+    da = a.shape[1]
+    rows = xp.reshape(a[:, None, :, None] * g[:, :, None, :], (n * K, da * dg))
+    U[:, offset : offset + da * dg] = rows
