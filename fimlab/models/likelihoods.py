@@ -36,7 +36,8 @@ __all__ = ["LIKELIHOODS", "get_likelihood", "Categorical", "Gaussian", "Bernoull
 def _sigmoid(z, xp):
     # numerically stable logistic function
     e = xp.exp(-xp.abs(z))
-    return xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    r = 1.0 / (1.0 + e)
+    return xp.where(z >= 0, r, e * r)
 
 
 def _softplus(z, xp):

@@ -37,8 +37,8 @@ FISHER_TYPES = ("exact", "mc", "empirical")
 
 
 def _act(name, s, xp):
-    if name == "relu":
-        return xp.maximum(s, xp.zeros_like(s))
+    if name == "relu":  # a 0-d zero broadcasts: no N × d zeros array
+        return xp.maximum(s, xp.zeros((), dtype=s.dtype, device=device_of(s)))
     if name == "tanh":
         return xp.tanh(s)
     if name == "sigmoid":
@@ -241,7 +241,10 @@ class MLP:
         for l in range(self.n_layers - 1, 0, -1):
             W = self._params[l][:, :-1]
             d = _dact(self.activations[l - 1], s_list[l - 1], h_list[l - 1], xp)
-            g = (g @ W) * d[:, None, :]
+            N, K = g.shape[0], g.shape[1]
+            # one GEMM on the N·K rows (a stacked (N, K, d) @ W runs N small products)
+            g = xp.reshape(xp.reshape(g, (N * K, g.shape[2])) @ W, (N, K, W.shape[1]))
+            g = g * d[:, None, :]
             gs[l - 1] = g
         return gs
 
