@@ -14,6 +14,8 @@ norms come from Gram matrices — ``F`` itself is never formed unless asked for.
 
 from __future__ import annotations
 
+import math
+
 from ._validation import check_damping, check_dense_memory, nbytes_of
 from .operators import BlockDiagonalOperator, CurvatureOperator
 
@@ -259,6 +261,9 @@ def _dense_syrk(b, chunk: int):
         # U fits in one piece: NumPy's own U.T @ U (a syrk in NumPy's BLAS, which
         # measured faster than SciPy's bundled one here) and one in-place scaling pass
         U = b.jacobian_matrix(max_bytes=None)
+        if U.shape[0] < P:  # fold 1/N into the smaller operand: one pass over U, not F
+            np.multiply(U, 1.0 / math.sqrt(N), out=U)
+            return U.T @ U
         F = U.T @ U
         del U
         np.divide(F, N, out=F)
