@@ -1339,14 +1339,131 @@ def _reorth(p, Mp, Bt, MBt, xp):
     Gram–Schmidt, repeated when the first pass removed more than half of the squared norm
     (Daniel–Gragg–Kaufman–Stewart). Returns ``(p, Mp, pᵀ M p)``."""
     n0 = float(xp.sum(p * Mp))
+    n1 = n0
     for _ in range(2):
         c = MBt @ p
-        p, Mp = p - Bt.T @ c, Mp - MBt.T @ c
+        p, Mp = p - xp.matrix_transpose(Bt) @ c, Mp - xp.matrix_transpose(MBt) @ c
         n1 = float(xp.sum(p * Mp))
         if n1 > 0.5 * n0:
             break
         n0 = n1
     return p, Mp, n1
+
+
+def _bidiag_top(alphas, betas, k: int):
+    """The ``k`` largest singular values of the upper bidiagonal ``B`` (diagonal
+    ``alphas``, superdiagonal ``betas``) and the last components of their left singular
+    vectors — from the top eigenpairs of the tridiagonal ``B Bᵀ`` (LAPACK ``stemr``,
+    ``O(j·k)``: a few microseconds, where a dense SVD of ``B`` costs ``O(j³)``). For
+    convergence checks; the final triplets come from an SVD of ``B``."""
+    from scipy.linalg import eigh_tridiagonal
+
+    a = np.asarray(alphas, dtype=np.float64)
+    b = np.asarray(betas, dtype=np.float64)
+    j = a.shape[0]
+    if j <= 2 * k + 2:
+        P, s, _ = np.linalg.svd(np.diag(a) + np.diag(b, 1))
+        return s[:k], P[-1, :k]
+    d = a * a
+    d[:-1] += b * b
+    e = b * a[1:]
+    w, V = eigh_tridiagonal(d, e, select="i", select_range=(j - k, j - 1))
+    return np.sqrt(np.maximum(w[::-1], 0.0)), V[-1, ::-1]
+
+
+def _gk_loop(apply_u, apply_v, c0, CX, CY, y, My, k, tol, rank_rtol, steps, rank_bound,
+            u_le_v):
+    """Golub–Kahan bidiagonalisation of ``R = Uᵀ C V`` on Gram coefficients (the loop of
+    :meth:`fimlab.kron.RearrangedGram.golub_kahan`), with the Gram products given as
+    callables ``apply_u(x) = M_U x``, ``apply_v(y) = M_V y``; ``C = c0·I + CX CYᵀ``;
+    ``y`` (``M_V``-normalised) and ``My = M_V y`` start it.
+
+    Returns ``(Xt, Yt, alphas, betas, flags, res)``: the left and right coefficient
+    vectors as rows (``Yt`` has one row more than ``Xt`` after a left breakdown), the
+    bidiagonal's entries, ``flags = (left_breakdown, converged, right_breakdown)`` and
+    the largest relative Ritz residual at the last check.
+    """
+    xp = array_namespace(y)
+    m = y.shape[0]
+    dev = device_of(y)
+    cap = min(steps + 1, 2 * k + 10)  # grown by doubling (no (steps+1) × m page faults)
+    Xt, MXt, Yt, MYt = (xp.zeros((cap, m), dtype=xp.float64, device=dev) for _ in range(4))
+    Yt[0, :], MYt[0, :] = y, My
+    alphas, betas = [], []
+    smax, res = 0.0, float("inf")
+    conv = left_bd = breakdown = False
+    j, next_check = 0, k
+    low_rank = CX.shape[1] > 0
+    CXt, CYt = xp.matrix_transpose(CX), xp.matrix_transpose(CY)
+
+    def core(z, transpose=False):
+        if not low_rank:
+            return c0 * z
+        return (c0 * z + CY @ (CXt @ z)) if transpose else (c0 * z + CX @ (CYt @ z))
+
+    while True:
+        # left: alpha_j x_j = C M_V y_j - beta_{j-1} x_{j-1}, M_U-orthogonal to X
+        p = core(My)
+        if j:
+            p = p - betas[-1] * Xt[j - 1, :]
+        Mp = apply_u(p)
+        if j:
+            p, Mp, a2 = _reorth(p, Mp, Xt[:j, :], MXt[:j, :], xp)
+        else:
+            a2 = float(xp.sum(p * Mp))
+        alpha = math.sqrt(max(a2, 0.0))
+        smax = max(smax, alpha)
+        if alpha <= 1e-14 * smax or alpha == 0.0:
+            left_bd = True
+            break
+        Xt[j, :], MXt[j, :] = p / alpha, Mp / alpha
+        alphas.append(alpha)
+        # right: beta_j y_{j+1} = Cᵀ M_U x_j - alpha_j y_j, M_V-orthogonal to Y
+        q = core(MXt[j, :], True) - alpha * y
+        Mq = apply_v(q)
+        q, Mq, b2 = _reorth(q, Mq, Yt[: j + 1, :], MYt[: j + 1, :], xp)
+        beta = math.sqrt(max(b2, 0.0))
+        betas.append(beta)
+        smax = max(smax, beta)
+        j += 1
+        breakdown = beta <= 1e-14 * smax
+        if breakdown or j >= steps or j >= next_check:
+            next_check = j + (2 if j < 40 else j // 8)  # small SVDs: cheap checks
+            kk = min(k, j)
+            svals, last = _bidiag_top(alphas, betas[:-1], kk)
+            s1 = float(svals[0])
+            resid = np.abs(beta * last)
+            # triplets below the rank threshold count as converged (they are zeros)
+            ok = (resid <= tol * s1) | (svals[:kk] <= rank_rtol * s1)
+            res = float(np.max(resid) / s1) if s1 > 0 else 0.0
+            if breakdown or (kk == k and bool(np.all(ok))):
+                conv = True
+                break
+            if j >= steps:
+                conv = j >= rank_bound  # the whole space: the triplets are exact
+                if conv and u_le_v and beta > 0:
+                    # the left space is exhausted (α_j+1 = 0 up to round-off): the exact
+                    # triplets are those of [B_j β_j e_j] with y_j+1
+                    left_bd = True
+                else:
+                    break
+        y, My = q / beta, Mq / beta
+        if j + 1 > cap - 1:  # room for x_j+1 and y_j+1
+            cap2 = min(steps + 1, 2 * cap)
+            grown = []
+            for T in (Xt, MXt, Yt, MYt):
+                T2 = xp.zeros((cap2, m), dtype=xp.float64, device=dev)
+                T2[:cap, :] = T
+                grown.append(T2)
+            Xt, MXt, Yt, MYt = grown
+            cap = cap2
+        Yt[j, :], MYt[j, :] = y, My
+        if left_bd:
+            break
+    n = len(alphas)
+    ny = n + 1 if left_bd else n
+    flags = (left_bd, conv, breakdown)
+    return Xt[:n, :], Yt[:ny, :], np.asarray(alphas), np.asarray(betas), flags, res
 
 
 def _squared_row_gram(X):
@@ -1701,88 +1818,14 @@ class RearrangedGram:
             report.breakdown, report.rank, report.sigma = True, 0, (0.0,) * k
             return np.zeros(k), z, xp.zeros((m, k), dtype=xp.float64, device=dev), report
         y, My = y / nrm, My / nrm
-        # bases stored as rows (coefficient vectors), preallocated: Xt[:j] is contiguous
-        # (grown by doubling: a full (steps+1) x m allocation would cost page faults)
-        cap = min(steps + 1, 2 * k + 10)
-        Xt, MXt, Yt, MYt = (xp.zeros((cap, m), dtype=xp.float64, device=dev)
-                            for _ in range(4))
-        Yt[0, :], MYt[0, :] = y, My
-        alphas, betas = [], []
-        smax = 0.0
-        conv, res = False, float("inf")
-        P = Q = svals = None
-        j, next_check, left_bd = 0, k, False
-        c0 = C.c0
-        if C.X is not None:  # the low-rank part of the core, applied to vectors
-            CX, CYt, CY, CXt = C.X, C.Y.T, C.Y, C.X.T
-
-            def core(z, transpose=False):
-                return (c0 * z + CY @ (CXt @ z)) if transpose else (c0 * z + CX @ (CYt @ z))
-        else:
-            def core(z, transpose=False):
-                return c0 * z
-        while True:
-            # left: alpha_j x_j = C M_V y_j - beta_{j-1} x_{j-1}, M_U-orthogonal to X
-            p = core(My)
-            if j:
-                p = p - betas[-1] * Xt[j - 1, :]
-            Mp = MU(p)
-            if j:
-                p, Mp, a2 = _reorth(p, Mp, Xt[:j, :], MXt[:j, :], xp)
-            else:
-                a2 = float(xp.sum(p * Mp))
-            alpha = math.sqrt(max(a2, 0.0))
-            smax = max(smax, alpha)
-            if alpha <= 1e-14 * smax or alpha == 0.0:
-                report.breakdown = left_bd = True
-                break
-            Xt[j, :], MXt[j, :] = p / alpha, Mp / alpha
-            alphas.append(alpha)
-            # right: beta_j y_{j+1} = Cᵀ M_U x_j - alpha_j y_j, M_V-orthogonal to Y
-            q = core(MXt[j, :], True) - alpha * y
-            Mq = MV(q)
-            q, Mq, b2 = _reorth(q, Mq, Yt[: j + 1, :], MYt[: j + 1, :], xp)
-            beta = math.sqrt(max(b2, 0.0))
-            betas.append(beta)
-            smax = max(smax, beta)
-            j += 1
-            breakdown = beta <= 1e-14 * smax
-            if breakdown or j >= steps or j >= next_check:
-                next_check = j + (2 if j < 40 else j // 8)  # small SVDs: cheap checks
-                B = np.diag(alphas) + np.diag(betas[:-1], 1)
-                P, svals, Qt = np.linalg.svd(B)
-                Q = Qt.T
-                kk = min(k, j)
-                s1 = float(svals[0])
-                resid = np.abs(beta * P[-1, :kk])
-                # triplets below the rank threshold count as converged (they are zeros)
-                ok = (resid <= tol * s1) | (svals[:kk] <= self.rank_rtol * s1)
-                res = float(np.max(resid) / s1) if s1 > 0 else 0.0
-                if breakdown or (kk == k and bool(np.all(ok))):
-                    conv = True
-                    report.breakdown = bool(breakdown)
-                    break
-                if j >= steps:
-                    conv = j >= rank_bound  # the whole space: the triplets are exact
-                    if conv and self.U.dim <= self.V.dim and beta > 0:
-                        # the left space is exhausted (α_j+1 = 0 up to round-off): the
-                        # exact triplets are those of [B_j β_j e_j] with y_j+1
-                        left_bd = True
-                    else:
-                        break
-            y, My = q / beta, Mq / beta
-            if j + 1 > cap - 1:  # room for x_j+1 and y_j+1
-                cap2 = min(steps + 1, 2 * cap)
-                grown = []
-                for T in (Xt, MXt, Yt, MYt):
-                    T2 = xp.zeros((cap2, m), dtype=xp.float64, device=dev)
-                    T2[:cap, :] = T
-                    grown.append(T2)
-                Xt, MXt, Yt, MYt = grown
-                cap = cap2
-            Yt[j, :], MYt[j, :] = y, My
-            if left_bd:
-                break
+        CX = C.X if C.X is not None else xp.zeros((m, 0), dtype=xp.float64, device=dev)
+        CY = C.Y if C.Y is not None else xp.zeros((m, 0), dtype=xp.float64, device=dev)
+        Xt, Yt, alphas, betas, flags, res = _gk_loop(
+            MU, MV, C.c0, CX, CY, y, My, int(k), float(tol), float(self.rank_rtol),
+            int(steps), int(rank_bound), bool(self.U.dim <= self.V.dim))
+        left_bd, conv, breakdown = (bool(f) for f in flags)
+        report.breakdown = breakdown or left_bd
+        alphas, betas = [float(x) for x in alphas], [float(x) for x in betas]
         n_have = len(alphas)
         if n_have == 0:
             report.rank, report.sigma = 0, (0.0,) * k
@@ -1793,9 +1836,11 @@ class RearrangedGram:
             B = np.zeros((n_have, n_have + 1))
             B[:, :n_have] = np.diag(alphas) + np.diag(betas[: n_have - 1], 1)
             B[-1, -1] = betas[-1]
-            P, svals, Qt = np.linalg.svd(B, full_matrices=False)
-            Q = Qt.T
             conv, res = True, 0.0
+        else:
+            B = np.diag(alphas) + np.diag(betas[: n_have - 1], 1)
+        P, svals, Qt = np.linalg.svd(B, full_matrices=False)
+        Q = Qt.T
         kk = min(k, n_have)
         sig = np.zeros(k)
         sig[:kk] = svals[:kk]

@@ -73,6 +73,8 @@ HOST_FUNCTIONS = {
         "lanczos_svd": "the k singular values and B_k's Ritz data",
         "RearrangedGram.top": "the k singular values",
         "RearrangedGram._top_dense": "the k singular values",
+        "_bidiag_top": "tridiagonal eigenproblem of the small B_j (host)",
+        "_gk_loop": "alpha/beta, the Ritz residual checks and the bidiagonal on the host",
         "RearrangedGram._top_gk": "the k singular values, a k-vector mask then moved",
         "RearrangedGram.golub_kahan": "host draw of the start (then moved); alpha/beta, "
                                       "the small bidiagonal and its SVD on the host",
