@@ -681,6 +681,8 @@ def section_kernels(ctx: Context) -> list:
 
 
 def _kernel_rows(ctx, kernel, what, dtype, fns, nbytes, o1, o2):
+    from fimlab import _kernels
+
     ts = ctx.time(fns)
     scale = float(np.max(np.abs(o2))) or 1.0
     diff = float(np.max(np.abs(o1.astype(np.float64) - o2.astype(np.float64)))) / scale
@@ -694,6 +696,10 @@ def _kernel_rows(ctx, kernel, what, dtype, fns, nbytes, o1, o2):
             r["ratio_meaning"] = ("speed-up of the Numba kernel over its NumPy twin (or "
                                   "the faster NumPy path, when one is timed)")
             r["agreement"] = diff
+            r["served"] = _kernels.serves(kernel, dtype)
+            if not r["served"]:
+                r["note"] = (f"not served: the dispatcher keeps NumPy's broadcasting "
+                             f"multiply for {dtype} (below 1.5×)")
         out.append(r)
     return out
 

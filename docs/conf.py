@@ -75,7 +75,8 @@ else:
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "**.ipynb_checkpoints", "README.md", "**/GALLERY_HEADER.rst"]
+exclude_patterns = ["_build", "**.ipynb_checkpoints", "README.md", "**/GALLERY_HEADER.rst",
+                    "bench"]  # raw benchmark reports: included by performance.md
 templates_path = ["_templates"]
 default_role = "literal"  # `x` renders as code: docstrings use it for names and shapes
 suppress_warnings: list[str] = []

@@ -164,8 +164,8 @@ class FactorBatch:
         if is_numpy_namespace(xp):
             # NumPy: write each layer's outer products straight into its column block of
             # one preallocated U (no per-layer temporaries, no concatenation copy): the
-            # Numba kernel on all threads (it also spreads the page faults of the fresh
-            # U), else NumPy's broadcasting multiply into a view
+            # Numba kernel on all threads where it serves (it also spreads the page faults
+            # of the fresh U), else NumPy's broadcasting multiply into a view
             import numpy as np
 
             from . import _kernels
@@ -173,13 +173,8 @@ class FactorBatch:
             n, K = stop - start, self.n_vectors
             U = np.empty((n * K, self.n_params), dtype=self.dtype)
             for l in range(self.n_layers):
-                da, dg, o = self.d_a[l], self.d_g[l], self.offsets[l]
-                a_l, g_l = self.a[l][start:stop], self.g[l][start:stop]
-                if _kernels.implementation(a_l, g_l, U) == "numba":
-                    _kernels.outer_rows(a_l, g_l, U, o)
-                    continue
-                view = U[:, o : o + da * dg].reshape(n, K, da, dg)  # a view: rows stride P
-                np.multiply(a_l[:, None, :, None], g_l[:, :, None, :], out=view)
+                _kernels.outer_rows(self.a[l][start:stop], self.g[l][start:stop], U,
+                                    self.offsets[l])
             return U
         return xp.concat([self.jacobian(l, start, stop) for l in range(self.n_layers)], axis=1)
 

@@ -151,6 +151,34 @@ def test_dispatcher_choice(monkeypatch):
     assert _kernels.implementation(x, x) == "numpy"
 
 
+def test_outer_rows_dispatch_by_dtype(monkeypatch):
+    """outer_rows keeps NumPy's broadcasting multiply in float32 (the Numba kernel was
+    below 1.5× there) and takes Numba in float64; both fill U with the same rows, and a
+    float32 Jacobian matrix of a factor batch equals the explicit rows."""
+    assert _kernels.serves("outer_rows", np.float64)
+    assert not _kernels.serves("outer_rows", np.float32)
+    assert _kernels.serves("sq_gram_reduce", np.float32)  # other kernels: both dtypes
+    calls = []
+    monkeypatch.setattr(numba_impl, "outer_rows", lambda *a: calls.append(a[2].dtype))
+    rng = np.random.default_rng(3)
+    for dtype in (np.float32, np.float64):
+        a = rng.standard_normal((6, 4)).astype(dtype)
+        g = rng.standard_normal((6, 2, 3)).astype(dtype)
+        U = np.full((12, 14), np.nan, dtype=dtype)
+        _kernels.outer_rows(a, g, U, 1)
+        if dtype == np.float32:
+            np.testing.assert_array_equal(U[:, 1:13], naive_outer_rows(a, g, 12, 0))
+            assert np.isnan(U[:, 0]).all() and np.isnan(U[:, 13]).all()  # untouched
+    assert calls == [np.dtype(np.float64)]  # Numba only for float64
+    monkeypatch.undo()
+    net = fl.MLP([5, 4, 3], activation="tanh", likelihood="categorical", seed=0,
+                 dtype="float32")
+    b = fl.factor_batch(net, rng.normal(size=(7, 5)), fisher="exact")
+    ref = np.concatenate([naive_outer_rows(b.a[l], b.g[l], b.d_a[l] * b.d_g[l], 0)
+                          for l in range(b.n_layers)], axis=1)
+    np.testing.assert_array_equal(b.jacobian_matrix(), ref)
+
+
 def test_dispatcher_uses_the_twin_for_other_namespaces():
     xps = pytest.importorskip("array_api_strict")
     rng = np.random.default_rng(1)
