@@ -81,6 +81,7 @@ HOST_FUNCTIONS = {
         "RearrangedGram.numerical_rank": "the k singular values",
         "RearrangedGram.lanczos": "the k singular values, a k-vector mask then moved",
         "GramCoordinates.random": "host draw, then moved",
+        "_inv_spd_lapack": "NumPy-only branch: LAPACK Cholesky inverse (potrf/pocon/potri)",
     },
     "_lanczos.py": {
         "lanczos": "the tridiagonal T, its Ritz values and residuals",

@@ -57,15 +57,18 @@ def test_mixed_product_rule(seed, p, q, r, s):
     np.testing.assert_allclose(lhs, np.kron(A @ C, B @ D), atol=1e-12)
 
 
-@given(SEEDS, DIMS, DIMS, DIMS)
-def test_vec_trick(seed, p, q, r):
+@given(SEEDS, DIMS, DIMS, DIMS, st.integers(1, 12))
+def test_vec_trick(seed, p, q, r, k):
     rng = _rng(seed)
     A, X, B = rng.normal(size=(p, q)), rng.normal(size=(q, r)), rng.normal(size=(r, p))
     np.testing.assert_allclose(K.vec(A @ X @ B), np.kron(B.T, A) @ _vec(X), atol=1e-12)
-    # kron_matmat: (A ⊗ G) vec(V) = vec(G V Aᵀ), never forming A ⊗ G
+    # kron_matmat: (A ⊗ G) vec(V) = vec(G V Aᵀ), never forming A ⊗ G — for a vector,
+    # one column, a few (one GEMM with transposes) and many (stacked products)
     Aq, Gq = rng.normal(size=(q, q)), rng.normal(size=(p, p))
-    Xs = rng.normal(size=(q * p, 3))
+    Xs = rng.normal(size=(q * p, k))
     np.testing.assert_allclose(K.kron_matmat(Aq, Gq, Xs), np.kron(Aq, Gq) @ Xs, atol=1e-12)
+    np.testing.assert_allclose(K.kron_matmat(Aq, Gq, Xs[:, 0]), np.kron(Aq, Gq) @ Xs[:, 0],
+                               atol=1e-12)
 
 
 @given(SEEDS, DIMS, DIMS)
@@ -567,6 +570,47 @@ def test_rank2_inverse_I1_equals_dense_solve(seed, d_a, d_g, lam):
     for signed in (False, True):
         out = K.kron_sum_solve([(A1, G1), (A2, G2)], V, lam, "factor", signed=signed)
         np.testing.assert_allclose(out, ref, rtol=1e-8, atol=1e-10 * np.abs(ref).max())
+
+
+@given(n=st.integers(1, 40), logscale=st.floats(-9, 3), dtype=st.sampled_from(
+    ["float64", "float32"]), seed=st.integers(0, 2**16))
+def test_damped_factor_inverse_matches_dense(n, logscale, dtype, seed):
+    """The factor rule's (A + √λI)⁻¹ ⊗ (G + √λI)⁻¹ — by Cholesky (NumPy) and by eigh
+    (array_api_strict) — equals the dense inverse, exactly symmetric, at any scale."""
+    import array_api_strict as xs
+
+    r = np.random.default_rng(seed)
+    X = r.standard_normal((max(n // 2, 1), n))
+    scale = 10.0 ** logscale
+    S = (scale * (X.T @ X / X.shape[0] + 0.5 * np.eye(n))).astype(dtype)
+    ref = np.linalg.inv(S.astype(np.float64))
+    tol = 1e-10 if dtype == "float64" else 2e-4
+    Si = K._inv_spd(S, np)
+    assert Si.dtype == np.dtype(dtype) and Si.flags.c_contiguous
+    np.testing.assert_array_equal(Si, Si.T)
+    np.testing.assert_allclose(Si, ref, rtol=tol, atol=tol * np.abs(ref).max())
+    Sx = np.asarray(K._inv_spd(xs.asarray(S), xs))  # the eigh path of other namespaces
+    np.testing.assert_allclose(Sx, ref, rtol=tol, atol=tol * np.abs(ref).max())
+
+
+def test_damped_factor_inverse_errors_and_tolerance():
+    """Indefinite and numerically singular factors raise with the eigenvalues in the
+    message; well-conditioned factors of small scale, and float32 factors of size 600
+    with condition number 100, do not (the tolerance is relative: n·eps·λ_max)."""
+    for S in (np.diag([1.0, -1.0]), np.diag([1.0, 1e-17])):
+        with pytest.raises(fl.SingularMatrixError, match="smallest eigenvalue"):
+            K._inv_spd(S, np)
+    np.testing.assert_allclose(K._inv_spd(1e-9 * np.diag([1.0, 0.5]), np).diagonal(),
+                               [1e9, 2e9])
+    w = np.geomspace(1.0, 100.0, 600)
+    Q = np.linalg.qr(np.random.default_rng(0).standard_normal((600, 600)))[0]
+    S = ((Q * w) @ Q.T).astype(np.float32)
+    Si = K._inv_spd(S, np)
+    np.testing.assert_allclose(Si @ S, np.eye(600), atol=1e-3)
+    # through the public solve: a KFAC block with λ = 0 and an indefinite factor
+    op = fl.KroneckerOperator([(np.diag([1.0, -2.0]), np.eye(2))])
+    with pytest.raises(fl.SingularMatrixError, match="increase the damping"):
+        op.solve(np.ones(4), 1e-4, rule="factor")
 
 
 def test_rank2_inverse_abs_rule_with_indefinite_term(rng):
