@@ -82,6 +82,7 @@ HOST_FUNCTIONS = {
         "RearrangedGram.lanczos": "the k singular values, a k-vector mask then moved",
         "GramCoordinates.random": "host draw, then moved",
         "_inv_spd_lapack": "NumPy-only branch: LAPACK Cholesky inverse (potrf/pocon/potri)",
+        "_simultaneous_diagonalisation": "NumPy-only branch: LAPACK sygvd; error numbers",
     },
     "_lanczos.py": {
         "lanczos": "the tridiagonal T, its Ritz values and residuals",

@@ -613,6 +613,32 @@ def test_damped_factor_inverse_errors_and_tolerance():
         op.solve(np.ones(4), 1e-4, rule="factor")
 
 
+@given(n=st.integers(1, 30), dtype=st.sampled_from(["float64", "float32"]),
+       seed=st.integers(0, 2**16))
+def test_simultaneous_diagonalisation(n, dtype, seed):
+    """(I1)'s K with Kᵀ B K = I and Kᵀ A K = diag(s): LAPACK sygvd (NumPy) and the
+    B^{-1/2} route (array_api_strict) both satisfy it, with the same s."""
+    import array_api_strict as xs
+
+    r = np.random.default_rng(seed)
+    X, Y = r.standard_normal((n + 2, n)), r.standard_normal((n, n))
+    B = (X.T @ X / (n + 2) + 0.3 * np.eye(n)).astype(dtype)
+    A = (Y + Y.T).astype(dtype)  # indefinite, as a signed second term
+    tol = 1e-9 if dtype == "float64" else 2e-3
+    s_ref = np.linalg.eigvalsh(np.linalg.solve(np.linalg.cholesky(B.astype(float)),
+                                               np.linalg.solve(np.linalg.cholesky(
+                                                   B.astype(float)), A.astype(float)).T))
+    for xp, Bx, Ax in ((np, B, A), (xs, xs.asarray(B), xs.asarray(A))):
+        s, Kk = K._simultaneous_diagonalisation(Bx, Ax, xp)
+        s, Kk = np.asarray(s, dtype=float), np.asarray(Kk, dtype=float)
+        np.testing.assert_allclose(Kk.T @ B @ Kk, np.eye(n), atol=tol * 10)
+        np.testing.assert_allclose(Kk.T @ A @ Kk, np.diag(s), atol=tol * 10 * max(
+            1.0, np.abs(s).max()))
+        np.testing.assert_allclose(np.sort(s), s_ref, atol=tol * 10 * max(1.0, np.abs(s_ref).max()))
+    with pytest.raises(fl.SingularMatrixError, match="smallest eigenvalue -1"):
+        K._simultaneous_diagonalisation(np.diag([1.0, -1.0]), np.eye(2), np)
+
+
 def test_rank2_inverse_abs_rule_with_indefinite_term(rng):
     lam = 0.1
     A1, G1 = _spd(rng, 3, 0.5), _spd(rng, 2, 0.5)
