@@ -284,8 +284,9 @@ class KPSVD(_KPSVDFamily):
     Raises
     ------
     ShapeError
-        ``rank < 1``, or ``rank`` above the numerical rank of some ``R(F_i)`` (e.g. a
-        one-output layer, ``d_g = 1``, has rank 1).
+        ``rank < 1``, or ``rank`` above the numerical rank of some non-zero ``R(F_i)``
+        (e.g. a one-output layer, ``d_g = 1``, has rank 1). A zero block (``F_i = 0``)
+        gets ``rank`` zero terms, as with the other methods.
 
     Notes
     -----
@@ -324,10 +325,21 @@ class KPSVD(_KPSVDFamily):
             f"d_a={d_a}, d_g={d_g}); ask for rank <= {nrank}"
         )
 
+    def _zero_block(self, a, g, method):
+        """``F_i = 0`` (e.g. a layer whose back-propagated vectors all vanish): every sum
+        of Kronecker products is best at zero, as Deflation and the others return."""
+        xp, dev = array_namespace(a, g), device_of(a)
+        terms = [(xp.zeros((a.shape[1], a.shape[1]), dtype=a.dtype, device=dev),
+                  xp.zeros((g.shape[2], g.shape[2]), dtype=a.dtype, device=dev))
+                 for _ in range(self.rank)]
+        return terms, _kron.ConvergenceReport(method, rank=0, sigma=(0.0,) * self.rank)
+
     def _exact(self, a, g):
         gram = self._gram(a, g)
         s, w, d = gram.top(self.rank)
         nrank = int(np.sum(s > 0))
+        if nrank == 0:
+            return self._zero_block(a, g, "gram")
         if nrank < self.rank:
             raise self._rank_error(nrank, a, g)
         rep = _kron.ConvergenceReport("gram", rank=nrank, sigma=tuple(float(x) for x in s))
@@ -348,6 +360,8 @@ class KPSVD(_KPSVDFamily):
                 name=self._name(f"power SVD of term {j + 1}"),
             )
             parts.append(rep)
+            if s <= 0 and j == 0:
+                return self._zero_block(a, g, "power")
             if s <= 0:
                 raise self._rank_error(j, a, g)
             triplets.append((s, u, v))
