@@ -163,6 +163,12 @@ class CurvatureOperator:
     def _device(self):
         return None
 
+    @property
+    def device(self):
+        """The device of the operator's arrays (``None`` when it does not say); operands
+        must live there (``fimlab.backend.from_host(v, op.xp, device=op.device)``)."""
+        return self._device()
+
     # -- solves -------------------------------------------------------------------
     def solve(self, v, damping, rule: str = "exact", **kwargs):
         """``(F + λI)⁻¹ v`` by conjugate gradients (generic fallback; subclasses with
