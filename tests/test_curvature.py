@@ -5,9 +5,12 @@ import pytest
 import scipy.sparse.linalg as spla
 
 import fimlab as fl
-
-from conftest import SMALL_NETS, make_targets
-from naive import output_hessians, output_jacobians, per_sample_loss_gradients
+from fimlab.testing import SMALL_NETS, make_targets
+from fimlab.testing.oracles import (
+    output_hessians,
+    output_jacobians,
+    per_sample_loss_gradients,
+)
 
 
 def _net(i):

@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 import fimlab as fl
 from fimlab import _kernels
 from fimlab._kernels import numba_impl, numpy_impl
-
-from conftest import rtol_for
+from fimlab.testing import rtol_for
 
 DTYPES = st.sampled_from(["float64", "float32"])
 

@@ -12,8 +12,7 @@ import pytest
 import fimlab as fl
 from fimlab import kron as K
 from fimlab.approx import APPROXIMATIONS
-
-from conftest import SMALL_NETS, make_targets
+from fimlab.testing import SMALL_NETS, make_targets
 
 
 def _vec(M):

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 import fimlab as fl
-
-from conftest import SMALL_NETS, make_targets
+from fimlab.testing import SMALL_NETS, make_targets
 
 
 @pytest.mark.parametrize("i", range(len(SMALL_NETS)))

@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 import fimlab as fl
 from fimlab import _kernels
 from fimlab.metrics import spectral_error
-
-from conftest import SMALL_NETS, make_targets, rtol_for
+from fimlab.testing import SMALL_NETS, make_targets, rtol_for
 
 
 def _batch(i, fisher, N, seed, dtype="float64", mc=2):

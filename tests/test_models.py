@@ -5,9 +5,8 @@ import pytest
 
 import fimlab as fl
 from fimlab.models import ACTIVATIONS, LIKELIHOODS
-
-from conftest import make_targets
-from naive import fd_gradient
+from fimlab.testing import make_targets
+from fimlab.testing.oracles import fd_gradient
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)

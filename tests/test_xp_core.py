@@ -17,8 +17,7 @@ import fimlab as fl
 from fimlab import kron as K
 from fimlab.backend import array_namespace, device_of, to_numpy
 from fimlab.operators import DenseOperator, ScaledOperator, SumOperator
-
-from conftest import SMALL_NETS, make_targets, rtol_for
+from fimlab.testing import SMALL_NETS, make_targets, rtol_for
 
 RTOL = 1e-10
 

@@ -37,13 +37,21 @@ class Tolerances(NamedTuple):
     atol: float
 
 
+def _float_name(dtype) -> str:
+    """``"float16"``, ``"float32"`` or ``"float64"`` for a dtype of any namespace (or a
+    name); anything else counts as float64."""
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:  # a dtype of another library, e.g. torch.float32
+        name = str(dtype)
+    for cand in ("float16", "float32"):
+        if cand in name:
+            return cand
+    return "float64"
+
+
 def _eps(dtype) -> float:
-    name = str(dtype).rsplit(".", 1)[-1]
-    if name in ("float16", "half"):
-        return float(np.finfo(np.float16).eps)
-    if name in ("float32", "float"):
-        return float(np.finfo(np.float32).eps)
-    return float(np.finfo(np.float64).eps)
+    return float(np.finfo(np.dtype(_float_name(dtype))).eps)
 
 
 def rtol_for(dtype, scale: float = 1.0) -> float:
@@ -102,8 +110,7 @@ class _Probe:
 
     def move(self, X: np.ndarray):
         """Host array ``X`` (float64) as an operand of the operator's dtype and place."""
-        dtype = str(self.dtype).rsplit(".", 1)[-1]
-        dtype = dtype if dtype in ("float32", "float64", "float16") else "float64"
+        dtype = _float_name(self.dtype)
         X = X.astype(dtype)
         like = self.like
         if like is None:
@@ -235,7 +242,7 @@ def assert_operator_close(op, ref, *, rtol: float | None = None, atol: float | N
 
     def draw(*shape):
         X = rng.standard_normal(shape)
-        dtype = str(probe.dtype).rsplit(".", 1)[-1]
+        dtype = _float_name(probe.dtype)
         if dtype in ("float32", "float16"):
             X = X.astype(dtype).astype(np.float64)  # the values the operator really sees
         return X

@@ -72,6 +72,13 @@ DAMPING_RULES = ("factor", "pi", "exact")
 
 _FACTOR_KINDS = ("spd", "psd", "symmetric", "general")
 
+# default sizes (module constants, so that the signatures show them)
+_SIZES = st.integers(1, 6)
+_DIMS = st.integers(1, 4)
+_RANKS = st.integers(1, 3)
+_SAMPLES = st.integers(1, 6)
+_MC = st.integers(1, 3)
+
 
 class KroneckerCase(NamedTuple):
     """A matrix ``Σ_r A_r ⊗ G_r`` together with its exact factors.
@@ -195,6 +202,8 @@ def _draw_kappa(draw, max_condition: float, n: int, dtype: str) -> float:
 
 
 def _spd_host(rng, n: int, kappa: float, scale: float) -> np.ndarray:
+    if kappa == 1.0:  # a rotated multiple of I is a multiple of I: exactly, not to rounding
+        return scale * np.eye(n)
     Q = _orthogonal(rng, n)
     w = _spectrum(rng, n, kappa, scale)
     M = (Q * w) @ Q.T
@@ -269,7 +278,7 @@ def layer_sizes(*, min_layers: int = 1, max_layers: int = 3, min_width: int = 1,
 
 
 # -- matrices -------------------------------------------------------------------------------
-def spd_matrices(n=st.integers(1, 6), *, max_condition: float = 1e3, xp=None,
+def spd_matrices(n=_SIZES, *, max_condition: float = 1e3, xp=None,
                  dtype="float64", device=None) -> st.SearchStrategy:
     """Symmetric positive definite ``n × n`` matrices with condition number at most
     ``max_condition``.
@@ -315,7 +324,7 @@ def spd_matrices(n=st.integers(1, 6), *, max_condition: float = 1e3, xp=None,
     return build()
 
 
-def psd_matrices(n=st.integers(1, 6), *, rank=None, max_condition: float = 1e3, xp=None,
+def psd_matrices(n=_SIZES, *, rank=None, max_condition: float = 1e3, xp=None,
                  dtype="float64", device=None) -> st.SearchStrategy:
     """Symmetric positive semi-definite ``n × n`` matrices of a given rank.
 
@@ -398,7 +407,7 @@ def _kron_case(draw, d_a, d_g, r, factors, max_condition, xp, dtype, device) -> 
     return KroneckerCase(_to_xp(M, xp, dt, device), terms, da, dg)
 
 
-def kronecker_products(d_a=st.integers(1, 4), d_g=st.integers(1, 4), *, factors="spd",
+def kronecker_products(d_a=_DIMS, d_g=_DIMS, *, factors="spd",
                        max_condition: float = 1e2, xp=None, dtype="float64",
                        device=None) -> st.SearchStrategy:
     """A Kronecker product ``A ⊗ G`` with its exact factors, as a :class:`KroneckerCase`.
@@ -426,15 +435,16 @@ def kronecker_products(d_a=st.integers(1, 4), d_g=st.integers(1, 4), *, factors=
                           xp=xp, dtype=dtype, device=device)
 
 
-def kronecker_sums(d_a=st.integers(1, 4), d_g=st.integers(1, 4), rank=st.integers(1, 3), *,
+def kronecker_sums(d_a=_DIMS, d_g=_DIMS, rank=_RANKS, *,
                    factors="spd", max_condition: float = 1e2, xp=None, dtype="float64",
                    device=None) -> st.SearchStrategy:
     """A sum of ``rank`` Kronecker products ``Σ_r A_r ⊗ G_r`` with its exact factors, as
     a :class:`KroneckerCase` (``terms`` in the order they were summed).
 
     For random factors the rearrangement ``R(M) = Σ_r vec(A_r) vec(G_r)ᵀ`` has rank
-    ``min(rank, d_a², d_g²)`` with probability one, so a Kronecker product SVD of that
-    rank recovers ``M``.
+    ``min(rank, d_a², d_g²)`` with probability one (``min(rank, d_a(d_a+1)/2,
+    d_g(d_g+1)/2)`` for symmetric factors, whose ``vec`` lie in the symmetric subspace),
+    so a Kronecker product SVD of that rank recovers ``M``.
 
     Parameters
     ----------
@@ -462,7 +472,7 @@ def kronecker_sums(d_a=st.integers(1, 4), d_g=st.integers(1, 4), rank=st.integer
     return build()
 
 
-def grid_matrices(d_a=st.integers(1, 4), d_g=st.integers(1, 4), *, kind="psd", xp=None,
+def grid_matrices(d_a=_DIMS, d_g=_DIMS, *, kind="psd", xp=None,
                   dtype="float64", device=None) -> st.SearchStrategy:
     """Matrices on the rearrangement grid ``d_a × d_a`` of ``d_g × d_g`` blocks, as a
     :class:`GridCase`.
@@ -536,8 +546,8 @@ def _numpy_net(sizes, act, lik, seed: int, dtype: str):
     return net
 
 
-def factor_batches(n_samples=st.integers(1, 6), layer_sizes=None, *, fisher=None,
-                   mc_samples=st.integers(1, 3), activation=None, likelihood=None,
+def factor_batches(n_samples=_SAMPLES, layer_sizes=None, *, fisher=None,
+                   mc_samples=_MC, activation=None, likelihood=None,
                    dead_units=False, xp=None, dtype="float64", device=None) -> st.SearchStrategy:
     """Factor batches of small random MLPs (:class:`fimlab.FactorBatch`).
 
@@ -618,7 +628,7 @@ def factor_batches(n_samples=st.integers(1, 6), layer_sizes=None, *, fisher=None
     return build()
 
 
-def mlps(layer_sizes=None, *, activation=None, likelihood=None, n_samples=st.integers(1, 6),
+def mlps(layer_sizes=None, *, activation=None, likelihood=None, n_samples=_SAMPLES,
          xp=None, dtype="float64", device=None) -> st.SearchStrategy:
     """A small :class:`fimlab.MLP` with inputs and targets, as an :class:`MLPCase`.
 
