@@ -219,9 +219,9 @@ def test_strategy_arguments_are_validated():
 
 # -- array namespaces --------------------------------------------------------------------
 def _namespaces():
-    out = [pytest.param("array_api_strict", id="array_api_strict")]
-    out.append(pytest.param("torch", id="torch"))
-    return out
+    return [pytest.param("array_api_strict", id="array_api_strict"),
+            pytest.param("torch", id="torch"),
+            pytest.param("cupy", id="cupy", marks=pytest.mark.gpu)]
 
 
 def _xp_and_device(name):
@@ -229,6 +229,13 @@ def _xp_and_device(name):
         import array_api_strict
 
         return array_api_strict, array_api_strict.Device("device1")
+    if name == "cupy":
+        try:
+            with fl.use_backend("cupy"):
+                import cupy
+        except fl.BackendError as exc:  # not installed, or no GPU: the CPU suite skips it
+            pytest.skip(f"CuPy backend unavailable: {exc}")
+        return cupy, None
     torch = pytest.importorskip("torch")
     return torch, None
 
@@ -608,18 +615,25 @@ def test_float32_operator_against_float64_oracle():
         assert_operator_close(fl.KFAC(b), ref * (1 + 1e-2))
 
 
-def test_assert_operator_close_on_array_api_strict():
-    import array_api_strict as xps
-
-    dev = xps.Device("device1")
+@pytest.mark.parametrize("name", [pytest.param("array_api_strict"),
+                                  pytest.param("cupy", marks=pytest.mark.gpu)])
+def test_assert_operator_close_on_other_namespaces(name):
+    xp, dev = _xp_and_device(name)
     M = _spd(4)
     A, G = _spd(2, 1), _spd(2, 2)
-    op = fl.KroneckerOperator([(fl.backend.from_host(A, xps, device=dev),
-                                fl.backend.from_host(G, xps, device=dev))])
-    assert op.device == dev
+    op = fl.KroneckerOperator([(fl.backend.from_host(A, xp, device=dev),
+                                fl.backend.from_host(G, xp, device=dev))])
+    if dev is not None:
+        assert op.device == dev
     assert_operator_close(op, np.kron(A, G))
+    assert_operator_close(op, op.to_dense())  # a reference of the same namespace
     with pytest.raises(AssertionError):
         assert_operator_close(op, M)
+    # a factor batch drawn on the namespace, against the oracle
+    b = find(fst.factor_batches(n_samples=3, layer_sizes=[2, 3, 2], xp=xp, device=dev),
+             lambda b: True)
+    assert_operator_close(fl.FisherOperator(b), oracles.dense_fisher(b))
+    assert_operator_close(fl.KFAC(b), oracles.dense_kfac(b))
 
 
 # == Hypothesis stays optional ===============================================================
