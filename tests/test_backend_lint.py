@@ -45,7 +45,8 @@ HOST_OK = {
     "_kernels/__init__.py",  # the kernel dispatcher: np.* only on the Numba path, which
     # it takes for NumPy float arrays alone (the twins in numpy_impl.py are checked)
 }
-HOST_OK_DIRS = ("models/",)
+HOST_OK_DIRS = ("models/", "testing/")  # testing/: host NumPy oracles and comparisons;
+# its strategies draw on the host and move arrays with from_host(..., device=...)
 
 #: Functions of core modules whose NumPy code acts on host arrays by design: small
 #: host-side data (a few singular values, the small bidiagonal/tridiagonal matrices of
