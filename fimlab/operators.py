@@ -165,8 +165,8 @@ class CurvatureOperator:
 
     @property
     def device(self):
-        """The device of the operator's arrays (``None`` when it does not say); operands
-        must live there (``fimlab.backend.from_host(v, op.xp, device=op.device)``)."""
+        """The device the operator's arrays live on (``None``: the library's default,
+        e.g. NumPy's CPU); operands must live there too."""
         return self._device()
 
     # -- solves -------------------------------------------------------------------
