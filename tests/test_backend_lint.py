@@ -63,7 +63,7 @@ HOST_FUNCTIONS = {
     "metrics.py": {
         "_lanczos_extreme": "the Lanczos tridiagonal and its Ritz values; host draw",
     },
-    "kron.py": {
+    "kron/krylov.py": {
         "_random_vector": "host draw, then moved",
         "_GK.__init__": "alpha/beta of the bidiagonal live on the host",
         "_GK.bidiagonal": "the small bidiagonal B_k",
@@ -71,16 +71,21 @@ HOST_FUNCTIONS = {
         "_GK.residual": "Ritz residuals of B_k",
         "_bidiag_top_svd": "tridiagonal eigenproblem of B_k",
         "lanczos_svd": "the k singular values and B_k's Ritz data",
+        "_bidiag_top": "tridiagonal eigenproblem of the small B_j (host)",
+        "gram_golub_kahan": "alpha/beta, the Ritz residual checks and the bidiagonal on "
+                            "the host",
+    },
+    "kron/gram.py": {
         "RearrangedGram.top": "the k singular values",
         "RearrangedGram._top_dense": "the k singular values",
-        "_bidiag_top": "tridiagonal eigenproblem of the small B_j (host)",
-        "_gk_loop": "alpha/beta, the Ritz residual checks and the bidiagonal on the host",
         "RearrangedGram._top_gk": "the k singular values, a k-vector mask then moved",
         "RearrangedGram.golub_kahan": "host draw of the start (then moved); alpha/beta, "
                                       "the small bidiagonal and its SVD on the host",
         "RearrangedGram.numerical_rank": "the k singular values",
         "RearrangedGram.lanczos": "the k singular values, a k-vector mask then moved",
         "GramCoordinates.random": "host draw, then moved",
+    },
+    "kron/algebra.py": {
         "_inv_spd_lapack": "NumPy-only branch: LAPACK Cholesky inverse (potrf/pocon/potri)",
         "_simultaneous_diagonalisation": "NumPy-only branch: LAPACK sygvd; error numbers",
     },
@@ -209,7 +214,8 @@ def _findings(core_rules: bool):
 
 def test_core_modules_are_checked():
     core = {p.relative_to(PKG).as_posix() for p in _all_modules() if _is_core(p)}
-    assert {"batch.py", "curvature.py", "operators.py", "kron.py", "metrics.py",
+    assert {"batch.py", "curvature.py", "operators.py", "kron/algebra.py", "kron/krylov.py",
+            "kron/gram.py", "kron/rearranged.py", "kron/rearrange.py", "metrics.py",
             "_validation.py", "approx/kfac.py"} <= core
     assert not core & NUMPY_FIRST
 
