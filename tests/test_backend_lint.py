@@ -74,6 +74,7 @@ HOST_FUNCTIONS = {
         "_bidiag_top": "tridiagonal eigenproblem of the small B_j (host)",
         "gram_golub_kahan": "alpha/beta, the Ritz residual checks and the bidiagonal on "
                             "the host",
+        "lanczos": "the tridiagonal T, its Ritz values and residuals",
     },
     "kron/gram.py": {
         "RearrangedGram.top": "the k singular values",
@@ -88,9 +89,6 @@ HOST_FUNCTIONS = {
     "kron/algebra.py": {
         "_inv_spd_lapack": "NumPy-only branch: LAPACK Cholesky inverse (potrf/pocon/potri)",
         "_simultaneous_diagonalisation": "NumPy-only branch: LAPACK sygvd; error numbers",
-    },
-    "_lanczos.py": {
-        "lanczos": "the tridiagonal T, its Ritz values and residuals",
     },
     "approx/twolevel.py": {
         "CoarseSpace._selection": "a one-hot selection built on the host, then moved",

@@ -71,7 +71,8 @@ from ..backend import array_namespace, asarray_on, device_of, unvec, vec
 from ..batch import FactorBatch
 from ..kron._checks import check_solver_params
 from ..kron.gram import GramCoordinates, RearrangedGram
-from ..kron.krylov import ConvergenceReport, deflate, lanczos_svd, power_svd
+from ..kron.krylov import lanczos_svd, power_svd
+from ..kron.pairs import ConvergenceReport, deflate
 from ..kron.rearrange import psd_sign
 from ..kron.rearranged import RearrangedFisher
 from ..operators import BlockDiagonalOperator, KroneckerOperator

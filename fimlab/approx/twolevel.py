@@ -45,11 +45,11 @@ from __future__ import annotations
 import numpy as np
 
 from .._errors import ShapeError, SingularMatrixError
-from .._lanczos import lanczos
 from .._validation import check_choice, check_damping, check_dense_memory, check_finite
 from ..backend import array_namespace, device_of, dtype_eps
 from ..batch import FactorBatch
 from ..curvature import FisherOperator
+from ..kron.krylov import lanczos
 from ..operators import CurvatureOperator, KroneckerOperator
 
 __all__ = [

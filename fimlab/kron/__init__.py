@@ -13,6 +13,7 @@ Layout (one idea per module; every name below is importable from ``fimlab.kron``
 - :mod:`fimlab.kron.krylov` — the Krylov solvers (power SVD, Golub–Kahan, restarted
   Lanczos for singular triplets and for symmetric eigenvalues); every Lanczos user of
   fimlab calls this module;
+- :mod:`fimlab.kron.pairs` — product pairs, deflation, the solvers' convergence report;
 - :mod:`fimlab.kron.gram` — the Gram route (:class:`RearrangedGram`).
 
 Contents
@@ -62,15 +63,14 @@ from .gram import (
     weighted_gram,
 )
 from .krylov import (
-    ConvergenceReport,
-    DeflatedProductPair,
+    LanczosResult,
     _bidiag_top_svd,  # noqa: F401
-    as_product_pair,
-    deflate,
     golub_kahan,
+    lanczos,
     lanczos_svd,
     power_svd,
 )
+from .pairs import ConvergenceReport, DeflatedProductPair, as_product_pair, deflate
 from .rearrange import (
     KronSVD,
     kpsvd,
@@ -113,6 +113,9 @@ __all__ = [
     "golub_kahan",
     "lanczos_svd",
     "ConvergenceReport",
+    # symmetric Lanczos (eigenvalues of self-adjoint operators)
+    "lanczos",
+    "LanczosResult",
     "pcg",
 ]
 

@@ -18,7 +18,8 @@ from ..backend import (
     vec,
 )
 from ._checks import check_layer
-from .krylov import ConvergenceReport, gram_golub_kahan
+from .krylov import gram_golub_kahan
+from .pairs import ConvergenceReport
 from .rearrange import psd_sign
 
 # =====================================================================================

@@ -1,16 +1,29 @@
-"""Krylov solvers: power SVD, Golub–Kahan, restarted Lanczos."""
+"""The Krylov solvers of fimlab — the one module every Lanczos/Golub–Kahan user calls.
+
+- singular triplets of a product pair (``R(F_i)`` and friends): :func:`power_svd`,
+  :func:`golub_kahan`, :func:`lanczos_svd` (restarted), :func:`deflate`, with a
+  :class:`ConvergenceReport`; :func:`gram_golub_kahan`, the same Golub–Kahan loop in
+  the coefficients of a Gram basis (used by :class:`fimlab.kron.RearrangedGram`);
+- eigenvalues of a self-adjoint operator (in any inner product): :func:`lanczos`, the
+  symmetric Lanczos with full reorthogonalisation used by the two-level coarse spaces,
+  the preconditioned spectrum (E4/E5) and the spectral error (E3).
+
+Vectors live in the caller's array namespace; only the small bidiagonal/tridiagonal
+matrices are factorised on the host.
+"""
 
 from __future__ import annotations
 
 import math
 import time
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from .._errors import ConvergenceWarning, ShapeError
+from .._validation import check_choice
 from ..backend import (
     array_namespace,
     asarray_on,
@@ -19,141 +32,11 @@ from ..backend import (
     from_host,
 )
 from ._checks import check_solver_params
+from .pairs import ConvergenceReport, as_product_pair
 
 # =====================================================================================
-# Iterative SVD on any product pair: power SVD, Golub–Kahan (Lanczos), deflation
+# Iterative SVD on any product pair: power SVD, Golub–Kahan (Lanczos)
 # =====================================================================================
-
-
-@dataclass
-class ConvergenceReport:
-    """What an SVD solver did, for one block (or one part of it).
-
-    Attributes
-    ----------
-    method : str
-        ``"power"``, ``"lanczos"``, ``"gram"`` (exact Gram eigenproblem) ...
-    converged : bool
-        The tolerance was met (exact methods: always ``True``).
-    residual : float
-        Relative residual reached: ``‖R v − σ u‖/σ`` (power SVD) or
-        ``max_r ‖(R v_r − σ_r u_r, Rᵀu_r − σ_r v_r)‖/σ₁`` (Lanczos); 0 for exact methods
-        up to round-off.
-    tol : float
-    iterations : int
-        Power iterations, or Golub–Kahan steps summed over restarts.
-    restarts : int
-    n_products : int
-        Products with ``R`` or ``Rᵀ``.
-    breakdown : bool
-        A Golub–Kahan breakdown (an exact invariant subspace) or a zero operator
-        ended the iteration; requested terms beyond the rank were set to zero.
-    rank : int or None
-        Number of non-zero singular triplets found (``< requested`` when clipped).
-    sigma : tuple of float
-        The singular values found.
-    seconds : float
-        Wall time.
-    parts : list of ConvergenceReport
-        Sub-reports (e.g. the two power SVDs of Deflation).
-    """
-
-    method: str
-    converged: bool = True
-    residual: float = 0.0
-    tol: float = 0.0
-    iterations: int = 0
-    restarts: int = 0
-    n_products: int = 0
-    breakdown: bool = False
-    rank: int | None = None
-    sigma: tuple = ()
-    seconds: float = 0.0
-    parts: list = field(default_factory=list)
-
-    @classmethod
-    def combine(cls, method: str, parts: list, sigma=(), rank=None) -> ConvergenceReport:
-        """One report for several solver runs (worst residual, summed counts)."""
-        return cls(
-            method=method,
-            converged=all(p.converged for p in parts),
-            residual=max((p.residual for p in parts), default=0.0),
-            tol=max((p.tol for p in parts), default=0.0),
-            iterations=sum(p.iterations for p in parts),
-            restarts=sum(p.restarts for p in parts),
-            n_products=sum(p.n_products for p in parts),
-            breakdown=any(p.breakdown for p in parts),
-            rank=rank,
-            sigma=tuple(sigma),
-            seconds=sum(p.seconds for p in parts),
-            parts=list(parts),
-        )
-
-
-class _DenseProductPair:
-    def __init__(self, M):
-        if M.ndim != 2:
-            raise ShapeError(f"a product pair from an array needs a matrix, got shape "
-                             f"{tuple(M.shape)}")
-        self.M, self.xp = M, array_namespace(M)
-        self.shape, self.dtype = (int(M.shape[0]), int(M.shape[1])), M.dtype
-
-    def matvec(self, x):
-        return self.M @ x
-
-    def rmatvec(self, y):
-        return y @ self.M
-
-
-def as_product_pair(op):
-    """``op`` as a product pair: anything with ``shape``, ``matvec`` and ``rmatvec``
-    (a :class:`RearrangedFisher`, a SciPy ``LinearOperator``, ...) or a dense matrix."""
-    if hasattr(op, "matvec") and hasattr(op, "rmatvec") and hasattr(op, "shape"):
-        return op
-    if hasattr(op, "ndim") and hasattr(op, "shape"):
-        return _DenseProductPair(op)
-    raise TypeError(
-        f"expected a product pair (shape, matvec, rmatvec) or a matrix, got "
-        f"{type(op).__name__}"
-    )
-
-
-class DeflatedProductPair:
-    """``R − Σ_i s_i x_i y_iᵀ`` as a product pair, for known rank-one terms
-    (PAPERS.md methods table: Deflation deflates ``σ₁u₁v₁ᵀ``; KFAC-corrected deflates
-    the KFAC term ``vec(A_K) vec(G_K)ᵀ``). The vectors need not be unit."""
-
-    def __init__(self, op, terms: Sequence[tuple]):
-        self.op = as_product_pair(op)
-        self.terms = [(float(s), x, y) for s, x, y in terms]
-        for _, x, y in self.terms:
-            if x.shape != (self.op.shape[0],) or y.shape != (self.op.shape[1],):
-                raise ShapeError(
-                    f"a deflation term needs vectors of lengths {self.op.shape}, got "
-                    f"{tuple(x.shape)} and {tuple(y.shape)}"
-                )
-        self.shape = self.op.shape
-        self.dtype = getattr(self.op, "dtype", None)
-        self.xp = getattr(self.op, "xp", None)
-
-    def matvec(self, v):
-        out = self.op.matvec(v)
-        xp = array_namespace(out)
-        for s, x, y in self.terms:
-            out = out - (s * float(xp.sum(y * v))) * x
-        return out
-
-    def rmatvec(self, u):
-        out = self.op.rmatvec(u)
-        xp = array_namespace(out)
-        for s, x, y in self.terms:
-            out = out - (s * float(xp.sum(x * u))) * y
-        return out
-
-
-def deflate(op, terms: Sequence[tuple]) -> DeflatedProductPair:
-    """``op − Σ s_i x_i y_iᵀ`` matrix-free; ``terms`` is a list of ``(s, x, y)``."""
-    return DeflatedProductPair(op, terms)
 
 
 def _norm(x, xp) -> float:
@@ -723,3 +606,149 @@ def gram_golub_kahan(apply_u, apply_v, c0, CX, CY, y, My, k, tol, rank_rtol, ste
     return Xt[:n, :], Yt[:ny, :], np.asarray(alphas), np.asarray(betas), flags, res
 
 
+# =====================================================================================
+# Symmetric Lanczos (eigenvalues of a self-adjoint operator, in any inner product)
+# =====================================================================================
+
+_WHICH = ("largest", "smallest", "both", "magnitude")
+
+
+@dataclass
+class LanczosResult:
+    """Ritz values (ascending, host NumPy) and, if asked, Ritz vectors (columns).
+
+    ``residuals[i]`` bounds ``‖T y_i − θ_i y_i‖_M`` for the unit (M-norm) Ritz vector
+    ``y_i``; ``exhausted`` is True when the Krylov space became invariant (then every
+    Ritz value is an eigenvalue, and the distinct eigenvalues reachable from the start
+    vector have all been found).
+    """
+
+    values: np.ndarray
+    residuals: np.ndarray
+    vectors: object
+    steps: int
+    converged: bool
+    exhausted: bool
+
+
+def lanczos(
+    op: Callable,
+    n: int,
+    *,
+    xp,
+    dtype,
+    device=None,
+    M: Callable | None = None,
+    which: str = "largest",
+    tol: float = 1e-8,
+    max_steps: int | None = None,
+    seed: int = 0,
+    v0=None,
+    want_vectors: bool = False,
+    warn: bool = True,
+    what: str = "Lanczos",
+) -> LanczosResult:
+    """Lanczos on an operator ``T`` self-adjoint in the inner product ``⟨x, y⟩_M``.
+
+    Parameters
+    ----------
+    op : callable
+        ``op(v, Mv)`` returns ``T v`` (``Mv`` is supplied so that ``T = P M`` costs one
+        product with ``P``).
+    n : int
+        Dimension.
+    M : callable, optional
+        ``v ↦ M v`` (symmetric positive definite); the identity when ``None``.
+    which : {"largest", "smallest", "both", "magnitude"}
+        Which extreme Ritz values must converge before stopping (``"magnitude"``: the
+        one of largest ``|θ|``, for a spectral norm).
+    tol : float
+        Relative residual ``|β_m s_{m,i}| ≤ tol · max|θ|`` for the wanted extremes.
+    max_steps : int, optional
+        Cap on the Krylov dimension (default ``min(n, 300)``).
+    seed, v0
+        The start vector: ``v0`` if given, else a standard normal draw from ``seed``
+        (on the host, then moved — same numbers on every backend).
+
+    Returns
+    -------
+    LanczosResult
+    """
+    check_choice(which, _WHICH, "Lanczos 'which'")
+    Mop = M if M is not None else (lambda v: v)
+    max_steps = min(n, 300) if max_steps is None else max(1, min(int(max_steps), n))
+    if v0 is None:
+        v0 = from_host(np.random.default_rng(seed).standard_normal(n), xp, dtype=dtype,
+                       device=device)
+    v = v0
+    Mv = Mop(v)
+    nrm = math.sqrt(max(float(xp.sum(v * Mv)), 0.0))
+    if not nrm > 0:
+        raise ValueError("Lanczos start vector has zero norm")
+    v, Mv = v / nrm, Mv / nrm
+    Q = [v]
+    MQ = [Mv] if M is not None else Q
+    alphas: list[float] = []
+    betas: list[float] = []
+    exhausted = converged = False
+    theta = np.zeros(0)
+    S = np.zeros((0, 0))
+    res = np.zeros(0)
+    scale = 0.0
+
+    def ritz():
+        m = len(alphas)
+        T = np.diag(alphas) + np.diag(betas[: m - 1], 1) + np.diag(betas[: m - 1], -1)
+        th, Sv = np.linalg.eigh(T)
+        b_last = betas[m - 1] if len(betas) >= m else 0.0
+        return th, Sv, np.abs(b_last * Sv[-1, :])
+
+    check_every = 1
+    for j in range(max_steps):
+        w = op(Q[j], MQ[j])
+        # full reorthogonalisation, classical Gram-Schmidt twice: ⟨q_i, w⟩_M = (M q_i)ᵀ w
+        Qm = xp.stack(Q, axis=1)
+        MQm = xp.stack(MQ, axis=1) if M is not None else Qm
+        c = xp.matrix_transpose(MQm) @ w
+        alpha = float(c[j])
+        w = w - Qm @ c
+        c2 = xp.matrix_transpose(MQm) @ w
+        w = w - Qm @ c2
+        alphas.append(alpha + float(c2[j]))
+        Mw = Mop(w)
+        beta = math.sqrt(max(float(xp.sum(w * Mw)), 0.0))
+        betas.append(beta)
+        scale = max(scale, abs(alphas[-1]), beta)
+        m = j + 1
+        breakdown = beta <= 1e-12 * max(scale, 1e-300) or m == n
+        if breakdown or m == max_steps or m % check_every == 0:
+            theta, S, res = ritz()
+            ref = max(float(np.max(np.abs(theta))), 1e-300)
+            idx = ({"largest": [-1], "smallest": [0], "both": [0, -1]}[which]
+                   if which != "magnitude" else [int(np.argmax(np.abs(theta)))])
+            converged = all(res[i] <= tol * ref for i in idx)
+            check_every = 1 if m < 20 else 5
+            if breakdown:
+                exhausted = True
+                converged = True
+                break
+            if converged:
+                break
+        Q.append(w / beta)
+        if M is not None:
+            MQ.append(Mw / beta)
+    m = len(alphas)
+    if warn and not converged:
+        warnings.warn(
+            f"{what}: Lanczos stopped after {m} steps with relative Ritz residual "
+            f"{float(np.max(res)) / max(float(np.max(np.abs(theta))), 1e-300):.1e} above "
+            f"tol={tol:.0e}; raise max_steps or tol",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    vectors = None
+    if want_vectors:
+        Qm = xp.stack(Q[:m], axis=1)
+        vectors = Qm @ from_host(np.ascontiguousarray(S), xp, dtype=dtype,
+                                 device=device_of(Qm))
+    return LanczosResult(theta, res, vectors, m, converged, exhausted)
