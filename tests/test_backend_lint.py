@@ -37,7 +37,7 @@ NUMPY_FIRST = {
     "datasets.py",  # data is loaded on the host, moved by the model
     "_kernels/numba_impl.py",  # Numba compiles for the CPU; its twin serves other backends
 }
-NUMPY_FIRST_DIRS = ("optim/", "experiments/")  # optimizers and the training loop
+NUMPY_FIRST_DIRS = ("optim/", "experiments/", "sweep/")  # optimizers, the training loop, sweeps
 #: modules written against ``xp`` that may also use NumPy on the host (model
 #: initialisation, host random draws, the backend's own conversions): rule 1 only
 HOST_OK = {

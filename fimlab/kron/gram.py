@@ -260,6 +260,7 @@ class RearrangedGram:
     >>> rng = np.random.default_rng(0)
     >>> a, g = rng.normal(size=(20, 4)), rng.normal(size=(20, 1, 3))
     >>> s, w, d = RearrangedGram(a, g).top(2)
+    >>> from fimlab.kron import RearrangedFisher
     >>> s_dense = np.linalg.svd(RearrangedFisher(a, g).to_dense(), compute_uv=False)
     >>> bool(np.allclose(s, s_dense[:2]))
     True

@@ -77,6 +77,7 @@ class RearrangedFisher:
     >>> R = RearrangedFisher(a, g)
     >>> F = fl.FisherOperator(fl.FactorBatch([a], [g])).to_dense()
     >>> x = rng.normal(size=4)
+    >>> from fimlab.kron import rearrange
     >>> bool(np.allclose(R.matvec(x), rearrange(F, 3, 2) @ x))
     True
     """
