@@ -90,7 +90,7 @@ HOST_FUNCTIONS = {
         "_inv_spd_lapack": "NumPy-only branch: LAPACK Cholesky inverse (potrf/pocon/potri)",
         "_simultaneous_diagonalisation": "NumPy-only branch: LAPACK sygvd; error numbers",
     },
-    "approx/twolevel.py": {
+    "approx/coarse.py": {
         "CoarseSpace._selection": "a one-hot selection built on the host, then moved",
     },
     "approx/kpsvd.py": {
