@@ -32,7 +32,8 @@ PKG = Path(__file__).resolve().parents[1] / "fimlab"
 #: day it lands; a new NumPy-first module is added here with its reason.
 NUMPY_FIRST = {
     "__init__.py", "__main__.py", "_errors.py",  # no arrays
-    "cli.py", "study.py", "train.py", "sweep.py", "plotting.py",  # orchestration, I/O
+    "cli.py", "study.py", "train.py", "train_config.py", "train_state.py", "sweep.py",
+    "plotting.py",  # orchestration, I/O
     "plotting_train.py",
     "datasets.py",  # data is loaded on the host, moved by the model
     "_kernels/numba_impl.py",  # Numba compiles for the CPU; its twin serves other backends
