@@ -365,7 +365,7 @@ def _spectrum(F, approx, damping, rule, algorithm, steps, tol, seed, max_bytes, 
     if algorithm == "dense":
         check_dense_memory((P, P), dtype, max_bytes, "preconditioned Fisher",
                            "algorithm='lanczos'")
-        I = xp.eye(P, dtype=dtype, device=F._device())
+        I = xp.eye(P, dtype=dtype, device=F.device)
         Fl = F.to_dense(max_bytes=max_bytes) + lam * I
         Pm = apply(I)
         Pm = 0.5 * (Pm + xp.matrix_transpose(Pm))
@@ -377,7 +377,7 @@ def _spectrum(F, approx, damping, rule, algorithm, steps, tol, seed, max_bytes, 
         return F.matvec(v) + lam * v
 
     res = lanczos(lambda v, Mv: apply(as_mat(Mv))[:, 0], P, xp=xp, dtype=dtype,
-                  device=F._device(),
+                  device=F.device,
                   M=Fl_apply, which=which, tol=tol, max_steps=steps, seed=seed,
                   what="preconditioned spectrum")
     return res.values, res
@@ -490,7 +490,7 @@ def preconditioner_distance(F, approx, damping: float, *, norm: str = "2",
     P, xp, dtype = F.shape[0], F.xp, F.dtype
     if algorithm == "dense":
         check_dense_memory((P, P), dtype, max_bytes, "I − F̃_λ⁻¹F_λ", "algorithm='lanczos'")
-        I = xp.eye(P, dtype=dtype, device=F._device())
+        I = xp.eye(P, dtype=dtype, device=F.device)
         E = I - apply(F.to_dense(max_bytes=max_bytes) + lam * I)
         return float(xp.linalg.matrix_norm(E, ord=2))
 
@@ -500,7 +500,7 @@ def preconditioner_distance(F, approx, damping: float, *, norm: str = "2",
         Z = apply(Y)
         return (Y - (F.matmat(Z) + lam * Z))[:, 0]
 
-    res = lanczos(EtE, P, xp=xp, dtype=dtype, device=F._device(), which="largest", tol=tol, max_steps=steps,
+    res = lanczos(EtE, P, xp=xp, dtype=dtype, device=F.device, which="largest", tol=tol, max_steps=steps,
                   seed=seed, what="‖I − F̃_λ⁻¹F_λ‖₂")
     return math.sqrt(max(float(res.values[-1]), 0.0))
 
@@ -619,12 +619,12 @@ def spectral_error(F, Ft, block: int | None = None, method: str = "auto", *,
         n = Fb.shape[0]
         D = SumOperator(Fb, -1.0 * Ftb)
         kw = dict(tol=tol, maxiter=maxiter, seed=seed, max_bytes=max_bytes,
-                  device=Fb._device())
-        dnorm, _ = _lanczos_extreme(D._matmat, n, Fb.dtype, xp, **kw)
+                  device=Fb.device)
+        dnorm, _ = _lanczos_extreme(D.matmat, n, Fb.dtype, xp, **kw)
         if isinstance(Fb, (FisherOperator, FisherBlock)):
             fnorm = _fisher_spectral_norm(Fb, xp)
         else:
-            fnorm, _ = _lanczos_extreme(Fb._matmat, n, Fb.dtype, xp, **kw)
+            fnorm, _ = _lanczos_extreme(Fb.matmat, n, Fb.dtype, xp, **kw)
         if fnorm <= 0:
             raise ShapeError("the reference matrix is zero: the relative error is undefined")
         return dnorm / fnorm

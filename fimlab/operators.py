@@ -164,6 +164,12 @@ class CurvatureOperator:
     def _device(self):
         return None
 
+    @property
+    def device(self):
+        """The device the operator's arrays live on (``None``: the library's default,
+        e.g. NumPy's CPU); operands must live there too."""
+        return self._device()
+
     # -- solves -------------------------------------------------------------------
     def solve(self, v, damping, rule: str = "exact", **kwargs):
         """``(F + λI)⁻¹ v`` by conjugate gradients (generic fallback; subclasses with

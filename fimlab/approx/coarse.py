@@ -237,7 +237,7 @@ def _assemble(vectors, offsets, zero_rows: str, xp, dtype, device) -> CoarseSpac
 def _ref(fine):
     blk = fine.blocks[0]
     xp = fine.xp if getattr(fine, "xp", None) is not None else blk.xp
-    return xp, fine.dtype, blk._device()
+    return xp, fine.dtype, blk.device
 
 
 def _block_solve(blk, v, damping, rule, kwargs):
