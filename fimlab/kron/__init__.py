@@ -5,8 +5,10 @@ Conventions: ``vec`` is column-major, so for ``V`` of shape ``(d_g, d_a)``
 shape ``(d_a·d_g, k)``; reshaped (row-major) to ``(d_a, d_g, k)`` its entry
 ``[j, i, c]`` is ``V_c[i, j]`` — the "grid" layout used below, which needs no transpose.
 
-Layout (one idea per module; every name below is importable from ``fimlab.kron``)
--------------------------------------------------------------------------------
+Layout
+------
+One idea per module; every name below is importable from ``fimlab.kron``.
+
 - :mod:`fimlab.kron.algebra` — vec/Kronecker algebra, damped inverses, PCG;
 - :mod:`fimlab.kron.rearrange` — the rearrangement ``R`` and the KPSVD of a dense matrix;
 - :mod:`fimlab.kron.rearranged` — matrix-free products with ``R(F_i)``;
