@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import fimlab as fl
+from refs import independent_e1
 from fimlab import cli
 from fimlab.study import load_config, run_study
 
@@ -24,43 +25,6 @@ def _record_factor_batches(monkeypatch):
 
     monkeypatch.setattr(fl, "factor_batch", recording)
     return seen
-
-
-def _independent_e1(batch):
-    """E1 of each method the study knows, per block and for the whole network, from the
-    definition: ``R(F_l) = (1/m) Σ_n vec(ā_n ā_nᵀ) vec(G_n)ᵀ`` in orthonormal coordinates
-    (QR of the two sides), then Eckart–Young for the best Kronecker sums (KPSVD rank 1,
-    Deflation and Lanczos = the best two terms, KFAC-corrected = KFAC plus the best term
-    of the residual) and the KFAC term ``vec(A) vec(G)ᵀ`` itself. Not fimlab code."""
-    out = {}
-    N, K = batch.n_samples, batch.n_vectors
-    norms, errs = [], {}
-    for l, (a, g) in enumerate(zip(batch.a, batch.g)):
-        Ua = np.einsum("ni,nj->nij", a, a).reshape(N, -1)
-        Gn = np.einsum("nki,nkj->nij", g, g).reshape(N, -1)
-        Qa, Ra = np.linalg.qr(Ua.T)  # columns: R = Qa (Ra Rgᵀ / N) Qgᵀ
-        Qg, Rg = np.linalg.qr(Gn.T)
-        C = Ra @ Rg.T / N
-        s = np.linalg.svd(C, compute_uv=False)
-        kfac = np.outer(Ra.sum(axis=1) / N, Rg.sum(axis=1) / N)
-        D = C - kfac
-        sd = np.linalg.svd(D, compute_uv=False)
-        nF2 = float(np.sum(C * C))
-        e2 = {"KFAC": float(np.sum(D * D)),
-              "KPSVD": nF2 - s[0] ** 2,
-              "Deflation": nF2 - s[0] ** 2 - s[1] ** 2,
-              "Lanczos": nF2 - s[0] ** 2 - s[1] ** 2,
-              "KFAC-corrected": float(np.sum(D * D)) - sd[0] ** 2}
-        norms.append(nF2)
-        for m, v in e2.items():
-            errs.setdefault(m, []).append(max(v, 0.0))
-            out[(m, l)] = np.sqrt(max(v, 0.0) / nF2)
-    J = np.array([np.concatenate([np.kron(a[n], g[n, k]) for a, g in zip(batch.a, batch.g)])
-                  for n in range(N) for k in range(K)])
-    total = float(np.sum((J @ J.T) ** 2)) / N**2
-    for m, e in errs.items():
-        out[(m, "all")] = np.sqrt((total - sum(norms) + sum(e)) / total)
-    return out
 
 
 def test_study_fast_end_to_end(tmp_path, capsys, monkeypatch):
@@ -83,7 +47,7 @@ def test_study_fast_end_to_end(tmp_path, capsys, monkeypatch):
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):  # tall-skinny QR: BLAS threads only add contention
-        refs = dict(zip([0, 3, 6], (_independent_e1(b) for b in seen)))
+        refs = dict(zip([0, 3, 6], (independent_e1(b) for b in seen)))
     checked = 0
     for r in rows:
         assert r["converged"] == "True", r
