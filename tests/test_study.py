@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 import pytest
+from refs import independent_e1
 
 import fimlab as fl
-from refs import independent_e1
 from fimlab import cli
 from fimlab.study import load_config, run_study
 
