@@ -73,9 +73,12 @@ SEQ2 = [("factor", 0.1, "vec", {}), ("exact", 0.1, "vec", {"tol": 1e-12}),
 @pytest.mark.parametrize("rank,seq", [(1, SEQ1), (2, SEQ2)])
 def test_kronecker_solve_call_sequence(rank, seq):
     da, dg = 4, 3
-    terms = [(_spd(da, 1), _spd(dg, 2))]
+    terms = [(_spd(da, 1, shift=1.0), _spd(dg, 2, shift=1.0))]
     if rank == 2:
-        terms.append((0.3 * _spd(da, 3), 0.3 * _spd(dg, 4)))
+        # an indefinite second term (as KFAC-corrected's): the papers' |s| rule and the
+        # signed inverse differ, so a cache that ignores signed= answers wrongly
+        B = np.random.default_rng(4).normal(size=(dg, dg))
+        terms.append((0.3 * _spd(da, 3), 0.1 * (B + B.T)))
     op = KroneckerOperator(terms)
     rng = np.random.default_rng(0)
     for i, (rule, lam, kind, kw) in enumerate(seq):
@@ -83,6 +86,9 @@ def test_kronecker_solve_call_sequence(rank, seq):
         got = op.solve(v, lam, rule=rule, **kw)
         fresh = KroneckerOperator(terms).solve(v, lam, rule=rule, **kw)
         ref = _inv_def(terms, lam, rule, signed=kw.get("signed", False)) @ v
+        if rank == 2 and rule == "factor":  # the two variants of (I1) really differ here
+            other = _inv_def(terms, lam, rule, signed=not kw.get("signed", False)) @ v
+            assert np.linalg.norm(other - ref) > 1e-3 * np.linalg.norm(ref)
         assert got.shape == v.shape
         np.testing.assert_allclose(got, fresh, rtol=1e-9, atol=1e-12,
                                    err_msg=f"call {i}: {rule}, λ={lam}, {kw}")
