@@ -73,8 +73,16 @@ def test_rearranged_gram_golub_kahan_many_steps_vs_dense_svd():
     k = 24
     sig, w, d, rep = RG.golub_kahan(k, tol=1e-11, max_steps=m)
     assert rep.converged and rep.iterations >= 60
-    sd = np.linalg.svd(kron.RearrangedFisher(a, g).to_dense(), compute_uv=False)
+    R = kron.RearrangedFisher(a, g).to_dense()
+    sd = np.linalg.svd(R, compute_uv=False)
     np.testing.assert_allclose(sig[:k], sd[:k], rtol=1e-8)
+    # the singular vectors from their Gram weights: σ mat(u) = Āᵀdiag(w)Ā, σ mat(v) = Σ d_n G_n
+    Gn = np.einsum("nki,nkj->nij", g, g)
+    U = np.stack([(a.T * w[:, r]) @ a for r in range(k)]).reshape(k, -1).T / sig
+    V = np.einsum("nr,nij->rij", d, Gn).reshape(k, -1).T / sig
+    assert np.linalg.norm(U.T @ U - np.eye(k)) < 1e-8
+    assert np.linalg.norm(V.T @ V - np.eye(k)) < 1e-8
+    np.testing.assert_allclose(R @ V, U * sig, atol=1e-9 * sig[0])
 
 
 def test_symmetric_lanczos_250_steps_clustered_vectors_orthonormal():
