@@ -701,6 +701,8 @@ for _e in REGISTRY:
 
 def _flat(x):
     if isinstance(x, (list, tuple)):
+        if not x:
+            return np.zeros(0)
         return np.concatenate([np.ravel(np.asarray(v, dtype=float)) for v in x])
     return np.ravel(np.asarray(x, dtype=float))
 
@@ -894,3 +896,46 @@ def test_dense_operator_solve_definition():
     D = DenseOperator(c.F)
     V = _V(c)
     np.testing.assert_allclose(D.solve(V, LAM), _woodbury_def(c, V), rtol=1e-9, atol=1e-11)
+
+
+# -------------------------------------------------------------------------------------
+# the algebraic entries as a property: random shapes (N, K, layers, sizes)
+# -------------------------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ALGEBRAIC = ["kfac-factors", "fisher-dense", "fisher-diagonal-block",
+             "fisher-off-diagonal-blocks", "fisher-products", "fisher-frobenius",
+             "fisher-block-frobenius", "fisher-trace", "woodbury-solve", "woodbury-block-solve",
+             "gram", "E1-whole", "rearranged-products", "rearrange-inverse",
+             "kernel-sq_gram_reduce", "kernel-grouped_rowdot", "kernel-outer_rows"]
+
+
+@st.composite
+def random_batches(draw):
+    N = draw(st.integers(1, 6))
+    K = draw(st.integers(1, 3))
+    L = draw(st.integers(1, 3))
+    dims = [(draw(st.integers(1, 4)), draw(st.integers(1, 3))) for _ in range(L)]
+    seed = draw(st.integers(0, 2**16))
+    r = np.random.default_rng(seed)
+    b = fl.FactorBatch([r.normal(size=(N, da)) for da, _ in dims],
+                       [r.normal(size=(N, K, dg)) for _, dg in dims])
+    J = _explicit_rows(b)
+    return Ctx("random", b, J=J, F=J.T @ J / N)
+
+
+@settings(max_examples=15)
+@given(c=random_batches())
+def test_algebraic_entries_on_random_batches(c):
+    for name in ALGEBRAIC:
+        e = next(x for x in REGISTRY if x.name == name)
+        ref = _flat(e.definition(c))
+        for label, f in e.impls.items():
+            v = _flat(f(c))
+            scale = max(1.0, float(np.max(np.abs(ref), initial=0.0)))
+            # E1's Gram route, sqrt(‖F‖² − 2⟨F, F̃⟩ + ‖F̃‖²)/‖F‖, cancels when E1 → 0
+            # (KFAC is exact for one sample): its absolute accuracy is about √eps
+            atol = 1e-7 if name.startswith("E1") else 1e-9 * scale
+            np.testing.assert_allclose(v, ref, rtol=1e-7, atol=atol,
+                                       err_msg=f"{name}: {label} ({c.batch})")
