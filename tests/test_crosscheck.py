@@ -436,6 +436,13 @@ REGISTRY: list[Entry] = [
            "jacobian(l)ᵀ jacobian(l)/N": _per_layer(
                lambda c, l: c.batch.jacobian(l).T @ c.batch.jacobian(l) / c.batch.n_samples)},
           _per_layer(lambda c, l: c.block(l))),
+    Entry("jacobian-rows", ("FisherOperator.jacobian_rows", "FactorBatch.jacobian_matrix"),
+          {"jacobian_rows(V)": lambda c: c.op.jacobian_rows(_V(c)).reshape(-1, 3),
+           "jacobian_matrix() @ V": lambda c: c.batch.jacobian_matrix() @ _V(c),
+           "per layer, summed": lambda c: sum(
+               c.op.jacobian_rows(_V(c)[c.sl(l)], layers=[l]).reshape(-1, 3)
+               for l in range(c.batch.n_layers))},
+          lambda c: c.J @ _V(c)),
     Entry("fisher-off-diagonal-blocks", ("FisherOperator.block",),
           {"block(i, j)": _off_diag, "to_dense()[si, sj]": _off_diag_dense}, _off_diag_def),
     Entry("fisher-block-diagonal-dense", ("FisherOperator.block_diagonal", "BlockDiagonalOperator.to_dense"),
@@ -768,7 +775,6 @@ EXEMPT = {
     "BlockDiagonalOperator.to_scipy": "interop view",
     "FactorBatch.subset": "data selection, no arithmetic (tests/test_curvature.py)",
     "FactorBatch.astype": "a dtype cast (tests/test_stateful.py compares dtypes)",
-    "FactorBatch.device": "metadata",
     "KroneckerOperator.rank": "metadata (checked in kron-trace-and-norm)",
     "BlockDiagonalOperator.n_blocks": "metadata",
     "BlockDiagonalOperator.solve": "covered by kron-solve-* (block by block)",
@@ -786,6 +792,9 @@ EXEMPT = {
     "kron.pcg": "tests/test_krylov_scale.py (iteration bounds) and every CG entry here",
     "kron.weighted_gram": "tests/test_crosscheck.py::test_weighted_gram_definition",
     "kron.GramCoordinates": "internal coordinates of RearrangedGram (kpsvd-family entries)",
+    "kron.lanczos": "symmetric Lanczos: tests/test_krylov_scale.py (250 steps vs eigh) and "
+                    "the E3-block entry (spectral_error's Lanczos route vs dense)",
+    "kron.LanczosResult": "a result container",
     "kernels.serves": "dispatch predicate",
     "kernels.numba_enabled": "dispatch predicate",
     "kernels.implementation": "dispatch predicate",
@@ -811,7 +820,7 @@ def test_covers_name_existing_members():
 def _public_members(cls):
     out = set()
     for name, obj in inspect.getmembers(cls):
-        if name.startswith("_") or name in ("dtype", "xp", "shape"):
+        if name.startswith("_") or name in ("dtype", "xp", "shape", "device"):
             continue
         if callable(obj) or isinstance(inspect.getattr_static(cls, name), property):
             out.add(name)

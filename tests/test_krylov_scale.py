@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fimlab import kron
-from fimlab._lanczos import lanczos
+from fimlab.kron import lanczos
 
 
 def _matrix(m, n, sigma, seed):
