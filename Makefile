@@ -1,4 +1,4 @@
-.PHONY: test lint bench docs study
+.PHONY: test lint bench docs study mutation
 
 test:
 	python -m pytest -q
@@ -14,3 +14,6 @@ docs:
 
 study:
 	fimlab study
+
+mutation:
+	python scripts/mutation_check.py

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
+from fimlab import ConvergenceWarning
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -41,6 +43,9 @@ def test_tutorial_runs_in_fast_mode(path, monkeypatch, tmp_path):
         # a tutorial may change global state (warning filters, rcParams, NumPy's print
         # options): it is restored, so that the tests after it see the defaults
         with threadpool_limits(1), warnings.catch_warnings(), matplotlib.rc_context():
+            # a solver that misses its tolerance is an error here (issue 21); a tutorial
+            # that shows the papers' fixed budgets silences them in its own scoped block
+            warnings.simplefilter("error", ConvergenceWarning)
             runpy.run_path(str(path), run_name="__main__")
         assert plt.get_fignums(), f"{path.name} drew no figure"
     finally:
