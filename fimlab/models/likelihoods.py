@@ -232,6 +232,16 @@ class Bernoulli(Likelihood):
         u = rng.random((p.shape[0], n_samples, p.shape[1]))
         return xp.astype(_to_device((u < p[:, None, :]).astype(np.float64), z), z.dtype)
 
+    def mc_vectors(self, z, rng, n_samples=1):
+        """As :meth:`Likelihood.mc_vectors` (the same draws, the same numbers), with the
+        probabilities computed once for the draws and the vectors ``p − ŷ``."""
+        xp = array_namespace(z)
+        p = self.mean(z)
+        ph = to_numpy(p).astype(np.float64)
+        u = rng.random((ph.shape[0], n_samples, ph.shape[1]))
+        ys = xp.astype(_to_device((u < ph[:, None, :]).astype(np.float64), z), z.dtype)
+        return (p[:, None, :] - ys) / float(np.sqrt(n_samples))
+
 
 def _dev(z):
     from ..backend import device_of

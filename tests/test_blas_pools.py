@@ -1,0 +1,112 @@
+"""One BLAS thread pool in the hot paths (issue 20), and the NumPy forward pass.
+
+SciPy ships its own OpenBLAS (a second library with its own thread pool); calling it
+right after NumPy's GEMMs made the KFAC factors 2x slower on two cores. The factor batch,
+the KFAC factors and the Gram matrices must therefore not call ``scipy.linalg.blas``:
+these tests replace every routine of that module by one that raises, and run the hot
+paths (the patch is checked to intercept, so the test can fail).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg.blas as sblas
+
+import fimlab as fl
+from fimlab import kron
+from fimlab.models import mlp
+
+
+class SciPyBLASCalled(AssertionError):
+    pass
+
+
+@pytest.fixture
+def no_scipy_blas(monkeypatch):
+    """Every BLAS routine of ``scipy.linalg.blas`` (``dsyrk``, ``dgemm``, ``dtrmm``, …)
+    and ``get_blas_funcs`` raise while the test runs."""
+    names = [n for n in dir(sblas)
+             if (n[:1] in "sdcz" and callable(getattr(sblas, n)) and len(n) <= 7
+                 and not n.startswith("__")) or n == "get_blas_funcs"]
+    assert {"dsyrk", "ssyrk", "dgemm", "dtrmm", "get_blas_funcs"} <= set(names)
+
+    def make(name):
+        def fail(*args, **kwargs):
+            raise SciPyBLASCalled(f"scipy.linalg.blas.{name} called in a hot path")
+        return fail
+
+    for n in names:
+        monkeypatch.setattr(sblas, n, make(n))
+    return names
+
+
+def test_the_patch_intercepts(no_scipy_blas):
+    from scipy.linalg import blas
+
+    with pytest.raises(SciPyBLASCalled):
+        blas.dsyrk(1.0, np.ones((3, 2)))
+    with pytest.raises(SciPyBLASCalled):
+        from scipy.linalg.blas import dtrmm
+        dtrmm(1.0, np.eye(2), np.eye(2))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("fisher", ["exact", "mc", "empirical"])
+def test_hot_paths_use_numpy_blas_only(no_scipy_blas, fisher, dtype, rng):
+    net = fl.MLP([6, 9, 7, 4], activation="relu", likelihood="categorical", seed=0,
+                 dtype=dtype)
+    X = rng.normal(size=(40, 6)).astype(dtype)
+    y = rng.integers(0, 4, size=40)
+    b = fl.factor_batch(net, X, y, fisher=fisher, rng=1)
+    K = fl.KFAC(b)
+    for (A, G), a, g in zip(K.factors, b.a, b.g):
+        # against plain sums of outer products (independent of BLAS)
+        n, tol = a.shape[0], (1e-4 if dtype == "float32" else 1e-12)
+        np.testing.assert_allclose(A, np.einsum("ni,nj->ij", a, a) / n, rtol=tol, atol=1e-6)
+        np.testing.assert_allclose(G, np.einsum("nki,nkj->ij", g, g) / n, rtol=tol,
+                                   atol=1e-6 * float(np.abs(G).max()))
+        assert np.array_equal(A, A.T) and np.array_equal(G, G.T)
+    w = rng.normal(size=40).astype(dtype)  # signed weights: the two-update route
+    M = kron.weighted_gram(b.a[1], w)
+    np.testing.assert_allclose(M, np.einsum("n,ni,nj->ij", w, b.a[1], b.a[1]),
+                               rtol=1e-4 if dtype == "float32" else 1e-10, atol=1e-5)
+    assert np.array_equal(M, M.T)
+    b.gram()
+    kron.gram_of_rows(b.a[0], 0.5)
+    kron._squared_row_gram(b.a[0])
+
+
+def test_rank_two_gram_route_uses_numpy_blas_only(no_scipy_blas, rng):
+    net = fl.MLP([6, 9, 7, 4], activation="tanh", likelihood="categorical", seed=0)
+    b = fl.factor_batch(net, rng.normal(size=(120, 6)), fisher="mc", rng=1)
+    approx = fl.KPSVD(b, rank=2)
+    assert len(approx.blocks[0].terms) == 2
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid", "linear"])
+@pytest.mark.parametrize("lik", ["categorical", "gaussian", "bernoulli"])
+def test_numpy_forward_pass_matches_the_array_api_pass(act, lik, rng, monkeypatch):
+    """The preallocated NumPy forward/back-propagation (in-place activations, ``[h | 1]``
+    written by the GEMM) against the namespace-generic code path it replaces."""
+    net = fl.MLP([5, 7, 6, 4], activation=act, likelihood=lik, seed=3)
+    X = rng.normal(size=(13, 5))
+    y = (rng.integers(0, 4, size=13) if lik == "categorical"
+         else (rng.random((13, 4)) < 0.5).astype(float))
+    fast = {f: fl.factor_batch(net, X, y, fisher=f, mc_samples=3, rng=2)
+            for f in ("exact", "mc", "empirical")}
+    loss, grads = net.loss_and_gradient(X, y)
+    abar, s_list, h_list = net._forward(X)
+    assert s_list is None
+    for l in range(net.n_layers - 1):  # h_l lives in ā_{l+1}: no concatenation copy
+        assert np.shares_memory(h_list[l], abar[l + 1])
+        assert np.all(abar[l + 1][:, -1] == 1.0)
+    monkeypatch.setattr(mlp, "_numpy_fast", lambda x: False)
+    for f, b in fast.items():
+        ref = fl.factor_batch(net, X, y, fisher=f, mc_samples=3, rng=2)
+        for p, q in zip(b.a + b.g, ref.a + ref.g):
+            np.testing.assert_allclose(p, q, rtol=1e-13, atol=1e-15)
+    loss2, grads2 = net.loss_and_gradient(X, y)
+    assert loss == pytest.approx(loss2, rel=1e-13)
+    for p, q in zip(grads, grads2):
+        np.testing.assert_allclose(p, q, rtol=1e-12, atol=1e-15)
