@@ -110,3 +110,41 @@ def test_numpy_forward_pass_matches_the_array_api_pass(act, lik, rng, monkeypatc
     assert loss == pytest.approx(loss2, rel=1e-13)
     for p, q in zip(grads, grads2):
         np.testing.assert_allclose(p, q, rtol=1e-12, atol=1e-15)
+
+
+def test_scipy_lapack_runs_on_one_thread_beside_numpys_pool():
+    """Where SciPy bundles an OpenBLAS of its own, the LAPACK calls of the inverse refresh
+    run with its pool at one thread, and the setting is restored afterwards."""
+    import scipy.linalg.lapack  # noqa: F401
+    from threadpoolctl import threadpool_info
+
+    from fimlab import _blas
+
+    libs = _blas.blas_libraries()
+    assert libs and all(d["user_api"] == "blas" for d in libs)
+    sc = [d for d in libs if d["owner"] == "scipy"]
+    nump = [d for d in libs if d["owner"] == "numpy"]
+
+    def scipy_threads():
+        return [d["num_threads"] for d in threadpool_info()
+                if sc and d["filepath"] == sc[0]["filepath"]]
+
+    before = scipy_threads()
+    with _blas.scipy_lapack_threads():
+        inside = scipy_threads()
+    assert scipy_threads() == before
+    if sc and nump and sc[0]["filepath"] != nump[0]["filepath"] and before[0] > 1:
+        assert inside == [1]
+    else:
+        assert inside == before
+
+
+def test_bench_warns_about_two_busy_pools():
+    from benchmarks.suite import pool_warning
+
+    a = {"user_api": "blas", "internal_api": "openblas", "num_threads": 2,
+         "filepath": "/x/numpy.libs/libopenblas64_.so"}
+    b = dict(a, filepath="/x/scipy.libs/libopenblas.so")
+    assert "2 BLAS libraries" in pool_warning([a, b])
+    assert pool_warning([a, dict(b, num_threads=1)]) is None
+    assert pool_warning([a]) is None
