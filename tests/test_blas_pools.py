@@ -148,3 +148,21 @@ def test_bench_warns_about_two_busy_pools():
     assert "2 BLAS libraries" in pool_warning([a, b])
     assert pool_warning([a, dict(b, num_threads=1)]) is None
     assert pool_warning([a]) is None
+
+
+def test_bench_pipeline_rows_and_their_ratios(tmp_path):
+    """The end-to-end rows exist, each ratio is the row's time over its yardstick's time
+    of the same run, and the three issue-20 targets are reported."""
+    from benchmarks.suite import run_suite
+
+    rep = run_suite(mode="tiny", sections=["pipeline"], use_peers=False,
+                    out=tmp_path / "p.json", log=lambda s: None)
+    rows = {r["step"]: r for r in rep["rows"] if r["section"] == "end to end"}
+    assert set(rows) == {"GEMMs alone", "BLAS work alone", "factor batch", "KFAC from data",
+                         "KFAC from data + solve", "training work alone",
+                         "KFAC training iteration"}
+    for step, ref in (("factor batch", "GEMMs alone"), ("KFAC from data", "BLAS work alone"),
+                      ("KFAC training iteration", "training work alone")):
+        assert rows[step]["ratio"] == pytest.approx(rows[step]["time_s"] / rows[ref]["time_s"])
+    keys = {t["target"] for t in rep["targets"]}
+    assert {"fb_vs_gemm", "kfac_vs_blas", "train_vs_blas"} <= keys

@@ -240,7 +240,8 @@ class Bernoulli(Likelihood):
         ph = to_numpy(p).astype(np.float64)
         u = rng.random((ph.shape[0], n_samples, ph.shape[1]))
         ys = xp.astype(_to_device((u < ph[:, None, :]).astype(np.float64), z), z.dtype)
-        return (p[:, None, :] - ys) / float(np.sqrt(n_samples))
+        v = p[:, None, :] - ys
+        return v / float(np.sqrt(n_samples)) if n_samples > 1 else v
 
 
 def _dev(z):
