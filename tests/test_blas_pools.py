@@ -166,3 +166,20 @@ def test_bench_pipeline_rows_and_their_ratios(tmp_path):
         assert rows[step]["ratio"] == pytest.approx(rows[step]["time_s"] / rows[ref]["time_s"])
     keys = {t["target"] for t in rep["targets"]}
     assert {"fb_vs_gemm", "kfac_vs_blas", "train_vs_blas"} <= keys
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("S", [1, 3])
+def test_bernoulli_mc_vectors_equal_the_generic_definition(dtype, S, rng):
+    """The in-place NumPy Monte-Carlo vectors of the Bernoulli likelihood: bit for bit the
+    base class's ``dloss`` at targets drawn by ``sample`` with the same generator."""
+    from fimlab.models import likelihoods as lk
+
+    B = lk.Bernoulli()
+    z = (rng.normal(size=(60, 9)) * 30).astype(dtype)
+    z[0, :3] = [0.0, -0.0, 800.0]
+    fast = B.mc_vectors(z, np.random.default_rng(5), S)
+    ref = lk.Likelihood.mc_vectors(B, z, np.random.default_rng(5), S)
+    assert fast.dtype == ref.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(fast, ref)
+    np.testing.assert_array_equal(lk._sigmoid_numpy(z), lk._sigmoid(z, np))
