@@ -74,7 +74,9 @@ def test_hot_paths_use_numpy_blas_only(no_scipy_blas, fisher, dtype, rng):
     assert np.array_equal(M, M.T)
     b.gram()
     kron.gram_of_rows(b.a[0], 0.5)
-    kron._squared_row_gram(b.a[0])
+    from fimlab.kron.gram import _squared_row_gram
+
+    _squared_row_gram(b.a[0])
 
 
 def test_rank_two_gram_route_uses_numpy_blas_only(no_scipy_blas, rng):
