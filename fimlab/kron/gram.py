@@ -65,7 +65,8 @@ def gram_of_rows(Y, alpha: float = 1.0):
     ``Y.T @ Y``, which NumPy runs as its BLAS ``syrk`` (one triangle, mirrored by NumPy),
     with ``α`` applied in place: the same thread pool as the GEMMs that produced ``Y`` —
     SciPy's ``syrk`` (a second OpenBLAS with its own threads) measured 34 vs 16 ms for a
-    512 × 1001 ``Y`` right after a NumPy GEMM on this project's machine (issue 20).
+    512 × 1001 ``Y`` right after a NumPy GEMM on this project's machine
+    (see the performance page).
 
     Examples
     --------

@@ -74,7 +74,7 @@ def _act_inplace(name, s) -> None:
 
 
 def _forward_numpy(net, X):
-    """The forward pass for NumPy arrays at GEMM speed (issue 20): each layer's
+    """The forward pass for NumPy arrays at GEMM speed: each layer's
     bias-augmented input ``ā_l = [h_{l−1} | 1]`` is allocated once with its ones column,
     the GEMM of the layer before writes ``s`` straight into its first columns (a strided
     view, which BLAS takes as it is: no concatenation copy), and the activation runs in
