@@ -21,6 +21,7 @@ import numpy as np
 import fimlab as fl
 
 from .harness import Budget, measure, peak_memory
+from .pipeline import section_pipeline
 
 __all__ = ["Context", "NETS", "MODES", "row"]
 
@@ -45,18 +46,21 @@ MODES = {
                  per_sample=["tiny"], dense=["tiny"], matvec=["tiny", "tiny-ae"],
                  woodbury=["tiny", "tiny-ae"], blocks="tiny-ae", train="tiny-ae",
                  kernel_sizes="tiny", gemm_n=256, bw_mb=8, budget=Budget(1, 2, 0.0),
-                 slow_budget=Budget(1, 1, 0.0), memory=True, peer_dense_max_p=500),
+                 slow_budget=Budget(1, 1, 0.0), memory=True, peer_dense_max_p=500,
+                 pipeline=["tiny-ae"]),
     "quick": dict(dtypes=["float64"], fb=["small", "mlp", "ae"], kfac=["small", "mlp", "ae"],
                   per_sample=["mlp"], dense=["dense-s"], matvec=["mlp", "ae"],
                   woodbury=["ae", "mlp"], blocks="ae", train="mlp",
                   kernel_sizes="quick", gemm_n=2048, bw_mb=256, budget=Budget(3, 10, 0.5),
-                  slow_budget=Budget(2, 3, 0.0), memory=False, peer_dense_max_p=5000),
+                  slow_budget=Budget(2, 3, 0.0), memory=False, peer_dense_max_p=5000,
+                  pipeline=["mlp", "ae"]),
     "full": dict(dtypes=["float64", "float32"], fb=["small", "mlp", "ae"],
                  kfac=["small", "mlp", "ae"], per_sample=["mlp"], dense=["dense-s", "dense"],
                  matvec=["small", "mlp", "ae"], woodbury=["ae", "mlp"], blocks="ae",
                  train="ae", kernel_sizes="full", gemm_n=4096, bw_mb=512,
                  budget=Budget(5, 30, 1.0),
-                 slow_budget=Budget(3, 5, 0.0), memory=True, peer_dense_max_p=5000),
+                 slow_budget=Budget(3, 5, 0.0), memory=True, peer_dense_max_p=5000,
+                 pipeline=["mlp", "ae"]),
 }
 
 #: Materialising rows stay where they fit (the issue's limits).
@@ -716,6 +720,7 @@ SECTIONS = {
     "blocks": section_blocks,
     "e1_total": section_e1_total,
     "train": section_train,
+    "pipeline": section_pipeline,  # end-to-end rows (issue 20)
 }
 
 

@@ -151,7 +151,8 @@ def machine() -> dict:
         "threadpools": [
             {**{k: d.get(k) for k in ("user_api", "internal_api", "prefix", "version",
                                       "architecture", "num_threads", "threading_layer")},
-             "library": os.path.basename(d.get("filepath") or "")}
+             "library": os.path.basename(d.get("filepath") or ""),
+             "filepath": d.get("filepath")}
             for d in threadpool_info()
         ],
         "env": {k: os.environ.get(k) for k in (

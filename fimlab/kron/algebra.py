@@ -123,21 +123,26 @@ def _inv_spd_lapack(S):
         return None
     from scipy.linalg import lapack
 
+    from .._blas import scipy_lapack_threads
+
     potrf, pocon, potri = lapack.get_lapack_funcs(("potrf", "pocon", "potri"), (S,))
     n = S.shape[0]
     anorm = float(np.max(np.sum(np.abs(S), axis=0)))  # ‖S‖₁ ≥ λ_max
-    c, info = potrf(S.T, lower=0, clean=0)  # S.T is F-ordered; potrf factors a copy
-    if info == 0:
-        rcond, info = pocon(c, anorm, uplo="U")
+    with scipy_lapack_threads():  # one thread pool at a time (fimlab._blas)
+        c, info = potrf(S.T, lower=0, clean=0)  # S.T is F-ordered; potrf factors a copy
+        rcond = 0.0
+        if info == 0:
+            rcond, info = pocon(c, anorm, uplo="U")
         # rcond = 1/(‖S‖₁‖S⁻¹‖₁) ≤ λ_min/λ_max: the check of _check_spd, on the safe side
-        if info == 0 and rcond > n * _eps(S):
+        ok = info == 0 and rcond > n * _eps(S)
+        if ok:
             inv, info = potri(c, lower=0, overwrite_c=1)
-            if info == 0:
-                from .. import _kernels
+    if ok and info == 0:
+        from .. import _kernels
 
-                Mi = inv.T  # C order; its lower triangle holds S⁻¹
-                _kernels.symmetrize_lower(Mi)
-                return Mi
+        Mi = inv.T  # C order; its lower triangle holds S⁻¹
+        _kernels.symmetrize_lower(Mi)
+        return Mi
     return None  # not positive definite, or ill-conditioned: eigh decides, exactly
 
 
@@ -287,8 +292,11 @@ def _simultaneous_diagonalisation(B, A, xp):
     if _lapack_ready(B):
         import scipy.linalg
 
+        from .._blas import scipy_lapack_threads
+
         try:
-            return scipy.linalg.eigh(A, B, check_finite=False, driver="gvd")
+            with scipy_lapack_threads():  # one thread pool at a time (fimlab._blas)
+                return scipy.linalg.eigh(A, B, check_finite=False, driver="gvd")
         except np.linalg.LinAlgError:
             pass
     Bh = _inv_sqrt_spd(B, xp)

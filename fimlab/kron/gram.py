@@ -31,9 +31,9 @@ def weighted_gram(X, w):
     """``Xᵀ diag(w) X`` for rows ``X`` of shape ``(m, d)``, or ``Σ_n w_n X_nᵀ X_n`` for
     ``X`` of shape ``(m, K, d)`` (``K`` rows per sample), with signed weights.
 
-    Computed as two symmetric rank-k updates (``YᵀY``, which BLAS runs as SYRK) on the
-    rows of positive and of negative weight, so a signed combination costs no more than
-    one unweighted Gram matrix, and the result is exactly symmetric.
+    Computed as symmetric rank-k products (``YᵀY``, which NumPy's BLAS runs as SYRK) on
+    the rows of positive and of negative weight, so a one-signed combination costs no more
+    than one unweighted Gram matrix, and the result is exactly symmetric.
     """
     xp = array_namespace(X, w)
     d = X.shape[-1]
@@ -50,29 +50,23 @@ def weighted_gram(X, w):
     Y *= xp.reshape(xp.sqrt(xp.abs(xp.take(w, order))), shape)
     Y = xp.reshape(Y, (X.shape[0], -1, d))
     Yp, Yn = xp.reshape(Y[:k, ...], (-1, d)), xp.reshape(Y[k:, ...], (-1, d))
-    syrk = _blas_syrk(Y)
-    if syrk is not None:
-        # NumPy: both updates accumulate into one triangle (BLAS syrk, beta = 1), then one
-        # pass mirrors it — measured 1.5x faster at d = 1000 than two full products and a
-        # subtraction, and as fast as one unweighted Gram matrix
-        from .. import _kernels
-
-        C = syrk(1.0, xp.matrix_transpose(Yp), trans=0, lower=0)  # upper, F order
-        C = syrk(-1.0, xp.matrix_transpose(Yn), beta=1.0, c=C, trans=0, lower=0,
-                 overwrite_c=1)
-        M = xp.matrix_transpose(C)  # C order; the lower triangle holds the result
-        _kernels.symmetrize_lower(M)
+    # NumPy's ``YᵀY`` is its BLAS SYRK (one thread pool with the GEMMs around it: SciPy's
+    # syrk, a second OpenBLAS, measured 2x slower right after a NumPy GEMM; issue 20)
+    M = xp.matrix_transpose(Yp) @ Yp
+    if isinstance(M, np.ndarray):
+        M -= Yn.T @ Yn
         return M
-    return xp.matrix_transpose(Yp) @ Yp - xp.matrix_transpose(Yn) @ Yn
+    return M - xp.matrix_transpose(Yn) @ Yn
 
 
 def gram_of_rows(Y, alpha: float = 1.0):
     """``α YᵀY`` for ``Y`` of shape ``(n, d)``, exactly symmetric.
 
-    NumPy float arrays: SciPy's BLAS ``syrk`` on the F-ordered ``Yᵀ`` (no copy, one
-    triangle, ``α`` folded in) and one pass mirroring the triangle — measured 1.3–2x
-    faster than ``Y.T @ Y`` at ``n = 512``, ``d`` = 250–1000 on this project's machine
-    (``benchmarks``); other namespaces: ``Y.T @ Y``.
+    ``Y.T @ Y``, which NumPy runs as its BLAS ``syrk`` (one triangle, mirrored by NumPy),
+    with ``α`` applied in place: the same thread pool as the GEMMs that produced ``Y`` —
+    SciPy's ``syrk`` (a second OpenBLAS with its own threads) measured 34 vs 16 ms for a
+    512 × 1001 ``Y`` right after a NumPy GEMM on this project's machine
+    (see the performance page).
 
     Examples
     --------
@@ -81,48 +75,26 @@ def gram_of_rows(Y, alpha: float = 1.0):
     >>> gram_of_rows(Y, 0.5).tolist()
     [[10.0, 13.0], [13.0, 17.5]]
     """
-    syrk = _blas_syrk(Y)
-    if syrk is None:
-        xp = array_namespace(Y)
-        P = xp.matrix_transpose(Y) @ Y
-        return P if alpha == 1.0 else alpha * P
-    from .. import _kernels
-
-    M = syrk(float(alpha), Y.T, trans=0, lower=0).T  # C order; lower triangle = α YᵀY
-    _kernels.symmetrize_lower(M)
-    return M
-
-
+    xp = array_namespace(Y)
+    P = xp.matrix_transpose(Y) @ Y
+    if alpha == 1.0:
+        return P
+    if isinstance(P, np.ndarray):
+        P *= alpha
+        return P
+    return alpha * P
 
 
 def _squared_row_gram(X):
     """``(X Xᵀ)∘(X Xᵀ)`` for rows ``X`` of shape ``(m, d)``: one symmetric rank-k update
-    (SciPy's BLAS ``syrk`` on the F-ordered ``Xᵀ`` for NumPy — no copy, one triangle,
-    measured 1.1–1.5x faster than ``X @ X.T`` at m = 512), the square taken in place
-    (a fresh ``m × m`` temporary costs page faults comparable to the product), one
-    pass mirroring the triangle."""
+    (``X @ X.T``, NumPy's BLAS ``syrk``), the square taken in place for NumPy (a fresh
+    ``m × m`` temporary costs page faults comparable to the product)."""
     xp = array_namespace(X)
-    syrk = _blas_syrk(X)
-    if syrk is not None:
-        from .. import _kernels
-
-        C = syrk(1.0, xp.matrix_transpose(X), trans=1, lower=0)  # X Xᵀ, upper, F order
-        M = xp.matrix_transpose(C)  # C order, lower triangle
-        M *= M
-        _kernels.symmetrize_lower(M)
-        return M
     G = X @ xp.matrix_transpose(X)
+    if isinstance(G, np.ndarray):
+        G *= G
+        return G
     return G * G
-
-
-def _blas_syrk(Y):
-    """SciPy's BLAS ``?syrk`` for a C-contiguous float32/float64 NumPy array, else
-    ``None``."""
-    if not isinstance(Y, np.ndarray) or not Y.flags.c_contiguous:
-        return None
-    from scipy.linalg import blas
-
-    return {np.dtype(np.float64): blas.dsyrk, np.dtype(np.float32): blas.ssyrk}.get(Y.dtype)
 
 
 class _GramSide:
@@ -338,16 +310,10 @@ class RearrangedGram:
             A_side, B_side = (self.V, self.U) if tr else (self.U, self.V)
             L = B_side.factor()
             Z0 = L / self.m
-            if (B_side.kind == "cholesky" and A_side.M is not None
-                    and is_numpy_namespace(xp) and L.dtype == xp.float64):
-                # triangular L: half the flops of the two GEMMs (BLAS TRMM)
-                from scipy.linalg.blas import dtrmm
-
-                T0 = dtrmm(1.0 / self.m, L, A_side.M, side=1, lower=1)
-                B0 = dtrmm(1.0 / self.m, L, T0, side=0, lower=1, trans_a=1)
-            else:
-                T0 = A_side.apply(Z0)
-                B0 = xp.matrix_transpose(Z0) @ T0
+            # two GEMMs in NumPy's BLAS: SciPy's TRMM (half the flops, but a second
+            # OpenBLAS thread pool) measured 48 vs 24 ms at m = 512 after a NumPy GEMM
+            T0 = A_side.apply(Z0)
+            B0 = xp.matrix_transpose(Z0) @ T0
             # B0 is symmetric up to round-off; the eigensolvers read one triangle
             self._base_cache = (tr, A_side, Z0, T0, B0)
         return self._base_cache

@@ -40,6 +40,19 @@ def _sigmoid(z, xp):
     return xp.where(z >= 0, r, e * r)
 
 
+def _sigmoid_numpy(z):
+    """:func:`_sigmoid` for a NumPy array with the same operations, in place: the same
+    numbers, three temporaries fewer."""
+    e = np.abs(z)
+    np.negative(e, out=e)
+    np.exp(e, out=e)  # e = exp(-|z|)
+    r = np.add(e, 1.0)
+    np.divide(1.0, r, out=r)  # r = 1 / (1 + e)
+    np.multiply(e, r, out=e)  # e·r
+    np.copyto(e, r, where=z >= 0)
+    return e
+
+
 def _softplus(z, xp):
     return xp.maximum(z, xp.zeros_like(z)) + xp.log1p(xp.exp(-xp.abs(z)))
 
@@ -231,6 +244,25 @@ class Bernoulli(Likelihood):
         p = to_numpy(self.mean(z)).astype(np.float64)
         u = rng.random((p.shape[0], n_samples, p.shape[1]))
         return xp.astype(_to_device((u < p[:, None, :]).astype(np.float64), z), z.dtype)
+
+    def mc_vectors(self, z, rng, n_samples=1):
+        """As :meth:`Likelihood.mc_vectors` (the same draws, the same numbers), with the
+        probabilities computed once for the draws and the vectors ``p − ŷ``."""
+        xp = array_namespace(z)
+        if type(z) is np.ndarray and z.dtype in (np.float32, np.float64):
+            # NumPy: the same arithmetic in place (a handful of passes over N × C, not 20)
+            p = _sigmoid_numpy(z)
+            ph = p if p.dtype == np.float64 else p.astype(np.float64)
+            u = rng.random((ph.shape[0], n_samples, ph.shape[1]))
+            np.less(u, ph[:, None, :], out=u)  # the draws ŷ, as 0.0/1.0
+            v = np.subtract(p[:, None, :], u, dtype=p.dtype)
+        else:
+            p = self.mean(z)
+            ph = to_numpy(p).astype(np.float64)
+            u = rng.random((ph.shape[0], n_samples, ph.shape[1]))
+            ys = xp.astype(_to_device((u < ph[:, None, :]).astype(np.float64), z), z.dtype)
+            v = p[:, None, :] - ys
+        return v / float(np.sqrt(n_samples)) if n_samples > 1 else v
 
 
 def _dev(z):

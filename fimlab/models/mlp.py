@@ -49,13 +49,83 @@ def _act(name, s, xp):
 
 def _dact(name, s, h, xp):
     """Derivative of the activation at ``s`` (``h = φ(s)`` already computed)."""
-    if name == "relu":
-        return xp.astype(s > 0, s.dtype)
+    if name == "relu":  # h = max(s, 0) > 0 exactly where s > 0
+        return xp.astype((h if s is None else s) > 0, h.dtype)
     if name == "tanh":
         return 1.0 - h * h
     if name == "sigmoid":
         return h * (1.0 - h)
     return xp.ones_like(s)
+
+
+def _numpy_fast(x) -> bool:
+    """A NumPy float32/float64 array: the forward and backward passes below apply."""
+    return type(x) is np.ndarray and x.dtype in (np.float32, np.float64)
+
+
+def _act_inplace(name, s) -> None:
+    """``s ← φ(s)`` in place (NumPy)."""
+    if name == "relu":
+        np.maximum(s, 0.0, out=s)
+    elif name == "tanh":
+        np.tanh(s, out=s)
+    elif name == "sigmoid":
+        np.copyto(s, _act(name, s, np))
+
+
+def _forward_numpy(net, X):
+    """The forward pass for NumPy arrays at GEMM speed: each layer's
+    bias-augmented input ``ā_l = [h_{l−1} | 1]`` is allocated once with its ones column,
+    the GEMM of the layer before writes ``s`` straight into its first columns (a strided
+    view, which BLAS takes as it is: no concatenation copy), and the activation runs in
+    place there; no pre-activations are kept (``s_list`` is ``None``: the derivatives
+    are computed from the outputs). ``h_list[l]`` is a view of ``abar[l + 1]``."""
+    N, L = X.shape[0], net.n_layers
+    dt = X.dtype
+    ab = np.empty((N, X.shape[1] + 1), dtype=dt)
+    ab[:, :-1] = X
+    ab[:, -1] = 1.0
+    abar, h_list = [], []
+    for l, (W, act) in enumerate(zip(net._params, net.activations)):
+        abar.append(ab)
+        if l == L - 1:
+            h_list.append(ab @ W.T)
+            break
+        nxt = np.empty((N, W.shape[0] + 1), dtype=dt)
+        nxt[:, -1] = 1.0
+        h = nxt[:, :-1]
+        np.matmul(ab, W.T, out=h)
+        _act_inplace(act, h)
+        h_list.append(h)
+        ab = nxt
+    return abar, None, h_list
+
+
+def _backprop_numpy(net, h_list, vectors):
+    """Back-propagation for NumPy arrays: one GEMM per layer on the ``N·K`` rows into a
+    fresh array, the activation's derivative (from the layer's output) applied in place
+    (relu: zero where the output is zero; tanh: ``1 − h²``; sigmoid: ``h(1 − h)``)."""
+    g = vectors
+    N, K = g.shape[0], g.shape[1]
+    gs = [None] * net.n_layers
+    gs[-1] = g
+    for l in range(net.n_layers - 1, 0, -1):
+        W = net._params[l][:, :-1]
+        gn = np.empty((N, K, W.shape[1]), dtype=g.dtype)
+        np.matmul(g.reshape(N * K, g.shape[2]), W, out=gn.reshape(N * K, W.shape[1]))
+        h, name = h_list[l - 1], net.activations[l - 1]
+        if name == "relu":
+            np.multiply(gn, (h > 0)[:, None, :], out=gn)
+        elif name == "tanh":
+            d = np.multiply(h, h)
+            np.subtract(1.0, d, out=d)
+            np.multiply(gn, d[:, None, :], out=gn)
+        elif name == "sigmoid":
+            d = np.subtract(1.0, h)
+            np.multiply(d, h, out=d)
+            np.multiply(gn, d[:, None, :], out=gn)
+        gs[l - 1] = g = gn
+    return gs
 
 
 class MLP:
@@ -211,6 +281,8 @@ class MLP:
     def _forward(self, X):
         xp = self.xp
         X = self._check_X(X)
+        if _numpy_fast(X):
+            return _forward_numpy(self, X)
         abar, s_list, h_list = [], [], []
         h = X
         ones = xp.ones((X.shape[0], 1), dtype=X.dtype, device=device_of(X))
@@ -233,14 +305,19 @@ class MLP:
 
     def backprop(self, s_list, h_list, vectors):
         """Back-propagate output-space vectors ``(N, K, d_L)`` to every layer's
-        pre-activation: returns ``[g_0, …, g_{L−1}]``, ``g_l`` of shape ``(N, K, d_out_l)``."""
+        pre-activation: returns ``[g_0, …, g_{L−1}]``, ``g_l`` of shape ``(N, K, d_out_l)``.
+        ``s_list`` may be ``None`` (the NumPy forward pass keeps no pre-activations: every
+        activation's derivative is a function of its output)."""
         xp = self.xp
         g = vectors
+        if _numpy_fast(g) and all(_numpy_fast(h) for h in h_list[:-1]):
+            return _backprop_numpy(self, h_list, g)
         gs = [None] * self.n_layers
         gs[-1] = g
         for l in range(self.n_layers - 1, 0, -1):
             W = self._params[l][:, :-1]
-            d = _dact(self.activations[l - 1], s_list[l - 1], h_list[l - 1], xp)
+            s = None if s_list is None else s_list[l - 1]
+            d = _dact(self.activations[l - 1], s, h_list[l - 1], xp)
             N, K = g.shape[0], g.shape[1]
             # one GEMM on the N·K rows (a stacked (N, K, d) @ W runs N small products)
             g = xp.reshape(xp.reshape(g, (N * K, g.shape[2])) @ W, (N, K, W.shape[1]))
