@@ -436,6 +436,7 @@ def pcg(op: Callable, B, precond: Callable | None, *, tol: float = 1e-10,
     while res > tol and it < maxiter:
         Q = op(Pd)
         pq = xp.sum(Pd * Q, axis=0)
+        _pcg_check_curvature(pq, Pd, Q, it, xp)  # SingularMatrixError if indefinite
         alpha = xp.where(pq != 0, rz / xp.where(pq != 0, pq, xp.ones_like(pq)), xp.zeros_like(pq))
         X = X + alpha * Pd
         R = R - alpha * Q
@@ -446,7 +447,12 @@ def pcg(op: Callable, B, precond: Callable | None, *, tol: float = 1e-10,
         rz = rz_new
         it += 1
         res = float(xp.max(xp.sqrt(xp.sum(R * R, axis=0)) / bnorm))
-    if res > tol:
+    if not math.isfinite(res):  # a NaN residual is not convergence
+        warnings.warn(
+            f"preconditioned CG produced a non-finite residual ({res}) after {it} "
+            "iteration(s): the system is not positive definite or overflowed; the result "
+            "is not a solution (raise the damping)", ConvergenceWarning, stacklevel=3)
+    elif res > tol:
         warnings.warn(
             f"preconditioned CG stopped at its cap of {maxiter} iterations with relative "
             f"residual {res:.2e} > tol {tol:.1e}; the result is approximate",
@@ -455,6 +461,17 @@ def pcg(op: Callable, B, precond: Callable | None, *, tol: float = 1e-10,
         )
     info = {"iterations": it, "residual": res}
     return (X[:, 0] if vec_in else X), info
+
+
+def _pcg_check_curvature(pq, Pd, Q, it, xp):
+    """Negative curvature ``pᵀ A p < 0`` (beyond round-off, ``1e-8 ‖p‖ ‖Ap‖``) proves
+    ``A`` is not positive definite: refused like the one-term exact path does."""
+    scale = xp.sqrt(xp.sum(Pd * Pd, axis=0) * xp.sum(Q * Q, axis=0))
+    if bool(xp.any(pq < -1e-8 * scale)):
+        raise SingularMatrixError(
+            f"conjugate gradients met negative curvature (pᵀAp < 0) at iteration {it}: the "
+            "damped system is not positive definite (an eigenvalue of the Kronecker sum is "
+            "below −λ); raise the damping, or use rule='factor'")
 
 
 def kron_sum_solve(terms, X, damping, rule: str = "factor", **kwargs):

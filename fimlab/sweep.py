@@ -466,11 +466,15 @@ def spec_from_dict(
         raise SweepConfigError(
             f"{source}: [sweep] runner must be 'module:function', got {runner!r}"
         )
+    from ._validation import check_name_component, check_seed
+
     spec = SweepSpec(
-        name=str(meta.get("name", Path(source).stem if source != "<dict>" else "sweep")),
+        name=check_name_component(
+            str(meta.get("name", Path(source).stem if source != "<dict>" else "sweep")),
+            f"{source}: [sweep] name"),
         base=base, grids=grids, search=search,
         samples=int(samples) if search == "random" else 0,
-        seed=int(meta.get("seed", 0)), runner=runner, fast=bool(fast),
+        seed=check_seed(meta.get("seed", 0), f"{source}: [sweep] seed"), runner=runner, fast=bool(fast),
         results=meta.get("results"), source=source, overrides=dict(overrides or {}),
     )
     if valid_keys is None and runner == DEFAULT_RUNNER:
@@ -922,9 +926,15 @@ def connect(address: str, timeout: float = 5.0):
     """
     from distributed import Client
 
+    from ._validation import check_real
+
+    check_real(timeout, "--connect-timeout (connect_timeout)", lo=0, lo_open=True)
+    if not isinstance(address, str) or not address.strip():
+        raise SchedulerUnreachableError(f"--scheduler must be an address such as "
+                                        f"tcp://HOST:8786, got {address!r}")
     try:
         return Client(address, timeout=f"{timeout}s", set_as_default=False)
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
         raise SchedulerUnreachableError(
             f"no Dask scheduler answered at {address!r} within {timeout:g} s ({exc}). "
             "Check the address (tcp://HOST:PORT, as printed by `dask scheduler`) and that "
@@ -938,10 +948,13 @@ def _local_cluster(n_workers: int, threads_per_run: int = 1):
     libraries start with ``threads_per_run`` threads (environment set at spawn)."""
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(
-        n_workers=n_workers, threads_per_worker=1, processes=True,
-        dashboard_address=":0", silence_logs=40, env=_thread_env(threads_per_run),
-    )
+    from ._cli_errors import sigint_ignored
+
+    with sigint_ignored():  # Ctrl-C reaches this process only; it stops the workers
+        cluster = LocalCluster(
+            n_workers=n_workers, threads_per_worker=1, processes=True,
+            dashboard_address=":0", silence_logs=40, env=_thread_env(threads_per_run),
+        )
     return cluster, Client(cluster, set_as_default=False)
 
 
@@ -1023,6 +1036,9 @@ def run_sweep(
     threads = int(threads_per_run)
     if threads < 1:
         raise SweepConfigError(f"threads_per_run must be >= 1, got {threads_per_run!r}")
+    from ._validation import check_real
+
+    check_real(connect_timeout, "--connect-timeout (connect_timeout)", lo=0, lo_open=True)
     keep = str(keep_runs) if keep_runs is not None else None
     columns = spec.columns()
     opt_cols = spec.option_columns()
@@ -1091,6 +1107,9 @@ def run_sweep(
                     client.cancel(list(futures))
     except KeyboardInterrupt:
         summary.interrupted = True
+        from ._cli_errors import quiet_dask_logs
+
+        quiet_dask_logs()
     finally:
         bar.close()
         if own_client is not None:
@@ -1409,8 +1428,9 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress, dry_run=args.dry_run,
         )
     except FimlabError as exc:
-        print(f"fimlab sweep: error: {exc}", file=sys.stderr)
-        return 2
+        from ._cli_errors import report_error
+
+        return report_error("sweep", exc)  # the one error path of the commands
     if args.dry_run:
         print(f"{summary.total} points, {summary.skipped} already in {summary.path}, "
               f"{summary.total - summary.skipped} to run")

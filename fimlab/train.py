@@ -277,7 +277,9 @@ def resolve_config(config: dict) -> dict:
         c["damping"] = check_damping(c["damping"])
     if c["architecture"] is None:
         c["architecture"] = list(bench["architecture"])
-    c["architecture"] = [int(s) for s in c["architecture"]]
+    from ._validation import check_int as _check_int
+
+    c["architecture"] = [_check_int(s, "architecture entry", lo=1) for s in c["architecture"]]
     if c["likelihood"] is None:
         c["likelihood"] = bench["likelihood"]
     if c["epochs"] is None and c["iterations"] is None:
@@ -285,9 +287,13 @@ def resolve_config(config: dict) -> dict:
     for key in ("epochs", "iterations", "batch_size", "stat_period", "inverse_period"):
         if c[key] is not None:
             v = c[key]
-            if isinstance(v, bool) or int(v) != v or int(v) < (0 if key in ("epochs", "iterations") else 1):
-                raise OptionError(f"{key} must be a positive integer, got {v!r}")
-            c[key] = int(v)
+            from ._validation import check_int
+
+            c[key] = check_int(v, key, lo=1, hint="a run needs at least one")
+    from ._validation import check_float_dtype, check_seed
+
+    c["seed"] = check_seed(c["seed"])
+    c["dtype"] = check_float_dtype(c["dtype"])
     if c["max_seconds"] is not None:
         c["max_seconds"] = check_positive(c["max_seconds"], "max_seconds")
     check_choice(c["on_divergence"], ("return", "raise"), "on_divergence")
@@ -370,9 +376,9 @@ def _unpack(obj, arrays):
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    from ._atomic import atomic_write
+
+    atomic_write(path, write)  # temp file + fsync + os.replace
 
 
 _ITER_FIELDS = ("iteration", "epoch", "train_loss", "wall_time")
@@ -495,7 +501,11 @@ def run_training(config: dict, out_dir: str | os.PathLike | None = None,
     wall = 0.0
     it0 = 0
     perm = None
-    if c["resume"] and out is not None and (out / "checkpoint.json").is_file():
+    if out is not None and not c["resume"]:
+        from ._atomic import refuse_finished_results
+
+        refuse_finished_results(out, "training run", "resume=True (--resume)")
+    if c["resume"] and out is not None and (out / "checkpoint.npz").is_file():
         state = _load_checkpoint(out, c)
         net.set_flat(net.flatten([asarray_on(W, ref) for W in state["params"]]))
         opt.load_state_dict(state["optimizer"])
@@ -637,18 +647,16 @@ def _save_checkpoint(out: Path, c, net, opt, data_rng, history, epoch_history, w
                     for f in _ITER_FIELDS},
     }
     tree = _pack(state, arrays)
-    _atomic_write(out / "checkpoint.npz", lambda tmp: np.savez(open(tmp, "wb"), **arrays))
-    _write_json(out / "checkpoint.json", tree)
+    from ._atomic import save_checkpoint
+
+    save_checkpoint(out / "checkpoint.npz", tree, arrays)  # ONE atomic file
+    (out / "checkpoint.json").unlink(missing_ok=True)  # the two-file format of before
 
 
 def _load_checkpoint(out: Path, c: dict) -> dict:
-    try:
-        tree = json.loads((out / "checkpoint.json").read_text())
-        with np.load(out / "checkpoint.npz", allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read the checkpoint in {str(out)!r}: {exc}; delete it or "
-                        "drop resume") from exc
+    from ._atomic import load_checkpoint
+
+    tree, arrays = load_checkpoint(out / "checkpoint.npz")  # DataError if torn/truncated
     state = _unpack(tree, arrays)
     old = state["config"]
     diff = sorted(k for k in set(old) | set(c) if k not in _RESUMABLE
@@ -692,6 +700,11 @@ def load_experiment(path: str | os.PathLike, mode: str = "fast") -> dict:
             doc = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise DataError(f"experiment file {str(p)!r} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(doc) - {"title", "common", "fast", "full", "method"})
+    if unknown:
+        raise UnknownNameError(
+            f"experiment file {str(p)!r}: unknown top-level key(s)/table(s) {unknown}; an "
+            "experiment has title, [common], [fast], [full] and [[method]] entries")
     common = {**doc.get("common", {}), **doc.get(mode, {})}
     seeds = common.pop("seeds", [0])
     methods = []
@@ -736,8 +749,16 @@ def run_comparison(common: dict, methods: list[dict], seeds, out_dir, *, resume=
             continue
         cfg = {**common, **e}
         resolve_config({**cfg, "seed": 0})  # fail early on bad options
+        from ._validation import check_seed
+
         for s in seeds:
-            runs.append({**cfg, "seed": int(s)})
+            runs.append({**cfg, "seed": check_seed(s, "seed")})
+    if not resume:  # refuse before running anything, not after the first runs
+        from ._atomic import refuse_finished_results
+
+        for cfg in runs:
+            rdir = out / _slug(resolve_config(cfg)["label"]) / f"seed{cfg['seed']}"
+            refuse_finished_results(rdir, "training run", "--resume (resume=True)")
     try:
         for cfg in runs:
             cfg = {**cfg, "resume": resume}
@@ -920,6 +941,10 @@ def run(args: argparse.Namespace) -> int:
     import contextlib
 
     limit = contextlib.nullcontext()
+    if args.threads is not None:
+        from ._validation import check_int
+
+        check_int(args.threads, "--threads", lo=1)
     if args.threads:
         from threadpoolctl import threadpool_limits
 
