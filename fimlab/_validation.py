@@ -169,7 +169,7 @@ def check_float_dtype(dtype, name: str = "dtype") -> str:
     import numpy as np
 
     try:
-        dt = np.dtype(dtype) if not hasattr(dtype, "__array_namespace__") else None
+        dt = np.dtype(dtype)
     except TypeError:
         dt = None
     s = str(dt) if dt is not None else str(dtype).rsplit(".", 1)[-1]

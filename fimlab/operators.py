@@ -378,6 +378,9 @@ class KroneckerOperator(CurvatureOperator):
                         f"Kronecker term {r}: factor {name} has size {M.shape[0]}, but term 0 "
                         f"has {d}; all terms of a block act on the same space"
                     )
+        for r, (A, G) in enumerate(terms):
+            check_finite(A, f"Kronecker term {r}: factor A")
+            check_finite(G, f"Kronecker term {r}: factor G")
         self.terms = terms
         self.xp = xp
         self.d_a, self.d_g = int(A0.shape[0]), int(G0.shape[0])
