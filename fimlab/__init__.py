@@ -20,8 +20,6 @@ from ._budget import check_memory, get_memory_budget, memory_budget, set_memory_
 from ._errors import (
     BackendError,
     BadIndexError,
-    InputTypeError,
-    OutputExistsError,
     ConvergenceError,
     ConvergenceWarning,
     DampingError,
@@ -29,7 +27,9 @@ from ._errors import (
     DenseMemoryError,
     DivergenceError,
     FimlabError,
+    InputTypeError,
     NonFiniteError,
+    OutputExistsError,
     ShapeError,
     SingularMatrixError,
     UnknownNameError,

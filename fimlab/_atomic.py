@@ -67,7 +67,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     _fsync_dir(path.parent)
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict, arrays: dict) -> None:
+def save_checkpoint(path: str | os.PathLike, state: dict, arrays: dict) -> None:  # xp: host I/O
     """One atomic ``.npz``: ``arrays`` plus ``state`` (JSON-able, referring to them)."""
     payload = json.dumps({"format": CHECKPOINT_FORMAT, "state": state}, default=str)
     blob = np.frombuffer(payload.encode(), dtype=np.uint8)
@@ -79,7 +79,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict, arrays: dict) -> None:
     atomic_write(path, write)
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:  # xp: host I/O
     """``(state, arrays)`` of a checkpoint written by :func:`save_checkpoint`.
 
     Raises

@@ -214,7 +214,7 @@ def as_array(x, name: str, *, like=None, ndim=None):
     if hasattr(x, "to_numpy") and not hasattr(x, "__array_namespace__"):  # pandas
         x = x.to_numpy()
     elif isinstance(x, (list, tuple)):
-        x = np.asarray(x)
+        x = np.asarray(x)  # xp: Python lists are host data; moved below if like= says so
     elif not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise InputTypeError(
             f"{name} must be an array, got {type(x).__name__}; wrap it with np.asarray")

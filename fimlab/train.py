@@ -231,7 +231,7 @@ def resolve_config(config: dict) -> dict:
         A value out of range (learning rate or damping <= 0, ...).
     """
     from .optim import resolve_method
-    from .optim.base import OptionError, check_positive
+    from .optim.base import check_positive
 
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict, got {type(config).__name__}")

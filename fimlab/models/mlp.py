@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._errors import InputTypeError, ShapeError, UnknownNameError
+from .._errors import InputTypeError, ShapeError
 from .._validation import check_choice, check_dense_memory, check_finite
 from ..backend import (
     array_namespace,

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .._errors import DivergenceError, FimlabError
+from .._errors import DivergenceError
 from ..backend import to_numpy
 
 __all__ = ["Optimizer", "OptionError", "check_lr", "check_positive", "check_nonneg"]

@@ -4,8 +4,6 @@ argument (or a correct result, where the input can be taken as it is)."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
