@@ -26,7 +26,7 @@ Examples
 ...     fl.check_memory(2 * 1024**3, "a dense Fisher", "FisherOperator.matvec",
 ...                     max_bytes=1024**3)
 ... except fl.DenseMemoryError as err:
-...     print(str(err)[:60])
+...     print(str(err)[:61])
 a dense Fisher needs 2,147,483,648 bytes (2.0 GiB) of working
 """
 
@@ -145,7 +145,15 @@ def set_memory_budget(nbytes) -> int | None:
 
 @contextlib.contextmanager
 def memory_budget(nbytes):
-    """Context manager: the budget is ``nbytes`` inside the ``with`` block."""
+    """Context manager: the budget is ``nbytes`` inside the ``with`` block.
+
+    Examples
+    --------
+    >>> import fimlab as fl
+    >>> with fl.memory_budget(1000):
+    ...     fl.get_memory_budget()
+    1000
+    """
     old = set_memory_budget(nbytes)
     try:
         yield
@@ -156,10 +164,24 @@ def memory_budget(nbytes):
 def check_memory(need: int, what: str, alternative: str, max_bytes: int | None = None) -> None:
     """Refuse a working set of ``need`` bytes above the budget (or ``max_bytes``).
 
+    Parameters
+    ----------
+    need : int
+        Peak bytes of the working set (its large temporaries together).
+    what, alternative : str
+        What would be allocated, and what to use instead (both quoted in the message).
+    max_bytes : int, optional
+        The limit of this one call (else the budget).
+
     Raises
     ------
     DenseMemoryError
         With the bytes needed, the limit, where the limit comes from, and ``alternative``.
+
+    Examples
+    --------
+    >>> import fimlab as fl
+    >>> fl.check_memory(10, "a small array", "nothing", max_bytes=100)  # fits: no error
     """
     limit = get_memory_budget() if max_bytes is None else int(max_bytes)
     need = int(need)
