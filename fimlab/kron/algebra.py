@@ -335,7 +335,9 @@ def _pcg_inverse(terms, lam, precond, *, tol, maxiter, rule):
         return out
 
     def apply(X):
-        Y, info = pcg(op, X, precond, tol=tol, maxiter=cap, xp=xp)
+        # the exact damped inverse of an indefinite sum is refused, as for one term (K4)
+        Y, info = pcg(op, X, precond, tol=tol, maxiter=cap, xp=xp,
+                      refuse_indefinite=rule == "exact")
         apply.last_info = info
         return Y
 
@@ -345,9 +347,13 @@ def _pcg_inverse(terms, lam, precond, *, tol, maxiter, rule):
 
 
 def pcg(op: Callable, B, precond: Callable | None, *, tol: float = 1e-10,
-        maxiter: int = 1000, xp=None):
+        maxiter: int = 1000, xp=None, refuse_indefinite: bool = False):
     """Preconditioned conjugate gradients for an SPD ``op`` on every column of ``B``
     at once (independent scalars per column).
+
+    A non-finite residual counts as not converged (a :class:`ConvergenceWarning`).
+    With ``refuse_indefinite``, negative curvature ``pᵀ op(p) < 0`` (proof that ``op``
+    is not positive definite) raises :class:`SingularMatrixError`.
 
     Returns ``(X, info)`` with ``info = {"iterations", "residual"}`` (the largest relative
     residual over the columns). Emits :class:`ConvergenceWarning` at the cap.
@@ -368,7 +374,8 @@ def pcg(op: Callable, B, precond: Callable | None, *, tol: float = 1e-10,
     while res > tol and it < maxiter:
         Q = op(Pd)
         pq = xp.sum(Pd * Q, axis=0)
-        _pcg_check_curvature(pq, Pd, Q, it, xp)  # SingularMatrixError if indefinite
+        if refuse_indefinite:
+            _pcg_check_curvature(pq, Pd, Q, it, xp)  # SingularMatrixError if indefinite
         alpha = xp.where(pq != 0, rz / xp.where(pq != 0, pq, xp.ones_like(pq)), xp.zeros_like(pq))
         X = X + alpha * Pd
         R = R - alpha * Q

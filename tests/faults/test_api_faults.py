@@ -171,7 +171,7 @@ def test_pcg_nan_residual_is_not_converged():
 def test_pcg_negative_curvature_is_refused():
     D = np.diag([1.0, -2.0, 3.0])
     with pytest.raises(fl.SingularMatrixError, match="negative curvature"):
-        kron.pcg(lambda X: D @ X, np.ones(3), None)
+        kron.pcg(lambda X: D @ X, np.ones(3), None, refuse_indefinite=True)
 
 
 def test_product_overflow_is_named(tiny):
