@@ -116,8 +116,16 @@ def angle(u, v):
     return np.degrees(np.arccos(np.clip(c, -1.0, 1.0)))
 
 
-angles = {rule: {name: angle(ops[(name, "exact")].solve(g, lam, rule=rule), exact_dir)
-                 for name in METHODS}
+# An approximation whose F̃ + λI is indefinite (a second Kronecker term with negative
+# eigenvalues below −λ) has no exact damped inverse: fimlab refuses it, shown as nan.
+def direction_angle(name, rule):
+    try:
+        return angle(ops[(name, "exact")].solve(g, lam, rule=rule), exact_dir)
+    except fl.SingularMatrixError:  # F̃ + λI indefinite: it has no damped inverse
+        return float("nan")
+
+
+angles = {rule: {name: direction_angle(name, rule) for name in METHODS}
           for rule in ("factor", "exact")}
 for name in METHODS:
     print(f"{name:15s} angle to the natural gradient: {angles['factor'][name]:5.1f}° "

@@ -16,8 +16,10 @@ refer to the project's formula sheet (``docs/papers.md``).
 """
 
 from . import datasets, kron
+from ._budget import check_memory, get_memory_budget, memory_budget, set_memory_budget
 from ._errors import (
     BackendError,
+    BadIndexError,
     ConvergenceError,
     ConvergenceWarning,
     DampingError,
@@ -25,7 +27,9 @@ from ._errors import (
     DenseMemoryError,
     DivergenceError,
     FimlabError,
+    InputTypeError,
     NonFiniteError,
+    OutputExistsError,
     ShapeError,
     SingularMatrixError,
     UnknownNameError,
@@ -95,4 +99,7 @@ __all__ = [
     "BackendError", "DataError", "DivergenceError",
     # training: optimizers, data (fimlab.datasets, fimlab.train)
     "NGD", "SGD", "Adam", "make_optimizer", "OptionError", "datasets",
+    # the validation layer and the memory budget
+    "InputTypeError", "OutputExistsError", "BadIndexError",
+    "get_memory_budget", "set_memory_budget", "memory_budget", "check_memory",
 ]

@@ -33,6 +33,10 @@ __all__ = [
     "BackendError",
     "DataError",
     "DivergenceError",
+    "OptionError",
+    "InputTypeError",
+    "OutputExistsError",
+    "BadIndexError",
 ]
 
 
@@ -82,3 +86,21 @@ class DataError(FimlabError, ValueError):
 
 class DivergenceError(FimlabError, FloatingPointError):
     """A training run whose loss became non-finite."""
+
+
+class OptionError(FimlabError, ValueError):
+    """An option with a value out of its range (a learning rate <= 0, a tolerance outside
+    (0, 1), a non-integer size, a period < 1, a fraction outside (0, 1], ...)."""
+
+
+class InputTypeError(FimlabError, TypeError):
+    """An argument of the wrong kind: a string where a number or array is expected, an
+    array of strings or objects, a float where an index is expected, ..."""
+
+
+class OutputExistsError(FimlabError, FileExistsError):
+    """An output folder or file that already holds results which would be overwritten."""
+
+
+class BadIndexError(FimlabError, IndexError):
+    """An index (layer, block, sample) out of range."""

@@ -46,7 +46,14 @@ class FactorBatch:
     """
 
     def __init__(self, a: Sequence, g: Sequence, fisher: str | None = None):
-        a, g = list(a), list(g)
+        if fisher is not None:
+            from ._validation import check_choice
+
+            check_choice(fisher, ("exact", "mc", "empirical"), "Fisher type (fisher=)")
+        from ._validation import as_array
+
+        a = [as_array(al, f"a[{l}]") for l, al in enumerate(a)]
+        g = [as_array(gl, f"g[{l}]") for l, gl in enumerate(g)]
         if len(a) == 0 or len(a) != len(g):
             raise ShapeError(
                 f"a FactorBatch needs one 'a' and one 'g' array per layer, got {len(a)} and "
@@ -76,10 +83,13 @@ class FactorBatch:
                     f"layer {l}: g holds {gl.shape[1]} vectors per sample, layer 0 holds {K}"
                 )
             for name, arr in (("a", al), ("g", gl)):
-                if not xp.isdtype(arr.dtype, "real floating"):
-                    raise TypeError(
+                if not (xp.isdtype(arr.dtype, "real floating")
+                        and str(arr.dtype).rsplit(".", 1)[-1] in ("float32", "float64")):
+                    from ._errors import InputTypeError
+
+                    raise InputTypeError(
                         f"{name}[{l}] has dtype {arr.dtype}; factor batches hold float32 or "
-                        "float64 arrays"
+                        "float64 arrays (convert with .astype('float32'))"
                     )
                 if arr.dtype != dtype:
                     raise TypeError(
@@ -88,6 +98,11 @@ class FactorBatch:
                 check_finite(arr, f"{name}[{l}]")
         if N == 0 or K == 0:
             raise ShapeError("a FactorBatch needs at least one sample and one vector")
+        for l, (al, gl) in enumerate(zip(a, g)):
+            if al.shape[1] == 0 or gl.shape[2] == 0:
+                raise ShapeError(
+                    f"layer {l} has d_in+1 = {al.shape[1]} and d_out = {gl.shape[2]}: every "
+                    "layer needs at least one input column and one output")
         self.a, self.g = a, g
         self.xp = xp
         self.dtype = dtype
@@ -116,6 +131,9 @@ class FactorBatch:
 
     def layer(self, l: int) -> FactorBatch:
         """The one-layer factor batch of layer ``l``."""
+        from ._validation import check_index
+
+        l = check_index(l, self.n_layers, "layer index")
         return FactorBatch([self.a[l]], [self.g[l]], fisher=self.fisher)
 
     def subset(self, idx) -> FactorBatch:
@@ -130,7 +148,25 @@ class FactorBatch:
         elif array_namespace(idx) is not xp or device_of(idx) != device_of(ref):
             idx = asarray_on(to_numpy(idx), ref)
         if xp.isdtype(idx.dtype, "bool"):
+            if idx.shape != (self.n_samples,):
+                from ._errors import BadIndexError
+
+                raise BadIndexError(f"a boolean mask for subset() needs shape "
+                                    f"({self.n_samples},), got {tuple(idx.shape)}")
             idx = xp.nonzero(idx)[0]
+        elif not xp.isdtype(idx.dtype, "integral"):
+            from ._errors import InputTypeError
+
+            raise InputTypeError(f"subset() takes integer indices, a slice or a boolean "
+                                 f"mask, got an array of dtype {idx.dtype}")
+        if idx.shape[0] and (int(xp.min(idx)) < -self.n_samples
+                             or int(xp.max(idx)) >= self.n_samples):
+            from ._errors import BadIndexError
+
+            raise BadIndexError(
+                f"subset() indices must lie in [0, {self.n_samples - 1}] (the batch has "
+                f"{self.n_samples} samples); got values from {int(xp.min(idx))} to "
+                f"{int(xp.max(idx))}")
         # xp.take: the standard has no mixed integer-array/ellipsis indexing
         return FactorBatch([xp.take(al, idx, axis=0) for al in self.a],
                            [xp.take(gl, idx, axis=0) for gl in self.g], fisher=self.fisher)

@@ -37,6 +37,8 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"fimlab {__version__}")
+    parser.add_argument("--debug", action="store_true", default=False,
+                        help="print the full traceback of an error (also FIMLAB_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = None
     if argv:
@@ -48,19 +50,34 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         if chosen == name:  # import only the module that will run
             importlib.import_module(module).add_arguments(p)
-        p.set_defaults(_module=module)
+            p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                           help="print the full traceback of an error (also FIMLAB_DEBUG=1)")
+        p.set_defaults(_module=module, _parser=p)
     return parser
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if not getattr(args, "command", None):
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         parser.print_help()
         return 0
-    mod = importlib.import_module(args._module)
-    return int(mod.run(args) or 0)
+    if extra:  # the usage of the subcommand, not the top-level one
+        args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    del args._parser
+    from ._cli_errors import debug_enabled, run_command
+
+    debug = debug_enabled(args)
+    if hasattr(args, "debug"):
+        del args.debug  # not an option of the subcommand itself
+
+    def _run(a):
+        return importlib.import_module(a._module).run(a)
+
+    return run_command(args.command, _run, args, debug=debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -198,11 +198,26 @@ class FisherOperator(CurvatureOperator):
         return BlockDiagonalOperator([self.diagonal_block(l) for l in range(self.n_blocks)])
 
     # -- norms -------------------------------------------------------------------------
-    def frobenius_norm_sq(self) -> float:
-        """``‖F‖²_F = ‖UUᵀ‖²_F / N²`` from the Gram matrix (no ``P × P`` array)."""
-        xp = self.xp
-        Gm = self.batch.gram()
-        return float(xp.sum(Gm * Gm)) / self.batch.n_samples**2
+    def frobenius_norm_sq(self, route: str = "auto", max_bytes: int | None = None) -> float:
+        """``‖F‖²_F``: ``‖UUᵀ‖²_F / N²`` from the ``N·K × N·K`` Gram matrix, or from the
+        dense ``P × P`` matrix, or the Gram matrix a block of rows at a time
+        (``route="chunked"``); ``"auto"`` takes the cheapest route whose peak memory fits
+        the memory budget (see ``fimlab.set_memory_budget``)."""
+        from ._fisher_routes import gram_frobenius_sq_chunked, norm_route
+        from ._validation import check_finite_scalar
+
+        xp, b = self.xp, self.batch
+        r = norm_route(b, route, max_bytes)
+        if r == "gram":
+            Gm = b.gram()
+            out = float(xp.sum(Gm * Gm)) / b.n_samples**2
+        elif r == "dense":
+            out = float(xp.linalg.vector_norm(self.to_dense(max_bytes=max_bytes))) ** 2
+        else:
+            out = gram_frobenius_sq_chunked(b, max_bytes) / b.n_samples**2
+        return check_finite_scalar(out, f"‖F‖²_F (the {r} route)",
+                                   "it overflowed: the factor batch holds values too large "
+                                   "(rescale the inputs of the network)")
 
     def trace(self) -> float:
         """``tr F = (1/N) Σ_{n,k} ‖ā_n‖² ‖g_nk‖²``."""
@@ -215,14 +230,21 @@ class FisherOperator(CurvatureOperator):
         return t / b.n_samples
 
     # -- exact damped inverse (Woodbury, F3) --------------------------------------------
-    def _woodbury_factor(self, lam: float):
-        key = lam
+    def _woodbury_factor(self, lam: float, route: str = "gram"):
+        key = (lam, route)
         if key not in self._woodbury_cache:
             xp, b = self.xp, self.batch
-            NK = b.n_samples * b.n_vectors
-            Gm = self.batch.gram()
-            Mw = Gm + (b.n_samples * lam) * xp.eye(NK, dtype=self.dtype, device=self._device())
-            L = xp.linalg.cholesky(Mw)
+            if route == "gram":
+                NK = b.n_samples * b.n_vectors
+                M = self.batch.gram()
+                M = M + (b.n_samples * lam) * xp.eye(NK, dtype=self.dtype,
+                                                     device=self._device())
+            else:  # dense: F + λI
+                M = self.to_dense(max_bytes=None)
+                M = M + lam * xp.eye(M.shape[0], dtype=self.dtype, device=self._device())
+            from ._fisher_routes import cholesky_or_singular
+
+            L = cholesky_or_singular(M, lam, route, xp)
             self._woodbury_cache = {key: L}
         return self._woodbury_cache[key]
 
@@ -247,10 +269,22 @@ class FisherOperator(CurvatureOperator):
         X = xp.reshape(v, (-1, 1)) if vec_in else v
         b = self.batch
         N, K, k = b.n_samples, b.n_vectors, X.shape[1]
-        L = self._woodbury_factor(lam)
-        Uv = xp.reshape(self._U(X), (N * K, k))
-        y = _chol_solve(L, Uv, xp)
-        out = (X - self._Ut(xp.reshape(y, (N, K, k)))) / lam
+        from ._fisher_routes import solve_route
+
+        route = solve_route(b, kwargs.pop("route", "auto"), kwargs.pop("max_bytes", None))
+        self.last_solve_route = route
+        if route == "cg":
+            from .kron.algebra import pcg
+
+            out, self.last_solve_info = pcg(
+                lambda Y: self._matmat(Y) + lam * Y, X, None, xp=xp, **kwargs)
+        elif route == "dense":
+            out = _chol_solve(self._woodbury_factor(lam, "dense"), X, xp)
+        else:
+            L = self._woodbury_factor(lam, "gram")
+            Uv = xp.reshape(self._U(X), (N * K, k))
+            y = _chol_solve(L, Uv, xp)
+            out = (X - self._Ut(xp.reshape(y, (N, K, k)))) / lam
         return out[:, 0] if vec_in else out
 
 

@@ -34,6 +34,10 @@ def _as_block(op, block: int | None):
     """The operator restricted to diagonal block ``block`` (or ``op`` if ``None``)."""
     if block is None:
         return op
+    from ._validation import check_index
+
+    n = getattr(op, "n_blocks", None)
+    block = check_index(block, n if n is not None else 1 << 62, "block")
     if isinstance(op, FisherOperator):
         return op.diagonal_block(block)
     if isinstance(op, BlockDiagonalOperator):
@@ -66,12 +70,20 @@ def _gram_able(F, Ft) -> bool:
 
 def frobenius_terms(F, Ft) -> tuple[float, float, float]:
     """``(‖F‖², ⟨F, F̃⟩, ‖F̃‖²)`` by Gram identities (Fisher vs Kronecker-structured)."""
+    from ._validation import check_finite_scalar
+
     if isinstance(F, FisherBlock):
-        return F.frobenius_norm_sq(), F.inner_kron(Ft.terms), Ft.frobenius_norm_sq()
-    nF = F.frobenius_norm_sq()
-    inner = sum(F.diagonal_block(l).inner_kron(b.terms) for l, b in enumerate(Ft.blocks))
-    nFt = sum(b.frobenius_norm_sq() for b in Ft.blocks)
-    return nF, inner, nFt
+        terms = F.frobenius_norm_sq(), F.inner_kron(Ft.terms), Ft.frobenius_norm_sq()
+    else:
+        nF = F.frobenius_norm_sq()
+        inner = sum(F.diagonal_block(l).inner_kron(b.terms) for l, b in enumerate(Ft.blocks))
+        nFt = sum(b.frobenius_norm_sq() for b in Ft.blocks)
+        terms = nF, inner, nFt
+    for name, t in zip(("‖F‖²_F", "⟨F, F̃⟩", "‖F̃‖²_F"), terms, strict=True):
+        check_finite_scalar(t, f"{name} in the Gram route of the Frobenius error",
+                            "it overflowed: the factor batch holds values too large "
+                            "(rescale the inputs of the network)")
+    return terms
 
 
 def _dense(op, block, max_bytes):
@@ -347,7 +359,8 @@ def _inverse_map(approx, damping: float, rule: str):
 _ALGORITHMS = ("lanczos", "dense")
 
 
-def _spectrum(F, approx, damping, rule, algorithm, steps, tol, seed, max_bytes, which):
+def _spectrum(F, approx, damping, rule, algorithm, steps, tol, seed, max_bytes, which,
+              max_seconds=None, progress=None):
     from ._validation import check_damping, check_dense_memory
     from .kron.krylov import lanczos
 
@@ -376,17 +389,30 @@ def _spectrum(F, approx, damping, rule, algorithm, steps, tol, seed, max_bytes, 
     def Fl_apply(v):
         return F.matvec(v) + lam * v
 
-    res = lanczos(lambda v, Mv: apply(as_mat(Mv))[:, 0], P, xp=xp, dtype=dtype,
-                  device=F.device,
-                  M=Fl_apply, which=which, tol=tol, max_steps=steps, seed=seed,
-                  what="preconditioned spectrum")
+    from ._budget import check_memory
+    from ._progress import StepBudget
+
+    m = min(P, 300) if steps is None else max(1, min(int(steps), P))
+    # the basis Q and M·Q (m vectors of P each) and their stacked copies, per step
+    check_memory(4 * m * P * (4 if "32" in str(dtype) else 8),
+                 f"the Lanczos basis of the preconditioned spectrum ({m} steps × P = {P:,})",
+                 "fewer steps (steps=...)", max_bytes)
+    op = StepBudget(lambda v, Mv: apply(as_mat(Mv))[:, 0], "preconditioned spectrum (Lanczos)",
+                    m, max_seconds, progress)
+    try:
+        res = lanczos(op, P, xp=xp, dtype=dtype, device=F.device,
+                      M=Fl_apply, which=which, tol=tol, max_steps=steps, seed=seed,
+                      what="preconditioned spectrum")
+    finally:
+        op.close()
     return res.values, res
 
 
 def preconditioned_spectrum(F, approx, damping: float, *, rule: str = "factor",
                             algorithm: str = "lanczos", steps: int | None = None,
                             tol: float = 1e-8, seed: int = 0,
-                            max_bytes: int | None = None):
+                            max_bytes: int | None = None, max_seconds: float | None = None,
+                            progress: bool | None = None):
     """(E4) eigenvalues of ``F̃_λ⁻¹ F_λ`` for a method that is a symmetric linear map.
 
     ``F̃_λ⁻¹F_λ`` is self-adjoint in the ``F_λ`` inner product, so its eigenvalues are real
@@ -410,7 +436,13 @@ def preconditioned_spectrum(F, approx, damping: float, *, rule: str = "factor",
         The damping rule of ``approx.solve``.
     algorithm : {"lanczos", "dense"}
     steps : int, optional
-        Lanczos steps cap (default ``min(P, 300)``).
+        Lanczos steps cap (default ``min(P, 300)``); the basis (``4·steps·P`` numbers
+        with its copies) is checked against the memory budget before starting.
+    max_seconds : float, optional
+        Time budget: past it the run stops with :class:`~fimlab.ConvergenceError`.
+    progress : bool, optional
+        A progress bar on stderr: ``None`` (default) shows one when the run takes more
+        than two seconds, ``True`` always, ``False`` never.
 
     Returns
     -------
@@ -426,7 +458,7 @@ def preconditioned_spectrum(F, approx, damping: float, *, rule: str = "factor",
     [2.0, 4.0]
     """
     vals, _ = _spectrum(F, approx, damping, rule, algorithm, steps, tol, seed, max_bytes,
-                        "both")
+                        "both", max_seconds, progress)
     return vals
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ._errors import BackendError, DampingError, ShapeError
+from ._errors import BackendError, DampingError, InputTypeError, ShapeError
 from ._validation import check_damping, check_dense_memory, check_finite
 from .backend import (
     array_namespace,
@@ -81,6 +81,10 @@ class CurvatureOperator:
         raise NotImplementedError
 
     def _check_operand(self, X, ndim: tuple[int, ...]):
+        if not (hasattr(X, "ndim") and hasattr(X, "shape")):
+            raise InputTypeError(
+                f"{type(self).__name__} needs an array operand, got {type(X).__name__}; "
+                "convert it with np.asarray (or use the @ operator, which does)")
         if X.ndim not in ndim or X.shape[0] != self.shape[1]:
             want = "(P,)" if ndim == (1,) else "(P,) or (P, k)"
             raise ShapeError(
@@ -89,8 +93,29 @@ class CurvatureOperator:
             )
         self._check_backend(X)
 
+    def _coerce(self, X, name: str = "the operand"):
+        """Lists and pandas objects -> arrays of the operator's library (a clear error
+        for strings, scalars and object arrays)."""
+        from ._validation import as_array
+
+        if hasattr(X, "__array_namespace__") and not hasattr(X, "to_numpy"):
+            return X
+        return as_array(X, name, like=self._like())
+
+    def _like(self):
+        return None
+
     def _check_backend(self, X):
-        """A clear error for an operand of another array library or device."""
+        """A clear error for an operand of another array library or device, and for
+        non-finite values (NaN or inf: a :class:`NonFiniteError`)."""
+        from ._validation import check_finite
+
+        if not (hasattr(X, "shape") and hasattr(X, "dtype")):
+            raise InputTypeError(
+                f"{type(self).__name__} needs an array operand, got {type(X).__name__}; "
+                "convert it with np.asarray")
+        if hasattr(X, "dtype") and getattr(X.dtype, "kind", "f") in "fc":
+            check_finite(X, f"the operand of {type(self).__name__}")
         if self.xp is None:
             return
         xq = array_namespace(X)
@@ -109,14 +134,16 @@ class CurvatureOperator:
 
     def matvec(self, v):
         """``F @ v`` for a vector ``v`` of length ``P``."""
+        v = self._coerce(v, "v")
         self._check_operand(v, (1,))
         xp = array_namespace(v)
-        return self._matmat(xp.reshape(v, (-1, 1)))[:, 0]
+        return _finite_result(self._matmat(xp.reshape(v, (-1, 1)))[:, 0], self, "F @ v")
 
     def matmat(self, X):
         """``F @ X`` for ``X`` of shape ``(P, k)``."""
+        X = self._coerce(X, "X")
         self._check_operand(X, (2,))
-        return self._matmat(X)
+        return _finite_result(self._matmat(X), self, "F @ X")
 
     rmatvec = matvec  # symmetric
     rmatmat = matmat
@@ -124,6 +151,7 @@ class CurvatureOperator:
     def __matmul__(self, X):
         if isinstance(X, CurvatureOperator):
             raise TypeError("operator @ operator is not supported; use + and * to compose")
+        X = self._coerce(X)
         return self.matvec(X) if X.ndim == 1 else self.matmat(X)
 
     def dot(self, X):
@@ -357,6 +385,9 @@ class KroneckerOperator(CurvatureOperator):
                         f"Kronecker term {r}: factor {name} has size {M.shape[0]}, but term 0 "
                         f"has {d}; all terms of a block act on the same space"
                     )
+        for r, (A, G) in enumerate(terms):
+            check_finite(A, f"Kronecker term {r}: factor A")
+            check_finite(G, f"Kronecker term {r}: factor G")
         self.terms = terms
         self.xp = xp
         self.d_a, self.d_g = int(A0.shape[0]), int(G0.shape[0])
@@ -521,3 +552,13 @@ class BlockDiagonalOperator(CurvatureOperator):
             )
         parts = [b.solve(vi, damping, rule=rule, **kwargs) for b, vi in zip(self.blocks, self._split(v))]
         return xp.concat(parts, axis=0)
+
+
+def _finite_result(Y, op, what: str):
+    """A product of finite operands that came out non-finite overflowed inside ``op``:
+    say so where it arose (not as a NaN further down)."""
+    from ._validation import check_finite_result
+
+    return check_finite_result(Y, f"{what} with {type(op).__name__}",
+                               "the product overflowed although the operand is finite; "
+                               "the factors or inputs are too large: rescale them")

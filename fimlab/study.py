@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._errors import ConvergenceWarning, ShapeError, UnknownNameError
+from ._errors import ConvergenceWarning, FimlabError, ShapeError, UnknownNameError
 from ._validation import check_choice
 
 __all__ = ["DEFAULTS", "run_study", "StudyResult", "load_config", "add_arguments", "run"]
@@ -83,8 +83,13 @@ def load_config(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"configuration file {str(p)!r} does not exist")
-    with p.open("rb") as fh:
-        cfg = tomllib.load(fh)
+    try:
+        with p.open("rb") as fh:
+            cfg = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        from ._errors import DataError
+
+        raise DataError(f"configuration file {str(p)!r} is not valid TOML: {exc}") from exc
     cfg = cfg.get("study", cfg)  # accept a [study] table or top-level keys
     return {k.replace("-", "_"): v for k, v in cfg.items()}
 
@@ -98,13 +103,16 @@ def _normalise(cfg: dict) -> dict:
     c = {**DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
     check_choice(c["fisher"], _FISHERS, "Fisher type")
     check_choice(c["solver"], _SOLVERS, "solver")
-    if int(c["threads"]) != c["threads"] or int(c["threads"]) < 0:
-        raise ShapeError(f"option threads must be an integer >= 0, got {c['threads']!r}")
-    c["threads"] = int(c["threads"])
+    from ._validation import check_int, check_seed
+
+    c["threads"] = check_int(c["threads"], "option threads", lo=0)
     for key in ("iterations", "every", "batch_size", "mc_samples", "e2_max_size", "rank"):
-        if int(c[key]) != c[key] or int(c[key]) < (0 if key == "iterations" else 1):
-            raise ShapeError(f"option {key} must be a positive integer, got {c[key]!r}")
-        c[key] = int(c[key])
+        # iterations = 0: measure at initialisation only
+        c[key] = check_int(c[key], f"option {key}", lo=0 if key == "iterations" else 1)
+    if c["n_samples"] is not None:
+        c["n_samples"] = check_int(c["n_samples"], "option n_samples", lo=1,
+                                   hint="leave it out to use the whole data set")
+    c["seed"] = check_seed(c["seed"], "option seed")
     if not (isinstance(c["lr"], (int, float)) and c["lr"] > 0 and math.isfinite(c["lr"])):
         raise ShapeError(f"option lr must be a positive number, got {c['lr']!r}")
     if isinstance(c["sizes"], str):
@@ -168,6 +176,7 @@ class StudyResult:
     wall_time: float = 0.0
     not_converged: dict = field(default_factory=dict)
     two_level_rows: list = field(default_factory=list)  # filled by --two-level
+    diverged: dict | None = None  # {"iteration", "message"} when the run diverged
 
     def summary(self) -> list[dict]:
         """Per method, solver and block: E1/E2 at the last measurement and their means."""
@@ -312,6 +321,10 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
     adam = Adam(net, c["lr"])  # the papers measured along an Adam run
     N = X.shape[0]
     bs = min(c["batch_size"], N)
+    if bs < c["batch_size"]:  # clipped: say so, and record the size used
+        warnings.warn(f"batch_size {c['batch_size']} is larger than the {N} samples; using "
+                      f"{bs} (recorded as batch_size in config.json)", UserWarning, stacklevel=3)
+        c["batch_size_requested"], c["batch_size"] = c["batch_size"], bs
     result = StudyResult(config=c, out_dir=out)
 
     writer = fh = None
@@ -344,12 +357,18 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
             idx = perm[pos : pos + bs]
             pos += bs
             Xb, yb = X[idx], y[idx]
-            loss, grads = net.loss_and_gradient(Xb, yb)
+            try:
+                loss, grads = net.loss_and_gradient(Xb, yb)
+            except FimlabError as exc:  # e.g. weights that overflowed to inf
+                loss, grads = float("nan"), None
+                cause = f"{type(exc).__name__}: {exc}"
+            else:
+                cause = f"the training loss became {loss}"
             if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"the training loss became {loss} at iteration {it}; lower lr (now "
-                    f"{c['lr']})"
-                )
+                result.diverged = {"iteration": it, "message": (
+                    f"the run diverged at iteration {it} ({cause}); lower lr (now "
+                    f"{c['lr']}). The measurements up to there are kept")}
+                break
             if it in measure_at:
                 batch = fl.factor_batch(net, Xb, yb, fisher=c["fisher"],
                                         mc_samples=c["mc_samples"], rng=mc_rng)
@@ -400,6 +419,18 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
+    except FimlabError as exc:
+        # the state of the run (a Fisher that vanished or overflowed as the network
+        # saturated, a singular block, ...) ends it like a divergence: recorded with its
+        # iteration, the measurements so far and the summary are written. Bad input and
+        # memory refusals are not the run's state: re-raised.
+        from ._study_divergence import is_run_state_error
+
+        if not is_run_state_error(exc):
+            raise
+        result.diverged = {"iteration": it, "message": (
+            f"the run diverged at iteration {it} (loss {loss:.6g}): {type(exc).__name__}: "
+            f"{exc}; lower lr (now {c['lr']}). The measurements up to there are kept")}
     finally:
         if bar is not None:
             bar.close()
@@ -409,8 +440,12 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
 
     summary = result.summary()
     if out is not None:
+        if result.diverged is not None:
+            (out / "diverged.json").write_text(json.dumps(result.diverged, indent=1))
         with (out / "summary.csv").open("w", newline="") as sfh:
-            w = csv.DictWriter(sfh, fieldnames=list(summary[0]))
+            w = csv.DictWriter(sfh, fieldnames=list(summary[0]) if summary else [
+                "method", "solver", "block", "e1_last", "e1_mean", "e2_last", "e2_mean",
+                "build_time_s"])
             w.writeheader()
             w.writerows(summary)
         if c["plot"]:
@@ -424,6 +459,8 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
             print(f"note: {m} (solver={sv}) stopped at its iteration budget in {cnt} of "
                   f"{n_measure} measurements (the papers' budget; the 'converged' column of "
                   f"study.csv says where) — solver='exact' is converged")
+        if result.diverged is not None:
+            print(f"note: {result.diverged['message']}")
         if c["two_level"]:
             print("\n" + format_two_level(result))
         if out is not None:

@@ -31,7 +31,7 @@ Salakhutdinov had a linear code layer: pass ``activation`` as a list to get it).
 
 Outputs of one run (``out_dir``): ``iterations.csv`` (iteration, epoch, mini-batch loss,
 wall time), ``epochs.csv`` (epoch, iteration, training loss, validation loss, wall time),
-``result.json`` (summary and resolved config), ``checkpoint.npz`` + ``checkpoint.json``
+``result.json`` (summary and resolved config), ``checkpoint.npz`` (one file, atomic)
 (written at every epoch end; ``resume=True`` continues from there, bit for bit).
 Wall time counts the optimizer's iterations only (the per-epoch evaluations on the whole
 training and validation sets are excluded).
@@ -182,7 +182,11 @@ def run_training(config: dict, out_dir: str | os.PathLike | None = None,
     wall = 0.0
     it0 = 0
     perm = None
-    if c["resume"] and out is not None and (out / "checkpoint.json").is_file():
+    if out is not None and not c["resume"]:
+        from ._atomic import refuse_finished_results
+
+        refuse_finished_results(out, "training run", "resume=True (--resume)")
+    if c["resume"] and out is not None and (out / "checkpoint.npz").is_file():
         state = load_checkpoint(out, c)
         net.set_flat(net.flatten([asarray_on(W, ref) for W in state["params"]]))
         opt.load_state_dict(state["optimizer"])
@@ -336,6 +340,11 @@ def load_experiment(path: str | os.PathLike, mode: str = "fast") -> dict:
             doc = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise DataError(f"experiment file {str(p)!r} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(doc) - {"title", "common", "fast", "full", "method"})
+    if unknown:
+        raise UnknownNameError(
+            f"experiment file {str(p)!r}: unknown top-level key(s)/table(s) {unknown}; an "
+            "experiment has title, [common], [fast], [full] and [[method]] entries")
     common = {**doc.get("common", {}), **doc.get(mode, {})}
     seeds = common.pop("seeds", [0])
     methods = []
@@ -380,8 +389,16 @@ def run_comparison(common: dict, methods: list[dict], seeds, out_dir, *, resume=
             continue
         cfg = {**common, **e}
         resolve_config({**cfg, "seed": 0})  # fail early on bad options
+        from ._validation import check_seed
+
         for s in seeds:
-            runs.append({**cfg, "seed": int(s)})
+            runs.append({**cfg, "seed": check_seed(s, "seed")})
+    if not resume:  # refuse before running anything, not after the first runs
+        from ._atomic import refuse_finished_results
+
+        for cfg in runs:
+            rdir = out / _slug(resolve_config(cfg)["label"]) / f"seed{cfg['seed']}"
+            refuse_finished_results(rdir, "training run", "--resume (resume=True)")
     try:
         for cfg in runs:
             cfg = {**cfg, "resume": resume}
@@ -564,6 +581,10 @@ def run(args: argparse.Namespace) -> int:
     import contextlib
 
     limit = contextlib.nullcontext()
+    if args.threads is not None:
+        from ._validation import check_int
+
+        check_int(args.threads, "--threads", lo=1)
     if args.threads:
         from threadpoolctl import threadpool_limits
 

@@ -172,7 +172,7 @@ def resolve_config(config: dict) -> dict:
         A value out of range (learning rate or damping <= 0, ...).
     """
     from .optim import resolve_method
-    from .optim.base import OptionError, check_positive
+    from .optim.base import check_positive
 
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
@@ -218,7 +218,9 @@ def resolve_config(config: dict) -> dict:
         c["damping"] = check_damping(c["damping"])
     if c["architecture"] is None:
         c["architecture"] = list(bench["architecture"])
-    c["architecture"] = [int(s) for s in c["architecture"]]
+    from ._validation import check_int as _check_int
+
+    c["architecture"] = [_check_int(s, "architecture entry", lo=1) for s in c["architecture"]]
     if c["likelihood"] is None:
         c["likelihood"] = bench["likelihood"]
     if c["epochs"] is None and c["iterations"] is None:
@@ -226,9 +228,13 @@ def resolve_config(config: dict) -> dict:
     for key in ("epochs", "iterations", "batch_size", "stat_period", "inverse_period"):
         if c[key] is not None:
             v = c[key]
-            if isinstance(v, bool) or int(v) != v or int(v) < (0 if key in ("epochs", "iterations") else 1):
-                raise OptionError(f"{key} must be a positive integer, got {v!r}")
-            c[key] = int(v)
+            from ._validation import check_int
+
+            c[key] = check_int(v, key, lo=1, hint="a run needs at least one")
+    from ._validation import check_float_dtype, check_seed
+
+    c["seed"] = check_seed(c["seed"])
+    c["dtype"] = check_float_dtype(c["dtype"])
     if c["max_seconds"] is not None:
         c["max_seconds"] = check_positive(c["max_seconds"], "max_seconds")
     check_choice(c["on_divergence"], ("return", "raise"), "on_divergence")

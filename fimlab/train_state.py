@@ -1,11 +1,10 @@
 """What a ``fimlab train`` run leaves on disk: CSV/JSON files written atomically and
-the checkpoint (``checkpoint.npz`` + ``checkpoint.json``) that ``resume`` continues from."""
+the checkpoint (one ``checkpoint.npz``, written atomically) that ``resume`` continues from."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +41,9 @@ def _unpack(obj, arrays):
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    from ._atomic import atomic_write
+
+    atomic_write(path, write)  # temp file + fsync + os.replace
 
 
 ITER_FIELDS = ("iteration", "epoch", "train_loss", "wall_time")
@@ -85,18 +84,16 @@ def save_checkpoint(out: Path, c, net, opt, data_rng, history, epoch_history, wa
                     for f in ITER_FIELDS},
     }
     tree = _pack(state, arrays)
-    _atomic_write(out / "checkpoint.npz", lambda tmp: np.savez(open(tmp, "wb"), **arrays))
-    write_json(out / "checkpoint.json", tree)
+    from ._atomic import save_checkpoint as _save_one_file
+
+    _save_one_file(out / "checkpoint.npz", tree, arrays)  # ONE atomic file
+    (out / "checkpoint.json").unlink(missing_ok=True)  # the two-file format of before
 
 
 def load_checkpoint(out: Path, c: dict) -> dict:
-    try:
-        tree = json.loads((out / "checkpoint.json").read_text())
-        with np.load(out / "checkpoint.npz", allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read the checkpoint in {str(out)!r}: {exc}; delete it or "
-                        "drop resume") from exc
+    from ._atomic import load_checkpoint as _load_one_file
+
+    tree, arrays = _load_one_file(out / "checkpoint.npz")  # DataError if torn/truncated
     state = _unpack(tree, arrays)
     old = state["config"]
     diff = sorted(k for k in set(old) | set(c) if k not in RESUMABLE_KEYS

@@ -123,7 +123,7 @@ def test_study_synthetic_and_autoencoder(tmp_path):
     ({"dataset": "imagenet"}, fl.UnknownNameError, "dataset"),
     ({"methods": ["EKFAC"]}, fl.UnknownNameError, "approximation"),
     ({"bogus": 1}, fl.UnknownNameError, "unknown study option"),
-    ({"every": 0}, fl.ShapeError, "positive integer"),
+    ({"every": 0}, fl.OptionError, "every must be an integer >= 1"),
     ({"lr": -1.0}, fl.ShapeError, "lr"),
     ({"sizes": [10, 5, 10]}, fl.ShapeError, "input size"),
 ])

@@ -47,6 +47,12 @@ def kfac_factors(a, g):
     # of a GEMM, no scaling pass)
     A = gram_of_rows(a, 1.0 / N)
     G = gram_of_rows(xp.reshape(g, (N * K, dg)), 1.0 / N)
+    from .._validation import check_finite_result
+
+    hint = ("it overflowed from a finite factor batch: the inputs of the network are too "
+            "large (rescale the data)")
+    check_finite_result(A, "the KFAC factor A = (1/N) Σ ā ā ᵀ", hint)
+    check_finite_result(G, "the KFAC factor G = (1/N) Σ g gᵀ", hint)
     return A, G
 
 

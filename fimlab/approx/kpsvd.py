@@ -165,7 +165,15 @@ class _KPSVDFamily(BlockDiagonalOperator):
                                      "product representation")
         check_solver_params(tol=tol, maxiter=maxiter, max_restarts=max_restarts)
         self.tol, self.maxiter, self.max_restarts = float(tol), maxiter, max_restarts
-        self.seed, self.rank_rtol = seed, rank_rtol
+        if rank_rtol is not None:
+            from .._validation import check_real
+
+            rank_rtol = check_real(rank_rtol, "rank_rtol", lo=0, hi=1, hi_open=True,
+                                   hint="a tolerance relative to the largest singular value;"
+                                   " terms below rank_rtol·σ₁ are dropped")
+        from .._validation import check_seed
+
+        self.seed, self.rank_rtol = check_seed(seed), rank_rtol
         self.batch = batch
         warm = self._warm_terms(warm_start, batch)
         rng = np.random.default_rng(seed)

@@ -321,7 +321,15 @@ class TwoLevel:
         self.rule = rule
         self.zero_rows = check_choice(zero_rows, ZERO_ROWS, "zero_rows policy")
         self.on_singular = check_choice(on_singular, ON_SINGULAR, "on_singular policy")
+        from .._validation import check_options, check_real
+
+        if rcond is not None:
+            rcond = check_real(rcond, "rcond", lo=0, hi=1, hi_open=True,
+                               hint="eigenvalues below rcond·λ_max are dropped")
         self.rcond = rcond
+        spectral_options = check_options(spectral_options, ("tol", "max_steps", "seed",
+                                                            "maxiter", "signed"),
+                                          "spectral_options")
         self.F = _as_fisher(batch)
         self.batch = self.F.batch
         self.fine = fine
@@ -333,6 +341,12 @@ class TwoLevel:
                 f"the fine level's blocks {[int(bl.shape[0]) for bl in blocks]} do not match "
                 f"the batch's layers {self.batch.block_sizes}; build both from the same batch"
             )
+        fine_batch = getattr(fine, "batch", None)
+        if fine_batch is not None and getattr(fine_batch, "n_samples", None) not in (
+                None, self.batch.n_samples):
+            raise ShapeError(
+                f"the fine level was built from {fine_batch.n_samples} samples but batch= "
+                f"holds {self.batch.n_samples}; build both from the same factor batch")
         self.offsets = offsets
         self.xp = self.batch.xp
         self.dtype = self.batch.dtype

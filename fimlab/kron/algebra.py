@@ -343,7 +343,9 @@ def _pcg_inverse(terms, lam, precond, *, tol, maxiter, rule):
         return out
 
     def apply(X):
-        Y, info = pcg(op, X, precond, tol=tol, maxiter=cap, xp=xp)
+        # the exact damped inverse of an indefinite sum is refused, as for one term (K4)
+        Y, info = pcg(op, X, precond, tol=tol, maxiter=cap, xp=xp,
+                      refuse_indefinite=rule == "exact")
         apply.last_info = info
         return Y
 
@@ -353,9 +355,13 @@ def _pcg_inverse(terms, lam, precond, *, tol, maxiter, rule):
 
 
 def pcg(op: Callable, B, precond: Callable | None, *, tol: float = 1e-10,
-        maxiter: int = 1000, xp=None):
+        maxiter: int = 1000, xp=None, refuse_indefinite: bool = False):
     """Preconditioned conjugate gradients for an SPD ``op`` on every column of ``B``
     at once (independent scalars per column).
+
+    A non-finite residual counts as not converged (a :class:`ConvergenceWarning`).
+    With ``refuse_indefinite``, negative curvature ``pᵀ op(p) < 0`` (proof that ``op``
+    is not positive definite) raises :class:`SingularMatrixError`.
 
     Returns ``(X, info)`` with ``info = {"iterations", "residual"}`` (the largest relative
     residual over the columns). Emits :class:`ConvergenceWarning` at the cap.
@@ -376,6 +382,8 @@ def pcg(op: Callable, B, precond: Callable | None, *, tol: float = 1e-10,
     while res > tol and it < maxiter:
         Q = op(Pd)
         pq = xp.sum(Pd * Q, axis=0)
+        if refuse_indefinite:
+            _pcg_check_curvature(pq, Pd, Q, it, xp)  # SingularMatrixError if indefinite
         alpha = xp.where(pq != 0, rz / xp.where(pq != 0, pq, xp.ones_like(pq)), xp.zeros_like(pq))
         X = X + alpha * Pd
         R = R - alpha * Q
@@ -386,7 +394,12 @@ def pcg(op: Callable, B, precond: Callable | None, *, tol: float = 1e-10,
         rz = rz_new
         it += 1
         res = float(xp.max(xp.sqrt(xp.sum(R * R, axis=0)) / bnorm))
-    if res > tol:
+    if not math.isfinite(res):  # a NaN residual is not convergence
+        warnings.warn(
+            f"preconditioned CG produced a non-finite residual ({res}) after {it} "
+            "iteration(s): the system is not positive definite or overflowed; the result "
+            "is not a solution (raise the damping)", ConvergenceWarning, stacklevel=3)
+    elif res > tol:
         warnings.warn(
             f"preconditioned CG stopped at its cap of {maxiter} iterations with relative "
             f"residual {res:.2e} > tol {tol:.1e}; the result is approximate",
@@ -395,6 +408,17 @@ def pcg(op: Callable, B, precond: Callable | None, *, tol: float = 1e-10,
         )
     info = {"iterations": it, "residual": res}
     return (X[:, 0] if vec_in else X), info
+
+
+def _pcg_check_curvature(pq, Pd, Q, it, xp):
+    """Negative curvature ``pᵀ A p < 0`` (beyond round-off, ``1e-8 ‖p‖ ‖Ap‖``) proves
+    ``A`` is not positive definite: refused like the one-term exact path does."""
+    scale = xp.sqrt(xp.sum(Pd * Pd, axis=0) * xp.sum(Q * Q, axis=0))
+    if bool(xp.any(pq < -1e-8 * scale)):
+        raise SingularMatrixError(
+            f"conjugate gradients met negative curvature (pᵀAp < 0) at iteration {it}: the "
+            "damped system is not positive definite (an eigenvalue of the Kronecker sum is "
+            "below −λ); raise the damping, or use rule='factor'")
 
 
 def kron_sum_solve(terms, X, damping, rule: str = "factor", **kwargs):

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._errors import ShapeError, UnknownNameError
+from .._errors import InputTypeError, ShapeError
 from .._validation import check_choice, check_dense_memory, check_finite
 from ..backend import (
     array_namespace,
@@ -165,7 +165,11 @@ class MLP:
         seed: int = 0,
         dtype="float64",
     ):
-        sizes = [int(s) for s in layer_sizes]
+        from .._validation import check_int
+
+        if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__iter__"):
+            raise InputTypeError(f"layer_sizes must be a list of integers, got {layer_sizes!r}")
+        sizes = [check_int(s, f"layer_sizes[{i}]") for i, s in enumerate(layer_sizes)]
         if len(sizes) < 2 or any(s < 1 for s in sizes):
             raise ShapeError(
                 f"layer_sizes must list at least an input and an output size, all >= 1; got "
@@ -187,8 +191,22 @@ class MLP:
         self.layer_sizes = sizes
         self.activations = acts + ["linear"]
         self.likelihood = get_likelihood(likelihood)
-        if str(dtype) not in ("float64", "float32"):
-            raise UnknownNameError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+        if self.likelihood.name == "categorical" and sizes[-1] < 2:
+            raise ShapeError(
+                f"a categorical likelihood needs at least 2 outputs (classes), got "
+                f"{sizes[-1]}: with one class the probabilities are constant and the Fisher "
+                "is identically zero; use likelihood='bernoulli' for a binary output")
+        from .._validation import check_float_dtype, check_seed
+
+        dtype = check_float_dtype(dtype)
+        seed = check_seed(seed)
+        from .._budget import check_memory
+
+        n_par = sum((sizes[l] + 1) * sizes[l + 1] for l in range(L))
+        # the weights, their float64 draw and cast, and one flat copy (get_flat)
+        check_memory(n_par * (8 + 8 + 2 * (4 if dtype == "float32" else 8)),
+                     f"an MLP with {n_par:,} parameters (layer sizes {sizes})",
+                     "a smaller network")
         self.seed = seed
         rng = np.random.default_rng(seed)
         params = []
@@ -264,6 +282,9 @@ class MLP:
 
     # -- forward / backward --------------------------------------------------------------
     def _check_X(self, X):
+        from .._validation import as_array
+
+        X = as_array(X, "X")
         if X.ndim != 2 or X.shape[1] != self.layer_sizes[0]:
             raise ShapeError(
                 f"X must have shape (N, {self.layer_sizes[0]}) for this network, got "
@@ -328,6 +349,9 @@ class MLP:
     def _targets(self, y, N):
         if y is None:
             raise ShapeError("targets y are required here")
+        from .._validation import as_array
+
+        y = as_array(y, "the targets y")
         ref = self._params[0]
         if not isinstance(y, (list, tuple)) and (
             array_namespace(y) is not self.xp or device_of(y) != device_of(ref)
@@ -337,11 +361,13 @@ class MLP:
 
     def loss(self, X, y) -> float:
         """Mean negative log-likelihood over the samples."""
+        X = self._check_X(X)
         z = self.forward(X)
         return self.likelihood.loss(z, self._targets(y, X.shape[0]))
 
     def loss_and_gradient(self, X, y):
         """``(loss, [∂loss/∂W_l])`` for the mean loss (shapes like :attr:`params`)."""
+        X = self._check_X(X)
         abar, s_list, h_list = self._forward(X)
         xp = self.xp
         y = self._targets(y, X.shape[0])
@@ -436,7 +462,9 @@ def factor_batch(
     if not isinstance(net, MLP):
         raise TypeError(f"factor_batch needs an fl.MLP, got {type(net).__name__}")
     check_choice(fisher, FISHER_TYPES, "Fisher type")
+    X = net._check_X(X)
     abar, s_list, h_list = net._forward(X)
+    _check_forward_finite(abar, h_list)
     z = h_list[-1]
     N = X.shape[0]
     lik = net.likelihood
@@ -445,8 +473,9 @@ def factor_batch(
     elif fisher == "mc":
         if int(mc_samples) != mc_samples or mc_samples < 1:
             raise ShapeError(f"mc_samples must be a positive integer, got {mc_samples!r}")
-        if rng is None or isinstance(rng, (int, np.integer)):
-            rng = np.random.default_rng(0 if rng is None else int(rng))
+        from .._validation import check_rng
+
+        rng = check_rng(0 if rng is None else rng, "rng")
         vectors = lik.mc_vectors(z, rng, int(mc_samples))
     else:
         if y is None:
@@ -539,3 +568,18 @@ def empirical_fisher(net: MLP, X, y, max_bytes: int | None = None):
                        "FisherOperator(factor_batch(net, X, y, fisher='empirical'))")
     b = factor_batch(net, X, y, fisher="empirical")
     return FisherOperator(b).to_dense(max_bytes=max_bytes)
+
+
+def _check_forward_finite(abar, h_list):
+    """Finite inputs whose forward pass overflowed (inputs of 1e200, ...): say in which
+    layer, not as a NaN Fisher later."""
+    from .._errors import NonFiniteError
+    from ..backend import array_namespace
+
+    for l, arr in enumerate(list(abar[1:]) + [h_list[-1]]):
+        xp = array_namespace(arr)
+        if not bool(xp.all(xp.isfinite(arr))):
+            where = f"the input of layer {l + 1}" if l < len(abar) - 1 else "the output"
+            raise NonFiniteError(
+                f"the forward pass overflowed: {where} holds NaN or inf although X is "
+                "finite; the inputs (or weights) are too large: rescale the data")

@@ -6,15 +6,13 @@ import math
 
 import numpy as np
 
-from .._errors import DivergenceError, FimlabError
+from .._errors import DivergenceError
 from ..backend import to_numpy
 
 __all__ = ["Optimizer", "OptionError", "check_lr", "check_positive", "check_nonneg"]
 
 
-class OptionError(FimlabError, ValueError):
-    """A training or optimizer option with a value out of its range (learning rate <= 0,
-    a period < 1, a fraction outside (0, 1], ...)."""
+from .._errors import OptionError  # noqa: E402  (defined with the other errors)
 
 
 def check_lr(lr) -> float:

@@ -86,8 +86,9 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress, dry_run=args.dry_run,
         )
     except FimlabError as exc:
-        print(f"fimlab sweep: error: {exc}", file=sys.stderr)
-        return 2
+        from .._cli_errors import report_error
+
+        return report_error("sweep", exc)  # the one error path of the commands
     if args.dry_run:
         print(f"{summary.total} points, {summary.skipped} already in {summary.path}, "
               f"{summary.total - summary.skipped} to run")

@@ -88,9 +88,15 @@ def connect(address: str, timeout: float = 5.0):
     """
     from distributed import Client
 
+    from .._validation import check_real
+
+    check_real(timeout, "--connect-timeout (connect_timeout)", lo=0, lo_open=True)
+    if not isinstance(address, str) or not address.strip():
+        raise SchedulerUnreachableError(f"--scheduler must be an address such as "
+                                        f"tcp://HOST:8786, got {address!r}")
     try:
         return Client(address, timeout=f"{timeout}s", set_as_default=False)
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
         raise SchedulerUnreachableError(
             f"no Dask scheduler answered at {address!r} within {timeout:g} s ({exc}). "
             "Check the address (tcp://HOST:PORT, as printed by `dask scheduler`) and that "
@@ -104,10 +110,13 @@ def _local_cluster(n_workers: int, threads_per_run: int = 1):
     libraries start with ``threads_per_run`` threads (environment set at spawn)."""
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(
-        n_workers=n_workers, threads_per_worker=1, processes=True,
-        dashboard_address=":0", silence_logs=40, env=thread_env(threads_per_run),
-    )
+    from .._cli_errors import sigint_ignored
+
+    with sigint_ignored():  # Ctrl-C reaches this process only; it stops the workers
+        cluster = LocalCluster(
+            n_workers=n_workers, threads_per_worker=1, processes=True,
+            dashboard_address=":0", silence_logs=40, env=thread_env(threads_per_run),
+        )
     return cluster, Client(cluster, set_as_default=False)
 
 
@@ -189,6 +198,9 @@ def run_sweep(
     threads = int(threads_per_run)
     if threads < 1:
         raise SweepConfigError(f"threads_per_run must be >= 1, got {threads_per_run!r}")
+    from .._validation import check_real
+
+    check_real(connect_timeout, "--connect-timeout (connect_timeout)", lo=0, lo_open=True)
     keep = str(keep_runs) if keep_runs is not None else None
     columns = spec.columns()
     opt_cols = spec.option_columns()
@@ -257,6 +269,9 @@ def run_sweep(
                     client.cancel(list(futures))
     except KeyboardInterrupt:
         summary.interrupted = True
+        from .._cli_errors import quiet_dask_logs
+
+        quiet_dask_logs()
     finally:
         bar.close()
         if own_client is not None:

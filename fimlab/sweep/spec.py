@@ -387,11 +387,15 @@ def spec_from_dict(
         raise SweepConfigError(
             f"{source}: [sweep] runner must be 'module:function', got {runner!r}"
         )
+    from .._validation import check_name_component, check_seed
+
     spec = SweepSpec(
-        name=str(meta.get("name", Path(source).stem if source != "<dict>" else "sweep")),
+        name=check_name_component(
+            str(meta.get("name", Path(source).stem if source != "<dict>" else "sweep")),
+            f"{source}: [sweep] name"),
         base=base, grids=grids, search=search,
         samples=int(samples) if search == "random" else 0,
-        seed=int(meta.get("seed", 0)), runner=runner, fast=bool(fast),
+        seed=check_seed(meta.get("seed", 0), f"{source}: [sweep] seed"), runner=runner, fast=bool(fast),
         results=meta.get("results"), source=source, overrides=dict(overrides or {}),
     )
     if valid_keys is None and runner == DEFAULT_RUNNER:
