@@ -96,3 +96,17 @@ __all__ = [
     # training: optimizers, data (fimlab.datasets, fimlab.train)
     "NGD", "SGD", "Adam", "make_optimizer", "OptionError", "datasets",
 ]
+# comparators (issue 17): eigenvalue-corrected, diagonal, block-exact, low-rank; spectra
+from .approx import (  # noqa: E402
+    EKFAC,
+    BlockExact,
+    DiagonalFisher,
+    EigenCorrected,
+    LowRank,
+    LowRankPlusDiagonal,
+)
+
+__all__ += [  # comparators: eigenvalue-corrected, diagonal, block-exact, low-rank; spectra
+    "EigenCorrected", "EKFAC", "DiagonalFisher", "BlockExact", "LowRank",
+    "LowRankPlusDiagonal",
+]
