@@ -53,7 +53,7 @@ DEFAULTS: dict = {
     "every": 50,
     "batch_size": 128,
     "lr": 1e-2,
-    "methods": None,  # None: every registered approximation
+    "methods": None,  # None: fimlab.approx.STUDY_DEFAULT (KPSVD family, EKFAC, EigenCorrected(KPSVD))
     "solver": "both",
     "rank": 3,  # rank of the extra rank-r KPSVD when "KPSVD-r" is requested
     "e2_max_size": 2500,
@@ -241,7 +241,10 @@ def _approx_block_svals(block, max_size: int):
 def _method_list(c: dict) -> list[tuple[str, str]]:
     from .approx import APPROXIMATIONS
 
-    names = list(c["methods"]) if c["methods"] else list(APPROXIMATIONS)
+    from .approx import STUDY_DEFAULT
+
+    names = list(c["methods"]) if c["methods"] else [m for m in STUDY_DEFAULT
+                                                       if m in APPROXIMATIONS]
     pairs = []
     for name in names:
         if name == "KPSVD-r":
@@ -250,7 +253,8 @@ def _method_list(c: dict) -> list[tuple[str, str]]:
         else:
             check_choice(name, APPROXIMATIONS, "approximation")
         solvers = ["exact", "paper"] if c["solver"] == "both" else [c["solver"]]
-        if name == "KFAC":  # closed form: the solver makes no difference
+        if name in ("KFAC", "EKFAC", "Diagonal", "BlockExact", "LowRank",
+                    "LowRank+Diagonal"):  # closed form: the solver makes no difference
             solvers = ["exact"]
         pairs += [(name, s) for s in solvers]
     return pairs
@@ -744,7 +748,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"[default: {d['batch_size']}]")
     p.add_argument("--lr", type=float, help=f"Adam learning rate [default: {d['lr']}]")
     p.add_argument("--methods", help="comma-separated approximations (KFAC, KPSVD, "
-                   "KFAC-corrected, Deflation, Lanczos, KPSVD-r) [default: all registered]")
+                   "KFAC-corrected, Deflation, Lanczos, KPSVD-r, EKFAC, EigenCorrected(KPSVD), "
+                   "Diagonal, BlockExact, LowRank, LowRank+Diagonal) [default: the KPSVD family, "
+                   "EKFAC and EigenCorrected(KPSVD)]")
     p.add_argument("--solver", help=f"exact (converged), paper (the papers' iterative "
                    f"solvers and budgets) or both [default: {d['solver']}]")
     p.add_argument("--rank", type=int, help=f"rank r of KPSVD-r [default: {d['rank']}]")
