@@ -97,6 +97,7 @@ __all__ = [
     "NGD", "SGD", "Adam", "make_optimizer", "OptionError", "datasets",
 ]
 # comparators (issue 17): eigenvalue-corrected, diagonal, block-exact, low-rank; spectra
+from . import spectral  # noqa: E402
 from .approx import (  # noqa: E402
     EKFAC,
     BlockExact,
@@ -105,8 +106,9 @@ from .approx import (  # noqa: E402
     LowRank,
     LowRankPlusDiagonal,
 )
+from .spectral import spectral_density  # noqa: E402
 
 __all__ += [  # comparators: eigenvalue-corrected, diagonal, block-exact, low-rank; spectra
     "EigenCorrected", "EKFAC", "DiagonalFisher", "BlockExact", "LowRank",
-    "LowRankPlusDiagonal",
+    "LowRankPlusDiagonal", "spectral", "spectral_density",
 ]

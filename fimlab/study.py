@@ -239,9 +239,7 @@ def _approx_block_svals(block, max_size: int):
 
 
 def _method_list(c: dict) -> list[tuple[str, str]]:
-    from .approx import APPROXIMATIONS
-
-    from .approx import STUDY_DEFAULT
+    from .approx import APPROXIMATIONS, STUDY_DEFAULT
 
     names = list(c["methods"]) if c["methods"] else [m for m in STUDY_DEFAULT
                                                        if m in APPROXIMATIONS]
