@@ -263,7 +263,7 @@ def _slq_nodes(apply, n, xp, dtype, device, probes, steps, rng):
 def spectral_density(op, *, probes: int = 8, steps: int = 40, rng=0,
                      preconditioner=None, damping: float | None = None,
                      rule: str = "factor", n_grid: int = 400, sigma: float = 0.05,
-                     grid=None, zero_rtol: float = 1e-9, outliers: int = 0,
+                     grid=None, zero_rtol: float | None = None, outliers: int = 0,
                      label: str = "") -> SpectralDensity:
     """The spectral density of a symmetric operator by stochastic Lanczos quadrature.
 
@@ -289,8 +289,12 @@ def spectral_density(op, *, probes: int = 8, steps: int = 40, rng=0,
     n_grid, sigma, grid
         The ``log₁₀ λ`` grid (default: from ``min θ/10`` to ``max θ·10`` over the non-zero
         nodes) and the Gaussian broadening in ``log₁₀`` units.
-    zero_rtol : float
-        Ritz values ``≤ zero_rtol·max θ`` count as zero (``zero_mass``).
+    zero_rtol : float, optional
+        Ritz values ``≤ zero_rtol·max θ`` count as zero (``zero_mass``). Default: for a
+        Fisher operator or block (not preconditioned), half its smallest non-zero
+        eigenvalue, exact from the Gram matrix (a Ritz value below it can only be a
+        Lanczos approximation of the zero eigenvalue, which converges slowly to ~1e-8
+        rather than to round-off); ``1e-6`` otherwise.
     outliers : int
         Also return the ``outliers`` largest eigenvalues exactly, by the ``N·K × N·K``
         Gram matrix (Fisher operators and blocks only).
@@ -334,6 +338,21 @@ def spectral_density(op, *, probes: int = 8, steps: int = 40, rng=0,
         inner = "Euclidean ⟨x, y⟩ = xᵀy (F̃_λ^{-1/2} F_λ F̃_λ^{-1/2} applied exactly)"
     nodes, weights = _slq_nodes(apply, n, xp, dtype, device, probes, steps, rng)
     top = float(np.max(np.abs(nodes))) if nodes.size else 0.0
+    exact_zero, outs, ev = None, None, None
+    if isinstance(op, (FisherOperator, FisherBlock)) and preconditioner is None:
+        b = op.batch.layer(op.l) if isinstance(op, FisherBlock) else op.batch
+        ev = np.sort(np.asarray(to_numpy(xp.linalg.eigvalsh(b.gram())), dtype=float))[::-1]
+        ev = ev / b.n_samples
+        rank = int(np.sum(ev > ev[0] * ev.size * np.finfo(float).eps * 10)) if ev[0] > 0 else 0
+        exact_zero = 1.0 - rank / n
+        if outliers:
+            outs = ev[: min(int(outliers), rank)]
+        if zero_rtol is None and rank >= 1 and top > 0:
+            zero_rtol = 0.5 * ev[rank - 1] / top
+    elif outliers:
+        raise ShapeError("exact outliers need a Fisher operator or block (the Gram route)")
+    if zero_rtol is None:
+        zero_rtol = 1e-6
     zero = nodes <= zero_rtol * top
     zero_mass = float(np.mean(np.sum(weights * zero, axis=1)))
     pos = ~zero & (nodes > 0)
@@ -348,17 +367,6 @@ def spectral_density(op, *, probes: int = 8, steps: int = 40, rng=0,
         w = weights[pos] / probes
         dens = (w[None, :] * np.exp(-0.5 * ((grid[:, None] - t[None, :]) / sigma) ** 2)).sum(1)
         dens /= sigma * math.sqrt(2 * math.pi)
-    exact_zero, outs = None, None
-    if isinstance(op, (FisherOperator, FisherBlock)) and preconditioner is None:
-        b = op.batch.layer(op.l) if isinstance(op, FisherBlock) else op.batch
-        ev = np.sort(np.asarray(to_numpy(xp.linalg.eigvalsh(b.gram())), dtype=float))[::-1]
-        ev = ev / b.n_samples
-        rank = int(np.sum(ev > ev[0] * ev.size * np.finfo(float).eps * 10)) if ev[0] > 0 else 0
-        exact_zero = 1.0 - rank / n
-        if outliers:
-            outs = ev[: min(int(outliers), rank)]
-    elif outliers:
-        raise ShapeError("exact outliers need a Fisher operator or block (the Gram route)")
     return SpectralDensity(nodes, weights, n, grid, dens, zero_mass, exact_zero, outs, inner,
                            label, {"probes": probes, "steps": steps})
 

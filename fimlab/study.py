@@ -67,6 +67,12 @@ DEFAULTS: dict = {
     "threads": 1,
     "two_level": False,  # opt-in: E4/E5 of every method and of each two-level correction
     "damping": 1e-3,  # λ of F + λI in the E4/E5 measurements (two_level only)
+    # opt-in: spectral densities (fimlab.study_spectra); True = at the last measurement,
+    # or a list of iterations (each a measurement iteration); λ of the preconditioned
+    # densities is "damping"
+    "spectra": False,
+    "spectra_probes": 4,
+    "spectra_steps": 30,
 }
 
 _SOLVERS = ("exact", "paper", "both")
@@ -111,10 +117,17 @@ def _normalise(cfg: dict) -> dict:
         c["sizes"] = [int(s) for s in c["sizes"].replace("-", ",").split(",") if s.strip()]
     if isinstance(c["methods"], str):
         c["methods"] = [m.strip() for m in c["methods"].split(",") if m.strip()]
-    if c["two_level"]:
+    if c["two_level"] or c["spectra"]:
         from ._validation import check_damping
 
         c["damping"] = check_damping(c["damping"])
+    if not (isinstance(c["spectra"], bool) or (isinstance(c["spectra"], (list, tuple)) and all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in c["spectra"]))):
+        raise ShapeError("option spectra must be true/false or a list of iterations, got "
+                         f"{c['spectra']!r}")
+    for key in ("spectra_probes", "spectra_steps"):
+        if isinstance(c[key], bool) or not isinstance(c[key], int) or c[key] < 1:
+            raise ShapeError(f"option {key} must be a positive integer, got {c[key]!r}")
     return c
 
 
@@ -188,6 +201,7 @@ class StudyResult:
     wall_time: float = 0.0
     not_converged: dict = field(default_factory=dict)
     two_level_rows: list = field(default_factory=list)  # filled by --two-level
+    spectra: list = field(default_factory=list)  # filled by --spectra
 
     def summary(self) -> list[dict]:
         """Per method, solver and block: E1/E2 at the last measurement and their means."""
@@ -236,6 +250,13 @@ def _approx_block_svals(block, max_size: int):
         return None
     D = np.asarray(block.to_dense())
     return np.sort(np.abs(np.linalg.eigvalsh(0.5 * (D + D.T))))[::-1]
+
+
+def _spectra_at(c: dict, measure_at) -> set:
+    """Iterations at which ``--spectra`` draws densities (measurement iterations only)."""
+    if c["spectra"] is True:
+        return {max(measure_at)}
+    return {int(i) for i in c["spectra"]} & set(measure_at)
 
 
 def _method_list(c: dict) -> list[tuple[str, str]]:
@@ -412,6 +433,15 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
                         result.rows.append(row)
                         if writer is not None:
                             writer.writerow(row)
+                if c["spectra"] and it in _spectra_at(c, measure_at):
+                    from .study_spectra import spectra_step
+
+                    ops: dict = {}
+                    for n, sv in pairs:  # one operator per method (the first solver)
+                        ops.setdefault(n, warm[(n, sv)])
+                    result.spectra += spectra_step(
+                        batch, ops, iteration=it, damping=c["damping"],
+                        probes=c["spectra_probes"], steps=c["spectra_steps"], seed=c["seed"])
                 if c["two_level"]:  # E4/E5 on the same mini-batch (PAPERS.md E4, E5, T1-T4)
                     _two_level_step(result, batch, net.flatten(grads), warm, c, it, loss)
                 if fh is not None:
@@ -438,6 +468,10 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
             plot_study(result, out)
         if c["two_level"]:
             write_two_level(result, out, plot=c["plot"])
+        if result.spectra:
+            from .study_spectra import write_spectra
+
+            write_spectra(result.spectra, out, plot=c["plot"])
     result.not_converged = not_converged
     if verbose:
         print(format_summary(result))
@@ -485,7 +519,7 @@ def format_summary(result: StudyResult) -> str:
             s = index[(m, sv, b)]
             cells.append("n/a" if math.isnan(s["e2_last"])
                          else f"{s['e2_last']:.4f} ({s['e2_mean']:.4f})")
-        lines.append(f"{m:<16}{sv:<8}" + "".join(f"{x:>{w}}" for x in cells))
+        lines.append(f"{m + ' ':<16}{sv:<8}" + "".join(f"{x:>{w}}" for x in cells))
     return "\n".join(lines)
 
 
@@ -771,7 +805,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "KFAC (every coarse space, both forms), and the share of ‖F‖²_F outside "
                    "the diagonal blocks; writes two_level.csv and two_level.png")
     p.add_argument("--damping", type=float, help=f"λ of F + λI for --two-level "
-                   f"[default: {d['damping']}]")
+                   f"and --spectra [default: {d['damping']}]")
+    p.add_argument("--spectra", nargs="?", const=True, default=None,
+                   type=lambda v: [int(x) for x in v.split(",")],
+                   help="draw spectral densities (stochastic Lanczos quadrature) of the "
+                   "Fisher, each approximation and each preconditioned Fisher, per block "
+                   "and for the whole network, at the last measurement or at the given "
+                   "comma-separated iterations; writes spectra.csv, spectra.json and "
+                   "spectra_it<k>.png")
 
 
 def run(args: argparse.Namespace) -> int:

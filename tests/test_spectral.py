@@ -215,3 +215,31 @@ def test_diagonal_estimate():
     assert np.all(np.abs(d - np.diag(Fd)) <= 4 * sig + 1e-14)
     # the exact diagonal is fl.DiagonalFisher
     np.testing.assert_allclose(fl.DiagonalFisher(b).diagonal(), np.diag(Fd), atol=1e-14)
+
+
+def test_study_spectra(tmp_path):
+    import json
+
+    from fimlab.study import run_study
+
+    res = run_study({"iterations": 0, "n_samples": 120, "batch_size": 40, "solver": "exact",
+                     "methods": ["KFAC", "EKFAC", "Deflation", "LowRank"], "spectra": True,
+                     "spectra_probes": 2, "spectra_steps": 12, "sizes": [64, 6, 10]},
+                    out_dir=tmp_path, progress=False, verbose=False)
+    for f in ("spectra.csv", "spectra.json", "spectra_it0.png"):
+        assert (tmp_path / f).is_file()
+    recs = json.loads((tmp_path / "spectra.json").read_text())
+    assert {r["block"] for r in recs} == {0, 1, "all"}
+    fisher = [r for r in recs if r["method"] == "Fisher"]
+    assert len(fisher) == 3 and all(r["outliers"] for r in fisher)
+    # Deflation's preconditioned density is left out, with the reason
+    skipped = [r for r in recs if r["method"] == "Deflation" and r["kind"] == "preconditioned"]
+    assert skipped and all("inverse square root" in r["skipped"] for r in skipped)
+    ok = [r for r in recs if r["method"] == "EKFAC" and r["kind"] == "preconditioned"]
+    assert len(ok) == 3 and all(r["lambda_min"] > 0 for r in ok)
+    assert res.spectra and len(res.spectra) == len(recs)
+    from fimlab.study import _normalise
+
+    for bad in ({"spectra": "yes"}, {"spectra_probes": 0}):
+        with pytest.raises(ShapeError):
+            _normalise(bad)
