@@ -418,3 +418,19 @@ def test_block_exact_method_of_train_is_block_exact_object():
     opt = fl.NGD(net, method="block-exact", damping=0.1)
     opt.step(X, y)
     assert isinstance(opt.preconditioner, fl.BlockExact)
+
+
+def test_bench_comparators_section_tiny(tmp_path):
+    from benchmarks.suite import run_suite
+
+    run_suite(mode="tiny", sections=["comparators"], use_peers=False, out=tmp_path / "b.json",
+              log=lambda *a: None)
+    import json
+
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    sections = {r["section"] for r in rows}
+    assert {"EKFAC per block", "LowRank vs KFAC", "E1 of the comparators",
+            "EKFAC vs peers"} <= sections
+    e1 = next(r for r in rows if r["section"] == "E1 of the comparators")
+    assert e1["e1"]["BlockExact"] == pytest.approx([0.0] * len(e1["e1"]["BlockExact"]),
+                                                   abs=1e-6)
