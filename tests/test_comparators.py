@@ -434,3 +434,12 @@ def test_bench_comparators_section_tiny(tmp_path):
     e1 = next(r for r in rows if r["section"] == "E1 of the comparators")
     assert e1["e1"]["BlockExact"] == pytest.approx([0.0] * len(e1["e1"]["BlockExact"]),
                                                    abs=1e-6)
+
+
+def test_eigencorrected_kpsvd_paper_solver_warm_start():
+    from fimlab.approx import build_approximation
+
+    b = _batch(N=16)
+    E0 = build_approximation("EigenCorrected(KPSVD)", b, solver="paper")
+    E1 = build_approximation("EigenCorrected(KPSVD)", b, solver="paper", warm_start=E0)
+    np.testing.assert_allclose(E1.to_dense(), E0.to_dense(), atol=1e-6)

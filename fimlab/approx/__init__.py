@@ -51,10 +51,17 @@ from .lowrank import LowRank, LowRankPlusDiagonal  # noqa: E402
 __all__ += ["EigenCorrected", "EKFAC", "DiagonalFisher", "BlockExact", "LowRank",
             "LowRankPlusDiagonal", "FACTORLESS", "STUDY_DEFAULT"]
 
+def _unwrap_warm(kw: dict) -> dict:
+    """A warm start given as the previous eigenvalue-corrected operator: its KPSVD input."""
+    if kw.get("warm_start") is not None:
+        kw = {**kw, "warm_start": getattr(kw["warm_start"], "base", kw["warm_start"])}
+    return kw
+
+
 APPROXIMATIONS.update({
     "EKFAC": lambda batch, solver="exact", **kw: EKFAC(batch),
     "EigenCorrected(KPSVD)": lambda batch, solver="exact", **kw: EigenCorrected(
-        KPSVD(batch, rank=1, solver=solver, **kw)),
+        KPSVD(batch, rank=1, solver=solver, **_unwrap_warm(kw))),
     "Diagonal": lambda batch, solver="exact", **kw: DiagonalFisher(batch),
     "BlockExact": lambda batch, solver="exact", **kw: BlockExact(batch),
     "LowRank": lambda batch, solver="exact", k=20, **kw: LowRank(batch, k=k, clip=True),
