@@ -59,7 +59,7 @@ def _as_apply(op):
     from .operators import CurvatureOperator
 
     if isinstance(op, CurvatureOperator):
-        return op._matmat, op.shape[0], op.xp, op.dtype, op._device()
+        return op.matmat, op.shape[0], op.xp, op.dtype, op.device
     if hasattr(op, "ndim") and op.ndim == 2 and op.shape[0] == op.shape[1]:
         xp = array_namespace(op)
         return (lambda X: op @ X), int(op.shape[0]), xp, op.dtype, device_of(op)
@@ -123,9 +123,9 @@ def _gram_inv_sqrt(N, lam, xp, layers_op):
     K = b.n_vectors
 
     def apply(X):
-        UX = xp.reshape(layers_op._U(X), (N * K, X.shape[1]))
+        UX = xp.reshape(layers_op.jacobian_rows(X), (N * K, X.shape[1]))
         Y = W @ (coef[:, None] * (xp.matrix_transpose(W) @ UX))
-        return X * lam ** -0.5 + layers_op._Ut(xp.reshape(Y, (N, K, X.shape[1])))
+        return X * lam ** -0.5 + layers_op.jacobian_rows_transpose(xp.reshape(Y, (N, K, X.shape[1])))
 
     return apply
 
@@ -147,13 +147,13 @@ def inverse_sqrt_map(approx, damping: float, rule: str = "factor"):
         diagonalisation or PCG), ``LowRankPlusDiagonal``, two-level methods (the residual
         form is not symmetric; the coarse spaces built from residuals make it nonlinear).
     """
-    from .approx.eigencorrected import EigenbasisBlock, _check_rule
+    from .approx.eigencorrected import EigenbasisBlock, check_rule
     from .approx.lowrank import LowRank, LowRankPlusDiagonal
     from .curvature import FisherBlock, FisherOperator
     from .operators import BlockDiagonalOperator, KroneckerOperator
 
     lam = check_damping(damping)
-    _check_rule(rule)
+    check_rule(rule)
     if type(approx).__name__ in ("TwoLevel", "TwoLevelOperator"):
         raise ShapeError(
             "two-level methods are left out of preconditioned densities: the residual form "
@@ -172,9 +172,10 @@ def inverse_sqrt_map(approx, damping: float, rule: str = "factor"):
         return _kron_inv_sqrt(approx, lam, rule)
     if isinstance(approx, EigenbasisBlock):
         dh = (approx.diagonal_values + lam) ** -0.5
-        return lambda X: approx._scaled(X, dh)
+        return lambda X: approx.apply_diagonal(X, dh)
     if isinstance(approx, FisherBlock):
-        return _gram_inv_sqrt(approx.batch.n_samples, lam, approx.xp, approx._F)
+        return _gram_inv_sqrt(approx.batch.n_samples, lam, approx.xp,
+                              FisherOperator(approx.batch.layer(approx.l)))
     if isinstance(approx, FisherOperator):
         return _gram_inv_sqrt(approx.batch.n_samples, lam, approx.xp, approx)
     if isinstance(approx, LowRankPlusDiagonal):
@@ -183,9 +184,9 @@ def inverse_sqrt_map(approx, damping: float, rule: str = "factor"):
                          "fl.preconditioned_spectrum for its Ritz values")
     if isinstance(approx, LowRank):
         xp = approx.xp
-        lamk = approx._lam
+        lamk = approx.values_array
         coef = (lamk + lam) ** -0.5 - lam ** -0.5
-        V = approx.V if approx.V is not None else approx._vectors()
+        V = approx.V if approx.V is not None else approx.eigenvectors()
         return lambda X: X * lam ** -0.5 + V @ (coef[:, None] * (xp.matrix_transpose(V) @ X))
     raise ShapeError(f"{type(approx).__name__} has no inverse square root fimlab forms; "
                      "preconditioned densities need a symmetric positive definite linear map")
@@ -238,8 +239,8 @@ class SpectralDensity:
 
 
 def _slq_nodes(apply, n, xp, dtype, device, probes, steps, rng):
-    from ._lanczos import lanczos
     from .backend import from_host, to_numpy
+    from .kron import lanczos
 
     nodes, weights = [], []
     m = min(steps, n)

@@ -53,7 +53,7 @@ DEFAULTS: dict = {
     "every": 50,
     "batch_size": 128,
     "lr": 1e-2,
-    "methods": None,  # None: fimlab.approx.STUDY_DEFAULT (KPSVD family, EKFAC, EigenCorrected(KPSVD))
+    "methods": None,  # None: fimlab.approx.STUDY_DEFAULT
     "solver": "both",
     "rank": 3,  # rank of the extra rank-r KPSVD when "KPSVD-r" is requested
     "e2_max_size": 2500,
@@ -67,10 +67,7 @@ DEFAULTS: dict = {
     "threads": 1,
     "two_level": False,  # opt-in: E4/E5 of every method and of each two-level correction
     "damping": 1e-3,  # λ of F + λI in the E4/E5 measurements (two_level only)
-    # opt-in: spectral densities (fimlab.study_spectra); True = at the last measurement,
-    # or a list of iterations (each a measurement iteration); λ of the preconditioned
-    # densities is "damping"
-    "spectra": False,
+    "spectra": False,  # opt-in: densities (fimlab.study_spectra); True, or iterations
     "spectra_probes": 4,
     "spectra_steps": 30,
 }
@@ -121,13 +118,9 @@ def _normalise(cfg: dict) -> dict:
         from ._validation import check_damping
 
         c["damping"] = check_damping(c["damping"])
-    if not (isinstance(c["spectra"], bool) or (isinstance(c["spectra"], (list, tuple)) and all(
-            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in c["spectra"]))):
-        raise ShapeError("option spectra must be true/false or a list of iterations, got "
-                         f"{c['spectra']!r}")
-    for key in ("spectra_probes", "spectra_steps"):
-        if isinstance(c[key], bool) or not isinstance(c[key], int) or c[key] < 1:
-            raise ShapeError(f"option {key} must be a positive integer, got {c[key]!r}")
+    from .study_spectra import check_options
+
+    check_options(c)
     return c
 
 
@@ -232,15 +225,8 @@ def _approx_block_svals(block, max_size: int):
     return np.sort(np.abs(np.linalg.eigvalsh(0.5 * (D + D.T))))[::-1]
 
 
-def _spectra_at(c: dict, measure_at) -> set:
-    """Iterations at which ``--spectra`` draws densities (measurement iterations only)."""
-    if c["spectra"] is True:
-        return {max(measure_at)}
-    return {int(i) for i in c["spectra"]} & set(measure_at)
-
-
 def _method_list(c: dict) -> list[tuple[str, str]]:
-    from .approx import APPROXIMATIONS, STUDY_DEFAULT
+    from .approx import APPROXIMATIONS, CLOSED_FORM, STUDY_DEFAULT
 
     names = list(c["methods"]) if c["methods"] else [m for m in STUDY_DEFAULT
                                                        if m in APPROXIMATIONS]
@@ -252,8 +238,7 @@ def _method_list(c: dict) -> list[tuple[str, str]]:
         else:
             check_choice(name, APPROXIMATIONS, "approximation")
         solvers = ["exact", "paper"] if c["solver"] == "both" else [c["solver"]]
-        if name in ("KFAC", "EKFAC", "Diagonal", "BlockExact", "LowRank",
-                    "LowRank+Diagonal"):  # closed form: the solver makes no difference
+        if name in CLOSED_FORM:  # closed form: the solver makes no difference
             solvers = ["exact"]
         pairs += [(name, s) for s in solvers]
     return pairs
@@ -414,15 +399,10 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
                         result.rows.append(row)
                         if writer is not None:
                             writer.writerow(row)
-                if c["spectra"] and it in _spectra_at(c, measure_at):
-                    from .study_spectra import spectra_step
+                if c["spectra"]:
+                    from .study_spectra import measure
 
-                    ops: dict = {}
-                    for n, sv in pairs:  # one operator per method (the first solver)
-                        ops.setdefault(n, warm[(n, sv)])
-                    result.spectra += spectra_step(
-                        batch, ops, iteration=it, damping=c["damping"],
-                        probes=c["spectra_probes"], steps=c["spectra_steps"], seed=c["seed"])
+                    measure(result, batch, pairs, warm, c, it, measure_at)
                 if c["two_level"]:  # E4/E5 on the same mini-batch (PAPERS.md E4, E5, T1-T4)
                     _two_level_step(result, batch, net.flatten(grads), warm, c, it, loss)
                 if fh is not None:
@@ -762,8 +742,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help=f"Adam learning rate [default: {d['lr']}]")
     p.add_argument("--methods", help="comma-separated approximations (KFAC, KPSVD, "
                    "KFAC-corrected, Deflation, Lanczos, KPSVD-r, EKFAC, EigenCorrected(KPSVD), "
-                   "Diagonal, BlockExact, LowRank, LowRank+Diagonal) [default: the KPSVD family, "
-                   "EKFAC and EigenCorrected(KPSVD)]")
+                   "Diagonal, BlockExact, LowRank, LowRank+Diagonal) [default: the KPSVD "
+                   "family, EKFAC, EigenCorrected(KPSVD)]")
     p.add_argument("--solver", help=f"exact (converged), paper (the papers' iterative "
                    f"solvers and budgets) or both [default: {d['solver']}]")
     p.add_argument("--rank", type=int, help=f"rank r of KPSVD-r [default: {d['rank']}]")
@@ -787,13 +767,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "the diagonal blocks; writes two_level.csv and two_level.png")
     p.add_argument("--damping", type=float, help=f"λ of F + λI for --two-level "
                    f"and --spectra [default: {d['damping']}]")
-    p.add_argument("--spectra", nargs="?", const=True, default=None,
-                   type=lambda v: [int(x) for x in v.split(",")],
-                   help="draw spectral densities (stochastic Lanczos quadrature) of the "
-                   "Fisher, each approximation and each preconditioned Fisher, per block "
-                   "and for the whole network, at the last measurement or at the given "
-                   "comma-separated iterations; writes spectra.csv, spectra.json and "
-                   "spectra_it<k>.png")
+    from .study_spectra import add_argument
+
+    add_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:

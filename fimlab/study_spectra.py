@@ -20,7 +20,44 @@ import numpy as np
 
 from ._errors import ShapeError
 
-__all__ = ["spectra_step", "plot_spectra"]
+__all__ = ["spectra_step", "plot_spectra", "write_spectra", "measure", "check_options",
+           "add_argument"]
+
+
+def check_options(c: dict) -> None:
+    """Validate the study options ``spectra``, ``spectra_probes``, ``spectra_steps``."""
+    s = c["spectra"]
+    if not (isinstance(s, bool) or (isinstance(s, (list, tuple)) and all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in s))):
+        raise ShapeError(f"option spectra must be true/false or a list of iterations, got {s!r}")
+    for key in ("spectra_probes", "spectra_steps"):
+        if isinstance(c[key], bool) or not isinstance(c[key], int) or c[key] < 1:
+            raise ShapeError(f"option {key} must be a positive integer, got {c[key]!r}")
+
+
+def add_argument(p) -> None:
+    """``--spectra [ITERATIONS]`` of ``fimlab study``."""
+    p.add_argument("--spectra", nargs="?", const=True, default=None,
+                   type=lambda v: [int(x) for x in v.split(",")],
+                   help="draw spectral densities (stochastic Lanczos quadrature) of the "
+                   "Fisher, each approximation and each preconditioned Fisher (λ = "
+                   "--damping), per block and for the whole network, at the last "
+                   "measurement or at the given comma-separated iterations; writes "
+                   "spectra.csv, spectra.json and spectra_it<k>.png")
+
+
+def measure(result, batch, pairs, warm, c: dict, it: int, measure_at) -> None:
+    """The study's hook: densities at iteration ``it`` if it is one of the chosen ones
+    (``spectra=True``: the last measurement), appended to ``result.spectra``."""
+    at = {max(measure_at)} if c["spectra"] is True else set(c["spectra"]) & set(measure_at)
+    if it not in at:
+        return
+    ops: dict = {}
+    for n, sv in pairs:  # one operator per method (the first solver)
+        ops.setdefault(n, warm[(n, sv)])
+    result.spectra += spectra_step(batch, ops, iteration=it, damping=c["damping"],
+                                   probes=c["spectra_probes"], steps=c["spectra_steps"],
+                                   seed=c["seed"])
 
 
 def _block_of(op, l):

@@ -49,7 +49,7 @@ from .eigencorrected import EKFAC, DiagonalFisher, EigenCorrected  # noqa: E402
 from .lowrank import LowRank, LowRankPlusDiagonal  # noqa: E402
 
 __all__ += ["EigenCorrected", "EKFAC", "DiagonalFisher", "BlockExact", "LowRank",
-            "LowRankPlusDiagonal", "FACTORLESS", "STUDY_DEFAULT"]
+            "LowRankPlusDiagonal", "FACTORLESS", "STUDY_DEFAULT", "CLOSED_FORM"]
 
 def _unwrap_warm(kw: dict) -> dict:
     """A warm start given as the previous eigenvalue-corrected operator: its KPSVD input."""
@@ -71,6 +71,8 @@ APPROXIMATIONS.update({
 
 #: methods with no Kronecker factors to average (NGD's ema="auto" uses "none" for them)
 FACTORLESS = ("Diagonal", "BlockExact", "LowRank", "LowRank+Diagonal")
+#: closed forms: the ``solver`` option makes no difference (``fimlab study`` runs one)
+CLOSED_FORM = ("KFAC", "EKFAC") + FACTORLESS
 #: ``fimlab study``'s default set: the KPSVD family with KFAC, and the two eigenvalue
 #: corrections (the other comparators on request, ``--methods``)
 STUDY_DEFAULT = ["KFAC", "KPSVD", "KFAC-corrected", "Deflation", "Lanczos", "EKFAC",

@@ -12,7 +12,7 @@ from .._validation import check_damping
 from ..batch import FactorBatch
 from ..curvature import FisherBlock
 from ..operators import BlockDiagonalOperator
-from .eigencorrected import _check_rule
+from .eigencorrected import check_rule
 
 __all__ = ["BlockExact", "ExactBlock"]
 
@@ -39,7 +39,7 @@ class ExactBlock(FisherBlock):
 
     def solve(self, v, damping, rule: str = "exact", **kwargs):
         """``(F_l + λI)⁻¹ v`` by Woodbury, exact whatever ``rule``."""
-        _check_rule(rule)
+        check_rule(rule)
         return super().solve(v, damping, rule="exact", **kwargs)
 
 
@@ -77,5 +77,5 @@ class BlockExact(BlockDiagonalOperator):
     def solve(self, v, damping, rule: str = "exact", **kwargs):
         """Block-by-block ``(F_ll + λI)⁻¹ v`` (Woodbury; ``rule`` does not apply)."""
         check_damping(damping)
-        _check_rule(rule)
+        check_rule(rule)
         return super().solve(v, damping, rule="exact", **kwargs)

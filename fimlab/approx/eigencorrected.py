@@ -29,7 +29,7 @@ __all__ = ["EigenbasisBlock", "EigenCorrected", "EKFAC", "DiagonalFisher",
            "projected_second_moments"]
 
 
-def _check_rule(rule: str) -> None:
+def check_rule(rule: str) -> None:
     from ..kron import DAMPING_RULES
 
     check_choice(rule, DAMPING_RULES, "damping rule")
@@ -53,10 +53,18 @@ def projected_second_moments(a, g, QA=None, QG=None):
     """
     xp = array_namespace(a, g)
     N = a.shape[0]
-    pa = a if QA is None else a @ QA
-    pg = g if QG is None else g @ QG
-    PA = pa * pa
-    PG = xp.sum(pg * pg, axis=1)  # (N, d_g)
+    PA = a * a if QA is None else a @ QA
+    if QA is not None:
+        PA *= PA  # in place: the projection is a fresh array
+    K = g.shape[1]
+    if K == 1:  # one vector per sample (MC, empirical): no sum over k
+        PG = xp.reshape(g, (N, g.shape[2]))
+        PG = PG * PG if QG is None else PG @ QG
+        if QG is not None:
+            PG *= PG
+    else:
+        pg = g if QG is None else g @ QG
+        PG = xp.sum(pg * pg, axis=1)  # (N, d_g)
     return (xp.matrix_transpose(PA) @ PG) / N
 
 
@@ -116,13 +124,14 @@ class EigenbasisBlock(CurvatureOperator):
             QA, QG = xp.matrix_transpose(QA), xp.matrix_transpose(QG)
         return kron_matmat(QA, QG, X)
 
-    def _scaled(self, X, d):
+    def apply_diagonal(self, X, d):
+        """``Q diag(d) Qᵀ X`` for any diagonal ``d`` in this block's basis."""
         Y = self._rotate(X, transpose=True)
         Y = Y * self.xp.reshape(d, (-1, 1))
         return self._rotate(Y, transpose=False)
 
     def _matmat(self, X):
-        return self._scaled(X, self.diagonal_values)
+        return self.apply_diagonal(X, self.diagonal_values)
 
     def to_dense(self, max_bytes: int | None = None):
         check_dense_memory(self.shape, self.dtype, max_bytes, "eigenbasis block",
@@ -133,12 +142,12 @@ class EigenbasisBlock(CurvatureOperator):
     def solve(self, v, damping, rule: str = "exact", **kwargs):
         """``(E + λI)⁻¹ v = Q diag(1/(s + λ)) Qᵀ v``, exact (``rule`` does not apply)."""
         lam = check_damping(damping)
-        _check_rule(rule)
+        check_rule(rule)
         self._check_operand(v, (1, 2))
         xp = self.xp
         X = xp.reshape(v, (-1, 1)) if v.ndim == 1 else v
         d = self.diagonal_values + lam
-        Y = self._scaled(X, 1.0 / d)
+        Y = self.apply_diagonal(X, 1.0 / d)
         return Y[:, 0] if v.ndim == 1 else Y
 
     def frobenius_norm_sq(self) -> float:

@@ -22,7 +22,7 @@ from .._validation import check_choice, check_damping, check_dense_memory, nbyte
 from ..batch import FactorBatch
 from ..curvature import FisherBlock, FisherOperator
 from ..operators import CurvatureOperator
-from .eigencorrected import _check_rule, projected_second_moments
+from .eigencorrected import check_rule, projected_second_moments
 
 __all__ = ["LowRank", "LowRankPlusDiagonal", "LowRankBlock", "top_eigenpairs"]
 
@@ -89,7 +89,7 @@ def top_eigenpairs(F: FisherOperator, k: int, *, method: str = "auto", tol: floa
         lam = evh[:k]
         scale = xp.asarray(1.0 / np.sqrt(N * lam), dtype=b.dtype, device=b.device)
         return lam, Wk * scale[None, :], None
-    from .._lanczos import lanczos
+    from ..kron import lanczos
 
     bound = min(NK, P)
     if k > bound:
@@ -179,7 +179,7 @@ class LowRankBlock(CurvatureOperator):
     def solve(self, v, damping, rule: str = "exact", **kwargs):
         """``(V_lΛV_lᵀ + D_l + λI)⁻¹ v`` by Woodbury (exact; ``rule`` does not apply)."""
         lam = check_damping(damping)
-        _check_rule(rule)
+        check_rule(rule)
         self._check_operand(v, (1, 2))
         return _woodbury_lowrank(self.V, self.lam, self.D, lam, v, self.xp)
 
@@ -277,7 +277,7 @@ class LowRank(CurvatureOperator):
         want = (nbytes_of((P, self.k), self.dtype) <= EXPLICIT_MAX_BYTES
                 if explicit is None else bool(explicit))
         if V is None and (want or self._with_diagonal):
-            V = self._vectors()
+            V = self.eigenvectors()
         self.V = V  # explicit eigenvectors (P × k), or None (implicit)
         self._blocks = None
         self.D = None
@@ -285,14 +285,19 @@ class LowRank(CurvatureOperator):
     def _device(self):
         return self.batch.device
 
-    def _vectors(self, layers=None):
+    @property
+    def values_array(self):
+        """``values`` as an array of the batch's namespace and dtype."""
+        return self._lam
+
+    def eigenvectors(self, layers=None):
         """``Uᵀ C`` (the eigenvectors, rows of ``layers``), memory-guarded."""
         b, xp = self.batch, self.xp
         rows = b.n_params if layers is None else sum(b.block_sizes[l] for l in layers)
         check_dense_memory((rows, self.k), self.dtype, None, "low-rank eigenvectors",
                            "explicit=False (implicit eigenvectors)")
         C3 = xp.reshape(self._C, (b.n_samples, b.n_vectors, self.k))
-        return self.fisher._Ut(C3, layers=layers)
+        return self.fisher.jacobian_rows_transpose(C3, layers=layers)
 
     @property
     def n_blocks(self) -> int:
@@ -304,7 +309,7 @@ class LowRank(CurvatureOperator):
     def _block_V(self, l: int):
         if self.V is not None:
             return self.V[self.offsets[l]:self.offsets[l + 1], :]
-        return self._vectors(layers=[l])
+        return self.eigenvectors(layers=[l])
 
     def diagonal_block(self, l: int) -> LowRankBlock:
         """Diagonal block ``l`` of the approximation, as an operator."""
@@ -337,9 +342,9 @@ class LowRank(CurvatureOperator):
             return self.V @ (self._lam[:, None] * (xp.matrix_transpose(self.V) @ X))
         b, F = self.batch, self.fisher
         NK = b.n_samples * b.n_vectors
-        UX = xp.reshape(F._U(X), (NK, X.shape[1]))
+        UX = xp.reshape(F.jacobian_rows(X), (NK, X.shape[1]))
         Y = self._C @ (self._lam[:, None] * (xp.matrix_transpose(self._C) @ UX))
-        return F._Ut(xp.reshape(Y, (b.n_samples, b.n_vectors, X.shape[1])))
+        return F.jacobian_rows_transpose(xp.reshape(Y, (b.n_samples, b.n_vectors, X.shape[1])))
 
     def _matmat(self, X):
         Y = self._lowrank_matmat(X)
@@ -361,13 +366,13 @@ class LowRank(CurvatureOperator):
             return None
         if F.batch is self.batch:
             return LowRank.frobenius_norm_sq(self)
-        V = self.V if self.V is not None else self._vectors()
+        V = self.V if self.V is not None else self.eigenvectors()
         return float(self.xp.sum(self._lam[None, :] * V * F.matmat(V)))
 
     def solve(self, v, damping, rule: str = "exact", **kwargs):
         """``(F_k + λI)⁻¹ v`` by Woodbury (exact; ``rule`` does not apply)."""
         lam = check_damping(damping)
-        _check_rule(rule)
+        check_rule(rule)
         self._check_operand(v, (1, 2))
         xp = self.xp
         X = xp.reshape(v, (-1, 1)) if v.ndim == 1 else v
@@ -377,9 +382,9 @@ class LowRank(CurvatureOperator):
         else:
             b, F = self.batch, self.fisher
             NK = b.n_samples * b.n_vectors
-            UX = xp.reshape(F._U(X), (NK, X.shape[1]))
+            UX = xp.reshape(F.jacobian_rows(X), (NK, X.shape[1]))
             Z = self._C @ (w[:, None] * (xp.matrix_transpose(self._C) @ UX))
-            Y = (X - F._Ut(xp.reshape(Z, (b.n_samples, b.n_vectors, X.shape[1])))) / lam
+            Y = (X - F.jacobian_rows_transpose(xp.reshape(Z, (b.n_samples, b.n_vectors, X.shape[1])))) / lam
         return Y[:, 0] if v.ndim == 1 else Y
 
     def __repr__(self) -> str:
@@ -437,6 +442,6 @@ class LowRankPlusDiagonal(LowRank):
     def solve(self, v, damping, rule: str = "exact", **kwargs):
         """``(F_k + D + λI)⁻¹ v`` by Woodbury with the diagonal ``D + λI`` (exact)."""
         lam = check_damping(damping)
-        _check_rule(rule)
+        check_rule(rule)
         self._check_operand(v, (1, 2))
         return _woodbury_lowrank(self.V, self._lam, self.D, lam, v, self.xp)
