@@ -232,13 +232,15 @@ class SpectralDensity:
     label: str = ""
     info: dict = field(default_factory=dict)
 
-    def moment(self, j: int) -> float:
+    def moment(  # xp: host nodes and weights
+            self, j: int) -> float:
         """Estimate of ``tr(A^j)``: ``n·mean_p Σ_j w_pj θ_pj^j`` (unbiased for
         ``j ≤ 2m − 1``)."""
         return float(self.n * np.mean(np.sum(self.weights * self.nodes ** j, axis=1)))
 
 
-def _slq_nodes(apply, n, xp, dtype, device, probes, steps, rng):
+def _slq_nodes(  # xp: host probes (then moved) and the small Lanczos data
+        apply, n, xp, dtype, device, probes, steps, rng):
     from .backend import from_host, to_numpy
     from .kron import lanczos
 
@@ -261,7 +263,8 @@ def _slq_nodes(apply, n, xp, dtype, device, probes, steps, rng):
     return np.array(nodes), np.array(weights)
 
 
-def spectral_density(op, *, probes: int = 8, steps: int = 40, rng=0,
+def spectral_density(  # xp: the quadrature nodes/weights and the density grid are host data
+        op, *, probes: int = 8, steps: int = 40, rng=0,
                      preconditioner=None, damping: float | None = None,
                      rule: str = "factor", n_grid: int = 400, sigma: float = 0.05,
                      grid=None, zero_rtol: float | None = None, outliers: int = 0,
@@ -373,14 +376,15 @@ def spectral_density(op, *, probes: int = 8, steps: int = 40, rng=0,
 
 
 # -- stochastic trace and diagonal estimators ---------------------------------------------------
-def _probe(rng, n, k, xp, dtype, device):
+def _probe(rng, n, k, xp, dtype, device):  # xp: host draw, then moved
     from .backend import from_host
 
     return from_host(rng.choice(np.array([-1.0, 1.0]), size=(n, k)), xp, dtype=dtype,
                      device=device)
 
 
-def hutchinson(op, probes: int = 32, *, rng=0):
+def hutchinson(  # xp: host probe draws (moved) and p host scalars
+        op, probes: int = 32, *, rng=0):
     """Hutchinson's trace estimate ``(1/p) Σ vᵀAv`` with ``p`` Rademacher probes.
 
     Unbiased; variance ``2(‖A‖²_F − Σ_i A_ii²)/p``. Returns ``(estimate, standard error)``
@@ -435,7 +439,8 @@ def hutchpp(op, matvecs: int = 48, *, rng=0) -> float:
     return t1 + t2
 
 
-def xtrace(op, matvecs: int = 48, *, rng=0):
+def xtrace(  # xp: host probe draws (moved) and s host scalars
+        op, matvecs: int = 48, *, rng=0):
     """XTrace (Epperly, Tropp & Webber 2024): the exchangeable trace estimator, every
     probe used both in the sketch and as a Hutchinson probe (leave-one-out).
 
@@ -474,7 +479,8 @@ def xtrace(op, matvecs: int = 48, *, rng=0):
     return float(np.mean(ts)), float(np.std(ts, ddof=1) / math.sqrt(s))
 
 
-def diagonal_estimate(op, probes: int = 32, *, rng=0):
+def diagonal_estimate(  # xp: host probe draws (moved); the estimate is returned on the host
+        op, probes: int = 32, *, rng=0):
     """Stochastic diagonal ``diag(A) ≈ (1/p) Σ v ∘ Av`` (Bekas, Kokiopoulou & Saad 2007)
     with Rademacher probes: unbiased, ``Var[d̂_i] = Σ_{j≠i} A_ij² / p``. Returns
     ``(estimate, standard error per entry)`` (host NumPy).

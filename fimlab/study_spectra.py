@@ -98,7 +98,8 @@ def spectra_step(batch, approximations: dict, *, iteration: int, damping: float,
     return records
 
 
-def _record(d, it, block, method, kind):
+def _record(  # xp: host results written to JSON
+        d, it, block, method, kind):
     return {"iteration": it, "block": block, "method": method, "kind": kind,
             "grid": d.grid.tolist(), "density": d.density.tolist(),
             "zero_mass": d.zero_mass, "exact_zero_mass": d.exact_zero_mass,
@@ -131,7 +132,8 @@ def write_spectra(records: list[dict], out: Path, plot: bool = True) -> list[Pat
     return paths
 
 
-def plot_spectra(records: list[dict], path) -> None:
+def plot_spectra(  # xp: plotting host arrays
+        records: list[dict], path) -> None:
     """One row per block (then the whole network): densities (left), preconditioned
     densities (right); the Fisher in black, the approximations in their fixed colours."""
     from .plotting import method_color, plt

@@ -40,7 +40,8 @@ def _check_k(k) -> int:
     return int(k)
 
 
-def _numerical_rank(ev, n: int) -> int:
+def _numerical_rank(  # xp: host eigenvalues (a few numbers)
+        ev, n: int) -> int:
     import numpy as np
 
     ev = np.asarray(ev)
@@ -50,7 +51,8 @@ def _numerical_rank(ev, n: int) -> int:
     return int(np.sum(ev > top * max(n, 1) * np.finfo(ev.dtype).eps * 10))
 
 
-def top_eigenpairs(F: FisherOperator, k: int, *, method: str = "auto", tol: float = 1e-10,
+def top_eigenpairs(  # xp: eigenvalues, ranks and Ritz data on the host; vectors stay in xp
+        F: FisherOperator, k: int, *, method: str = "auto", tol: float = 1e-10,
                    max_steps: int | None = None, seed: int = 0, clip: bool = False):
     """The ``k`` largest eigenvalues of a Fisher operator, with their Gram coefficients.
 
