@@ -497,7 +497,7 @@ def section_blocks(ctx: Context) -> list:
     block, on the auto-encoder with the Monte-Carlo Fisher (K = 1)."""
     rows = []
     apx = _approximations()
-    methods = [m for m in apx if m != "KFAC"]
+    methods = [m for m in apx if m != "KFAC" and m not in _COMPARATORS]
     if not methods:
         ctx.skip("KPSVD per block", "the KPSVD family is not in this checkout (only KFAC is "
                  "registered in fimlab.approx.APPROXIMATIONS); merge the kpsvd branch")
@@ -518,7 +518,7 @@ def section_blocks(ctx: Context) -> list:
             built = {m: f() for m, f in fns.items()}
         for m, t in ts.items():
             r = row("KPSVD family per block", f"build block {l} ({b.d_a[l]}×{b.d_g[l]})", m,
-                    c, t, rank=len(built[m].blocks[0].terms))
+                    c, t, rank=len(getattr(built[m].blocks[0], "terms", ())))
             if m != "KFAC":
                 r["ratio"] = t["best"] / ts["KFAC"]["best"]
                 r["ratio_meaning"] = "method time / KFAC factors time (same block)"
@@ -553,7 +553,7 @@ def section_e1_total(ctx: Context) -> list:
     name = ctx.cfg["blocks"]
     dtype = ctx.cfg["dtypes"][0]
     net, X, y, case = make_problem(name, dtype)
-    methods = list(_approximations())
+    methods = [m for m in _approximations() if m not in _COMPARATORS]
     c = {**case, "fisher": "mc", "K": 1}
     def f():
         return e1_all(net, X, y, methods)
@@ -708,6 +708,80 @@ def _kernel_rows(ctx, kernel, what, dtype, fns, nbytes, o1, o2):
     return out
 
 
+#: the comparators of issue 17 (measured in their own section, not in "KPSVD per block")
+_COMPARATORS = ("EKFAC", "EigenCorrected(KPSVD)", "Diagonal", "BlockExact", "LowRank",
+                "LowRank+Diagonal")
+
+
+def section_comparators(ctx: Context) -> list:
+    """EKFAC per block of the auto-encoder against its unavoidable parts (the KFAC factors
+    plus one symmetric eigendecomposition of each factor), EKFAC against curvlinops on the
+    MLP, LowRank(k=20) of the whole auto-encoder against one KFAC build, and E1 of every
+    comparator on every block."""
+    from . import peers
+
+    rows = []
+    apx = _approximations()
+    if "EKFAC" not in apx:
+        ctx.skip("comparators", "EKFAC is not registered in this checkout")
+        return rows
+    dtype = ctx.cfg["dtypes"][0]
+    name = ctx.cfg["blocks"]
+    net, X, y, case = make_problem(name, dtype)
+    b = fl.factor_batch(net, X, y, fisher="mc", rng=0)
+    for l in range(b.n_layers):
+        bl = b.layer(l)
+        c = {**case, "fisher": "mc", "K": 1, "block": l, "d_a": b.d_a[l], "d_g": b.d_g[l]}
+
+        def parts(bl=bl):
+            A, G = fl.kfac_factors(bl.a[0], bl.g[0])
+            return np.linalg.eigh(A), np.linalg.eigh(G)
+
+        ts = ctx.time({"KFAC factors + eigh of each factor": parts,
+                       "EKFAC": lambda bl=bl: fl.EKFAC(bl)})
+        t0 = ts["KFAC factors + eigh of each factor"]
+        for m, t in ts.items():
+            r = row("EKFAC per block", f"build block {l} ({b.d_a[l]}×{b.d_g[l]})", m, c, t)
+            if m == "EKFAC":
+                r["ratio"] = t["best"] / t0["best"]
+                r["ratio_meaning"] = "EKFAC time / (KFAC factors + eigh of both factors)"
+            rows.append(r)
+    # LowRank(k = 20) of the whole network vs one KFAC build, same factor batch
+    c = {**case, "fisher": "mc", "K": 1}
+    ts = ctx.time({"KFAC": lambda: fl.KFAC(b), "LowRank(k=20)": lambda: fl.LowRank(b, k=20, clip=True)},
+                  slow=True)
+    for m, t in ts.items():
+        r = row("LowRank vs KFAC", f"build on the whole network (P = {b.n_params})", m, c, t)
+        if m != "KFAC":
+            r["ratio"] = t["best"] / ts["KFAC"]["best"]
+            r["ratio_meaning"] = "LowRank time / KFAC time (same factor batch)"
+        rows.append(r)
+    # E1 of the comparators on all blocks (approximations built), one batch
+    comp = [m for m in _COMPARATORS if m in apx]
+    t = ctx.time({"fimlab": lambda: e1_all(net, X, y, comp)}, slow=True)["fimlab"]
+    rows.append(row("E1 of the comparators", f"E1 of the {len(comp)} comparators on all "
+                    f"{net.n_layers} blocks, approximations built (m = {case['N']}, MC)",
+                    "fimlab", c, t, methods=comp, e1=e1_all(net, X, y, comp)))
+    # EKFAC vs curvlinops on the MLP (N = 1000, MC Fisher, same threads and dtype)
+    mlp, Xm, ym, cm = make_problem("tiny" if ctx.mode == "tiny" else "mlp", dtype)
+    cm = {**cm, "fisher": "mc", "K": 1}
+    fns = {"fimlab": lambda: fl.EKFAC(fl.factor_batch(mlp, Xm, ym, fisher="mc", rng=0))}
+    if ctx.peers_ok("torch", "curvlinops"):
+        tw = peers.TorchTwin(mlp, Xm, ym, ctx.threads)
+        ctx.add_peer(fns, "curvlinops EKFAC", tw.curvlinops_ekfac("mc"), "EKFAC (peers)")
+    else:
+        ctx.skip("EKFAC (peers)", ctx.peers["message"])
+    ts = ctx.time(fns)
+    for impl, t in ts.items():
+        r = row("EKFAC vs peers", "EKFAC from the network and batch (forward, backward, "
+                "factors, eigenvectors, correction)", impl, cm, t)
+        if impl != "fimlab":
+            r["ratio"] = t["best"] / ts["fimlab"]["best"]
+            r["ratio_meaning"] = "peer time / fimlab time"
+        rows.append(r)
+    return rows
+
+
 SECTIONS = {
     "limits": None,  # handled by the suite (machine limits)
     "kernels": section_kernels,
@@ -721,6 +795,7 @@ SECTIONS = {
     "e1_total": section_e1_total,
     "train": section_train,
     "pipeline": section_pipeline,  # end-to-end rows (issue 20)
+    "comparators": section_comparators,
 }
 
 

@@ -103,3 +103,19 @@ __all__ = [
     "InputTypeError", "OutputExistsError", "BadIndexError",
     "get_memory_budget", "set_memory_budget", "memory_budget", "check_memory",
 ]
+# comparators (issue 17): eigenvalue-corrected, diagonal, block-exact, low-rank; spectra
+from . import spectral  # noqa: E402
+from .approx import (  # noqa: E402
+    EKFAC,
+    BlockExact,
+    DiagonalFisher,
+    EigenCorrected,
+    LowRank,
+    LowRankPlusDiagonal,
+)
+from .spectral import spectral_density  # noqa: E402
+
+__all__ += [  # comparators: eigenvalue-corrected, diagonal, block-exact, low-rank; spectra
+    "EigenCorrected", "EKFAC", "DiagonalFisher", "BlockExact", "LowRank",
+    "LowRankPlusDiagonal", "spectral", "spectral_density",
+]

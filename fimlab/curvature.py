@@ -130,6 +130,22 @@ class FisherOperator(CurvatureOperator):
         """
         return self._U(X, layers=layers)
 
+    def jacobian_rows_transpose(self, Y, layers=None):
+        """``Uᵀ Y`` for ``Y`` of shape ``(N, K, k)`` (the adjoint of :meth:`jacobian_rows`),
+        the rows of ``layers`` stacked (default: all, ``P`` rows).
+
+        Examples
+        --------
+        >>> import numpy as np, fimlab as fl
+        >>> rng = np.random.default_rng(0)
+        >>> b = fl.FactorBatch([rng.normal(size=(5, 3))], [rng.normal(size=(5, 2, 2))])
+        >>> F = fl.FisherOperator(b)
+        >>> X = rng.normal(size=(6, 2))
+        >>> bool(np.allclose(F.jacobian_rows_transpose(F.jacobian_rows(X)) / 5, F @ X))
+        True
+        """
+        return self._Ut(Y, layers=layers)
+
     def _Ut(self, Y, layers=None):
         """``Uᵀ Y`` for ``Y`` of shape ``(N, K, k)``, stacked over ``layers``."""
         b, xp = self.batch, self.xp

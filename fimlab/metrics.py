@@ -44,7 +44,9 @@ def _as_block(op, block: int | None):
         if not 0 <= block < op.n_blocks:
             raise IndexError(f"block {block} out of range for {op.n_blocks} blocks")
         return op.blocks[block]
-    if isinstance(op, (FisherBlock, KroneckerOperator)):
+    if hasattr(op, "diagonal_block") and hasattr(op, "fisher_inner"):  # e.g. fl.LowRank
+        return op.diagonal_block(block)
+    if isinstance(op, (FisherBlock, KroneckerOperator)) or hasattr(op, "fisher_inner"):
         raise ShapeError(
             f"block={block} was given, but {type(op).__name__} is already a single block"
         )
@@ -59,6 +61,8 @@ class _DenseSlice:
 
 
 def _gram_able(F, Ft) -> bool:
+    if isinstance(F, (FisherBlock, FisherOperator)) and _has_inner(F, Ft):
+        return True
     if isinstance(F, FisherBlock) and isinstance(Ft, KroneckerOperator):
         return True
     if isinstance(F, FisherOperator) and isinstance(Ft, BlockDiagonalOperator):
@@ -68,11 +72,57 @@ def _gram_able(F, Ft) -> bool:
     return False
 
 
+def _has_inner(F, Ft) -> bool:
+    """Structural test for :func:`_inner_terms` (no arithmetic)."""
+    if hasattr(Ft, "fisher_inner"):
+        return True
+    return (isinstance(F, FisherOperator) and isinstance(Ft, BlockDiagonalOperator)
+            and Ft.n_blocks == F.n_blocks
+            and any(hasattr(b, "fisher_inner") for b in Ft.blocks)
+            and all(hasattr(b, "fisher_inner") or isinstance(b, KroneckerOperator)
+                    for b in Ft.blocks))
+
+
+def _inner_terms(F, Ft):
+    """``(⟨F, F̃⟩, ‖F̃‖²)`` for approximations exposing ``fisher_inner`` and
+    ``frobenius_norm_sq`` (eigenvalue-corrected, diagonal, block-exact, low-rank blocks;
+    block-diagonal operators of them, mixed with Kronecker blocks), else ``None``."""
+    if hasattr(Ft, "fisher_inner"):
+        inner = Ft.fisher_inner(F)
+        return None if inner is None else (inner, Ft.frobenius_norm_sq())
+    if not (isinstance(F, FisherOperator) and isinstance(Ft, BlockDiagonalOperator)
+            and Ft.n_blocks == F.n_blocks):
+        return None
+    if not any(hasattr(b, "fisher_inner") for b in Ft.blocks):
+        return None
+    inner = nFt = 0.0
+    for l, b in enumerate(Ft.blocks):
+        Fl = F.diagonal_block(l)
+        if isinstance(b, KroneckerOperator):
+            inner += Fl.inner_kron(b.terms)
+        elif hasattr(b, "fisher_inner"):
+            t = b.fisher_inner(Fl)
+            if t is None:
+                return None
+            inner += t
+        else:
+            return None
+        nFt += b.frobenius_norm_sq()
+    return inner, nFt
+
+
 def frobenius_terms(F, Ft) -> tuple[float, float, float]:
-    """``(‖F‖², ⟨F, F̃⟩, ‖F̃‖²)`` by Gram identities (Fisher vs Kronecker-structured)."""
+    """``(‖F‖², ⟨F, F̃⟩, ‖F̃‖²)`` by Gram identities (Fisher vs Kronecker-structured, or
+    an approximation with ``fisher_inner``)."""
     from ._validation import check_finite_scalar
 
-    if isinstance(F, FisherBlock):
+    terms = _inner_terms(F, Ft)
+    if terms is not None:
+        terms = (F.frobenius_norm_sq(),) + terms
+    elif _has_inner(F, Ft):
+        raise ShapeError(f"{type(Ft).__name__} has no Gram identity against "
+                         f"{type(F).__name__}; use method='dense'")
+    elif isinstance(F, FisherBlock):
         terms = F.frobenius_norm_sq(), F.inner_kron(Ft.terms), Ft.frobenius_norm_sq()
     else:
         nF = F.frobenius_norm_sq()

@@ -30,6 +30,13 @@ METHOD_COLORS = {
     "SGD": "#bcbd22",
     "Adam": "#17becf",
     "two-level": "#e377c2",
+    # the comparators (issue 17): an eigenvalue correction is a darker shade of its input
+    "EKFAC": "#0b3d66",
+    "EigenCorrected(KPSVD)": "#a64d00",
+    "Diagonal": "#aec7e8",
+    "BlockExact": "#7f7f7f",
+    "LowRank": "#98df8a",
+    "LowRank+Diagonal": "#c49c94",
 }
 _FALLBACK = ["#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78"]
 

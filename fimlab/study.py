@@ -53,7 +53,7 @@ DEFAULTS: dict = {
     "every": 50,
     "batch_size": 128,
     "lr": 1e-2,
-    "methods": None,  # None: every registered approximation
+    "methods": None,  # None: fimlab.approx.STUDY_DEFAULT
     "solver": "both",
     "rank": 3,  # rank of the extra rank-r KPSVD when "KPSVD-r" is requested
     "e2_max_size": 2500,
@@ -67,6 +67,9 @@ DEFAULTS: dict = {
     "threads": 1,
     "two_level": False,  # opt-in: E4/E5 of every method and of each two-level correction
     "damping": 1e-3,  # λ of F + λI in the E4/E5 measurements (two_level only)
+    "spectra": False,  # opt-in: densities (fimlab.study_spectra); True, or iterations
+    "spectra_probes": 4,
+    "spectra_steps": 30,
 }
 
 _SOLVERS = ("exact", "paper", "both")
@@ -119,10 +122,13 @@ def _normalise(cfg: dict) -> dict:
         c["sizes"] = [int(s) for s in c["sizes"].replace("-", ",").split(",") if s.strip()]
     if isinstance(c["methods"], str):
         c["methods"] = [m.strip() for m in c["methods"].split(",") if m.strip()]
-    if c["two_level"]:
+    if c["two_level"] or c["spectra"]:
         from ._validation import check_damping
 
         c["damping"] = check_damping(c["damping"])
+    from .study_spectra import check_options
+
+    check_options(c)
     return c
 
 
@@ -177,6 +183,7 @@ class StudyResult:
     not_converged: dict = field(default_factory=dict)
     two_level_rows: list = field(default_factory=list)  # filled by --two-level
     diverged: dict | None = None  # {"iteration", "message"} when the run diverged
+    spectra: list = field(default_factory=list)  # filled by --spectra
 
     def summary(self) -> list[dict]:
         """Per method, solver and block: E1/E2 at the last measurement and their means."""
@@ -228,9 +235,10 @@ def _approx_block_svals(block, max_size: int):
 
 
 def _method_list(c: dict) -> list[tuple[str, str]]:
-    from .approx import APPROXIMATIONS
+    from .approx import APPROXIMATIONS, CLOSED_FORM, STUDY_DEFAULT
 
-    names = list(c["methods"]) if c["methods"] else list(APPROXIMATIONS)
+    names = list(c["methods"]) if c["methods"] else [m for m in STUDY_DEFAULT
+                                                       if m in APPROXIMATIONS]
     pairs = []
     for name in names:
         if name == "KPSVD-r":
@@ -239,7 +247,7 @@ def _method_list(c: dict) -> list[tuple[str, str]]:
         else:
             check_choice(name, APPROXIMATIONS, "approximation")
         solvers = ["exact", "paper"] if c["solver"] == "both" else [c["solver"]]
-        if name == "KFAC":  # closed form: the solver makes no difference
+        if name in CLOSED_FORM:  # closed form: the solver makes no difference
             solvers = ["exact"]
         pairs += [(name, s) for s in solvers]
     return pairs
@@ -410,6 +418,10 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
                         result.rows.append(row)
                         if writer is not None:
                             writer.writerow(row)
+                if c["spectra"]:
+                    from .study_spectra import measure
+
+                    measure(result, batch, pairs, warm, c, it, measure_at)
                 if c["two_level"]:  # E4/E5 on the same mini-batch (PAPERS.md E4, E5, T1-T4)
                     _two_level_step(result, batch, net.flatten(grads), warm, c, it, loss)
                 if fh is not None:
@@ -452,6 +464,10 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
             plot_study(result, out)
         if c["two_level"]:
             write_two_level(result, out, plot=c["plot"])
+        if result.spectra:
+            from .study_spectra import write_spectra
+
+            write_spectra(result.spectra, out, plot=c["plot"])
     result.not_converged = not_converged
     if verbose:
         print(format_summary(result))
@@ -501,7 +517,7 @@ def format_summary(result: StudyResult) -> str:
             s = index[(m, sv, b)]
             cells.append("n/a" if math.isnan(s["e2_last"])
                          else f"{s['e2_last']:.4f} ({s['e2_mean']:.4f})")
-        lines.append(f"{m:<16}{sv:<8}" + "".join(f"{x:>{w}}" for x in cells))
+        lines.append(f"{m + ' ':<16}{sv:<8}" + "".join(f"{x:>{w}}" for x in cells))
     return "\n".join(lines)
 
 
@@ -762,7 +778,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"[default: {d['batch_size']}]")
     p.add_argument("--lr", type=float, help=f"Adam learning rate [default: {d['lr']}]")
     p.add_argument("--methods", help="comma-separated approximations (KFAC, KPSVD, "
-                   "KFAC-corrected, Deflation, Lanczos, KPSVD-r) [default: all registered]")
+                   "KFAC-corrected, Deflation, Lanczos, KPSVD-r, EKFAC, EigenCorrected(KPSVD), "
+                   "Diagonal, BlockExact, LowRank, LowRank+Diagonal) [default: the KPSVD "
+                   "family, EKFAC, EigenCorrected(KPSVD)]")
     p.add_argument("--solver", help=f"exact (converged), paper (the papers' iterative "
                    f"solvers and budgets) or both [default: {d['solver']}]")
     p.add_argument("--rank", type=int, help=f"rank r of KPSVD-r [default: {d['rank']}]")
@@ -785,7 +803,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "KFAC (every coarse space, both forms), and the share of ‖F‖²_F outside "
                    "the diagonal blocks; writes two_level.csv and two_level.png")
     p.add_argument("--damping", type=float, help=f"λ of F + λI for --two-level "
-                   f"[default: {d['damping']}]")
+                   f"and --spectra [default: {d['damping']}]")
+    from .study_spectra import add_argument
+
+    add_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -121,7 +121,7 @@ def test_study_synthetic_and_autoencoder(tmp_path):
     ({"fisher": "true"}, fl.UnknownNameError, "Fisher type"),
     ({"solver": "fast"}, fl.UnknownNameError, "solver"),
     ({"dataset": "imagenet"}, fl.UnknownNameError, "dataset"),
-    ({"methods": ["EKFAC"]}, fl.UnknownNameError, "approximation"),
+    ({"methods": ["SKFAC"]}, fl.UnknownNameError, "approximation"),
     ({"bogus": 1}, fl.UnknownNameError, "unknown study option"),
     ({"every": 0}, fl.OptionError, "every must be an integer >= 1"),
     ({"lr": -1.0}, fl.ShapeError, "lr"),

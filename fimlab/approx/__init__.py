@@ -43,6 +43,42 @@ APPROXIMATIONS = {
 }
 
 
+# -- the comparators (eigenvalue-corrected, diagonal, block-exact, low-rank) ------------
+from .blockexact import BlockExact  # noqa: E402
+from .eigencorrected import EKFAC, DiagonalFisher, EigenCorrected  # noqa: E402
+from .lowrank import LowRank, LowRankPlusDiagonal  # noqa: E402
+
+__all__ += ["EigenCorrected", "EKFAC", "DiagonalFisher", "BlockExact", "LowRank",
+            "LowRankPlusDiagonal", "FACTORLESS", "STUDY_DEFAULT", "CLOSED_FORM"]
+
+def _unwrap_warm(kw: dict) -> dict:
+    """A warm start given as the previous eigenvalue-corrected operator: its KPSVD input."""
+    if kw.get("warm_start") is not None:
+        kw = {**kw, "warm_start": getattr(kw["warm_start"], "base", kw["warm_start"])}
+    return kw
+
+
+APPROXIMATIONS.update({
+    "EKFAC": lambda batch, solver="exact", **kw: EKFAC(batch),
+    "EigenCorrected(KPSVD)": lambda batch, solver="exact", **kw: EigenCorrected(
+        KPSVD(batch, rank=1, solver=solver, **_unwrap_warm(kw))),
+    "Diagonal": lambda batch, solver="exact", **kw: DiagonalFisher(batch),
+    "BlockExact": lambda batch, solver="exact", **kw: BlockExact(batch),
+    "LowRank": lambda batch, solver="exact", k=20, **kw: LowRank(batch, k=k, clip=True),
+    "LowRank+Diagonal": lambda batch, solver="exact", k=20, **kw: LowRankPlusDiagonal(
+        batch, k=k, clip=True),
+})
+
+#: methods with no Kronecker factors to average (NGD's ema="auto" uses "none" for them)
+FACTORLESS = ("Diagonal", "BlockExact", "LowRank", "LowRank+Diagonal")
+#: closed forms: the ``solver`` option makes no difference (``fimlab study`` runs one)
+CLOSED_FORM = ("KFAC", "EKFAC") + FACTORLESS
+#: ``fimlab study``'s default set: the KPSVD family with KFAC, and the two eigenvalue
+#: corrections (the other comparators on request, ``--methods``)
+STUDY_DEFAULT = ["KFAC", "KPSVD", "KFAC-corrected", "Deflation", "Lanczos", "EKFAC",
+                 "EigenCorrected(KPSVD)"]
+
+
 def build_approximation(name: str, batch, solver: str = "exact", **options):
     """Build the approximation ``name`` (a key of :data:`APPROXIMATIONS`) on ``batch``."""
     from .._validation import check_choice

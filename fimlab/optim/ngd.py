@@ -244,7 +244,9 @@ class NGD(Optimizer):
                                else _check_int(inverse_period, "inverse_period"))
         ema = check_choice(ema, EMA_MODES, "moving-average mode")
         if ema == "auto":
-            ema = "none" if self.kind in _EXACT_KINDS else "papers"
+            from ..approx import FACTORLESS
+
+            ema = "none" if self.kind in _EXACT_KINDS or self.method in FACTORLESS else "papers"
         if ema == "papers" and self.kind in _EXACT_KINDS:
             raise OptionError(
                 f"ema='papers' averages the factors of Kronecker terms; method {self.method!r} "
@@ -321,7 +323,14 @@ class NGD(Optimizer):
         if self.ema == "window":
             self._window = (self._window + [batch])[-self.window:]
         elif self.kind == "approx":
-            terms = _kron_terms(self._build(batch))
+            built = self._build(batch)
+            # eigenvalue-corrected (EKFAC): average the factors of its Kronecker term (the
+            # eigenbasis comes from them at inverse refreshes) and, between those, refresh
+            # the scalings in the frozen eigenbasis (George et al.)
+            terms = _kron_terms(getattr(built, "base", built))
+            if getattr(built, "eigen_corrected", False) and self.preconditioner is not None:
+                rho = min(1.0 - 1.0 / (t + 1), self.ema_max) if self.ema == "papers" else 0.0
+                self.preconditioner = self.preconditioner.rescaled(batch, rho)
             if terms is None:
                 if self.ema == "papers":
                     raise OptionError(
@@ -350,19 +359,23 @@ class NGD(Optimizer):
         return src
 
     def _build_from_source(self, src: dict):
-        if "terms" in src:
+        if "terms" in src and self._eigen_corrected():
+            from ..approx.eigencorrected import EigenCorrected
+
+            pre = EigenCorrected.from_terms(src["terms"], self._latest)
+        elif "terms" in src:
             pre = BlockDiagonalOperator([KroneckerOperator(t) for t in src["terms"]])
         elif self.kind == "exact":
             from ..curvature import FisherOperator
 
             pre = FisherOperator(src["batch"])
         elif self.kind == "block-exact":
-            from ..curvature import FisherOperator
+            from ..approx.blockexact import BlockExact
 
-            pre = FisherOperator(src["batch"]).block_diagonal()
+            pre = BlockExact(src["batch"])
         else:
             op = self._build(src["batch"])
-            terms = _kron_terms(op)
+            terms = None if getattr(op, "eigen_corrected", False) else _kron_terms(op)
             pre = op if terms is None else BlockDiagonalOperator(
                 [KroneckerOperator(t) for t in terms])
         self.preconditioner = pre
@@ -373,6 +386,9 @@ class NGD(Optimizer):
                                     **opts)
         else:
             self._direction_op = None
+
+    def _eigen_corrected(self) -> bool:
+        return self.method in ("EKFAC", "EigenCorrected(KPSVD)")
 
     def _refresh_inverse(self):
         self._source = self._make_source()
