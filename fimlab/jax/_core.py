@@ -157,10 +157,12 @@ def _nnx_name(path):
     return ".".join(str(p) for p in path)
 
 
-def _nnx_check(model, names, layers):
+def _nnx_check(model, names, layers, dropout_only=False):
     from flax import nnx
 
     for path, node in nnx.graph.iter_graph(model):
+        if dropout_only and not isinstance(node, nnx.Dropout):
+            continue
         if isinstance(node, nnx.Dropout) and node.rate > 0 and not node.deterministic:
             raise ShapeError(
                 f"Dropout {_nnx_name(path)!r} (rate {node.rate}) is in train mode: the "
@@ -256,7 +258,7 @@ def _get_path(obj, path):
     return obj
 
 
-def _eqx_check(model, names, layers):
+def _eqx_check(model, names, layers, dropout_only=False):
     import equinox as eqx
 
     drop = jax.tree_util.tree_flatten_with_path(
@@ -267,7 +269,7 @@ def _eqx_check(model, names, layers):
                 f"Dropout {_eqx_name(path)!r} (p={leaf.p}) is in train mode: the Fisher of "
                 "random dropout masks is not defined per sample; use "
                 "eqx.nn.inference_mode(model) first")
-    if layers is not None:
+    if layers is not None or dropout_only:
         return
     for path, leaf in _eqx_linears(model):
         if isinstance(leaf, eqx.nn.Linear):
@@ -283,8 +285,8 @@ def _eqx_check(model, names, layers):
 # -- the factor batch ------------------------------------------------------------------
 def factor_batch(model, X, y=None, *, params=None, likelihood="categorical",
                  fisher: str = "exact", mc_samples: int = 1, rng=None, targets=None,
-                 layers=None, apply_kwargs=None, max_bytes: int | None = None
-                 ) -> FactorBatch:
+                 layers=None, apply_kwargs=None, max_bytes: int | None = None,
+                 jit: bool = True) -> FactorBatch:
     """The factor batch of a Flax (linen or NNX) or Equinox model on inputs ``X``.
 
     Parameters
@@ -311,6 +313,9 @@ def factor_batch(model, X, y=None, *, params=None, likelihood="categorical",
         Extra keyword arguments of ``model.apply`` (linen), e.g. ``{"train": False}``.
     max_bytes : int, optional
         Memory limit for concatenating a data loader.
+    jit : bool
+        Compile the forward pass and the vmapped VJP with ``jax.jit`` (default; the
+        parameters enter as constants of the compiled program) or run them op by op.
 
     Returns
     -------
@@ -350,19 +355,23 @@ def factor_batch(model, X, y=None, *, params=None, likelihood="categorical",
         rec.inputs = list(ins)
         return z
 
+    if kind == "nnx":  # before any call: a train-mode dropout would draw random masks
+        _nnx_check(model, None, layers, dropout_only=True)
+    elif kind == "equinox":
+        _eqx_check(model, None, layers, dropout_only=True)
     # discovery: names, call order, shapes (abstract evaluation, no computation)
     rec0 = _Rec(N, selected)
     zs = jax.eval_shape(lambda: forward(rec0))
     names = list(rec0.names)
-    if not names:
-        raise ShapeError(f"{type(model).__name__}: no fully connected layer to treat was "
-                         "called in the forward pass")
     if layers is not None:
         missing = sorted(set(layers) - set(names))
         if missing:
             raise UnknownNameError(
                 f"layers=: {missing} were not called as fully connected layers; called: "
                 f"{names}")
+    if not names:
+        raise ShapeError(f"{type(model).__name__}: no fully connected layer to treat was "
+                         "called in the forward pass")
     if kind == "linen":
         _linen_check_params(params, names, layers)
     elif kind == "nnx":
@@ -381,13 +390,23 @@ def factor_batch(model, X, y=None, *, params=None, likelihood="categorical",
         return z, tuple(rec.inputs)
 
     zeros = tuple(jnp.zeros((N, d), dtype=zs.dtype) for d in d_out)
-    z, vjp_fn, inputs = jax.vjp(f, zeros, has_aux=True)
+    if jit:  # two compiled programs (forward; forward + vmapped VJP) instead of op by op
+        z, inputs = jax.jit(lambda: f(zeros))()
+    else:
+        z, vjp_fn, inputs = jax.vjp(f, zeros, has_aux=True)
     V = output_vectors(lik, np.asarray(z), fisher, y=None if y is None else _np(y),
                        mc_samples=mc_samples, rng=rng,
                        targets=None if targets is None else _np(targets))
     K = V.shape[1]
     Vk = jnp.asarray(np.moveaxis(V, 1, 0), dtype=z.dtype)  # (K, N, C)
-    (grads,) = jax.vmap(vjp_fn)(Vk)  # one vmapped VJP for the K vectors
+    if jit:
+        def pull(V):
+            _, fn, _ = jax.vjp(f, zeros, has_aux=True)
+            return jax.vmap(fn)(V)[0]
+
+        grads = jax.jit(pull)(Vk)
+    else:
+        (grads,) = jax.vmap(vjp_fn)(Vk)  # one vmapped VJP for the K vectors
     a_list, g_list = [], []
     for x, g, hb in zip(inputs, grads, rec0.bias):
         x = np.asarray(x)
@@ -420,14 +439,37 @@ def _param_dtype(model, params, kind):
 
 
 # -- θ <-> parameter pytree ------------------------------------------------------------
-def _order(model, layers):
+def _order(model, layers, kind=None, tree=None):
+    """Layer names in θ order: ``layers``, else the call order of the last factor_batch
+    on this model object, else the order of the layers in the model's pytree."""
     if layers is not None:
         return list(layers)
     key = id(model)
     if key in _ORDER:
         return list(_ORDER[key])
-    raise ShapeError("the layer order is known after a factor_batch on this model; pass "
-                     "layers=batch.layer_names")
+    kind = kind or _kind(model)
+    if kind == "nnx":
+        return [_nnx_name(p) for p in _nnx_layers(model)]
+    if kind == "equinox":
+        import equinox as eqx
+
+        return [_eqx_name(p) for p, leaf in _eqx_linears(model)
+                if isinstance(leaf, eqx.nn.Linear)]
+    names = []
+
+    def walk(node, prefix):
+        if hasattr(node, "items"):
+            if "kernel" in node:
+                names.append("/".join(prefix))
+                return
+            for k, v in node.items():
+                walk(v, [*prefix, str(k)])
+
+    if tree is not None:
+        walk(tree.get("params", tree) if hasattr(tree, "get") else tree, [])
+    if not names:
+        raise ShapeError("the layer order is unknown: pass layers=batch.layer_names")
+    return names
 
 
 def _linen_get(tree, name):
@@ -481,8 +523,9 @@ def flatten(model, grads, layers=None, params=None):
         part), NNX ``nnx.State`` / pure dict of ``nnx.Param``s, Equinox a model-shaped
         pytree (as ``eqx.filter_grad`` returns).
     layers : list of str, optional
-        Layer names in ``θ`` order; default: the order of the last :func:`factor_batch`
-        on this model.
+        Layer names in ``θ`` order (``batch.layer_names``); default: the call order of
+        the last :func:`factor_batch` on this model object, else the order of the layers
+        in the parameter pytree (which can differ from the call order: pass ``layers``).
 
     Returns
     -------
@@ -490,7 +533,7 @@ def flatten(model, grads, layers=None, params=None):
     """
     kind = _kind(model)
     parts = []
-    for name in _order(model, layers):
+    for name in _order(model, layers, kind, grads):
         W, b = _layer_arrays(model, grads, name, kind)
         if b is not None:
             W = np.concatenate([W, b.reshape(-1, 1)], axis=1)
@@ -509,7 +552,7 @@ def unflatten(model, theta, layers=None, params=None):
     ``eqx.apply_updates``).
     """
     kind = _kind(model)
-    order = _order(model, layers)
+    order = _order(model, layers, kind, params)
     theta = np.asarray(theta)
     if kind == "linen":
         if params is None:
