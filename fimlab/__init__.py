@@ -96,3 +96,8 @@ __all__ = [
     # training: optimizers, data (fimlab.datasets, fimlab.train)
     "NGD", "SGD", "Adam", "make_optimizer", "OptionError", "datasets",
 ]
+
+# approximation-quality tables on any factor batch (fimlab.compare)
+from .compare import ComparisonTable, compare  # noqa: E402
+
+__all__ += ["compare", "ComparisonTable"]

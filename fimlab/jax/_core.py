@@ -397,7 +397,6 @@ def factor_batch(model, X, y=None, *, params=None, likelihood="categorical",
     V = output_vectors(lik, np.asarray(z), fisher, y=None if y is None else _np(y),
                        mc_samples=mc_samples, rng=rng,
                        targets=None if targets is None else _np(targets))
-    K = V.shape[1]
     Vk = jnp.asarray(np.moveaxis(V, 1, 0), dtype=z.dtype)  # (K, N, C)
     if jit:
         def pull(V):
@@ -604,7 +603,7 @@ def unflatten(model, theta, layers=None, params=None):
 def _eqx_replace(tree, name, new):
     import equinox as eqx
 
-    for path, leaf in _eqx_linears(tree):
+    for path, _leaf in _eqx_linears(tree):
         if _eqx_name(path) == name:
-            return eqx.tree_at(lambda m: _get_path(m, path), tree, new)
+            return eqx.tree_at(lambda m, path=path: _get_path(m, path), tree, new)
     raise UnknownNameError(f"no eqx.nn.Linear {name!r} in the pytree")  # pragma: no cover

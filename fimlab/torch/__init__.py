@@ -35,7 +35,7 @@ Examples
 from __future__ import annotations
 
 try:
-    import torch as _torch
+    import torch as _torch  # noqa: F401
 except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
         "fimlab.torch needs PyTorch, which is not installed: pip install 'fimlab[torch]' "

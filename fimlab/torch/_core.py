@@ -315,7 +315,7 @@ def factor_batch(model: nn.Module, X, y=None, *, likelihood=None, fisher: str = 
         grads = [None if per_k[0][i] is None else torch.stack([p[i] for p in per_k])
                  for i in range(len(probes))]
     a_list, g_list = [], []
-    for (n, x, probe, has_bias), g in zip(records, grads):
+    for (_n, x, probe, has_bias), g in zip(records, grads):
         if g is None:  # the layer does not reach the output
             g = torch.zeros((K, *probe.shape), dtype=probe.dtype, device=probe.device)
         if has_bias:
