@@ -524,3 +524,60 @@ def test_core_import_does_not_import_frameworks():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+# -- torch as a third array backend of the linear-algebra core (a representative subset
+# of tests/test_xp_core.py, run on CPU torch tensors) --------------------------------------
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self):
+        import array_api_compat
+
+        self.device = torch.device("cpu")
+        self.xp = array_api_compat.array_namespace(torch.zeros(1))
+
+    def asarray(self, a, dtype=None):
+        t = torch.as_tensor(np.ascontiguousarray(np.asarray(a)))
+        return t if dtype is None else t.to(getattr(torch, np.dtype(dtype).name))
+
+
+CORE_TESTS = ["test_factor_batch_keeps_namespace_and_arrays", "test_factor_batch_methods",
+              "test_fisher_operator", "test_fisher_block", "test_kfac", "test_metrics",
+              "test_spectral_error"]
+
+
+@pytest.mark.parametrize("name", CORE_TESTS)
+def test_core_on_torch_tensors(name):
+    import test_xp_core as core
+
+    with fl.use_backend("numpy"):
+        net = fl.MLP([4, 5, 4, 3], activation="tanh", likelihood="categorical", seed=3)
+    X = np.random.default_rng(3).normal(size=(10, 4))
+    host = fl.factor_batch(net, X, fisher="mc", mc_samples=2, rng=7)
+    fn = getattr(core, name)
+    if name == "test_spectral_error":
+        fn(TorchBackend(), host, 0)
+    else:
+        fn(TorchBackend(), host)
+
+
+@pytest.mark.filterwarnings("ignore::fimlab.ConvergenceWarning")
+@pytest.mark.parametrize("args", [("KPSVD", {"rank": 2}, "exact"), ("KPSVD", {"rank": 1}, "paper"),
+                                  ("KFACCorrected", {}, "exact"), ("Lanczos", {"steps": 2}, "exact")])
+def test_kpsvd_family_on_torch_tensors(args):
+    import test_xp_core as core
+
+    net = fl.MLP([4, 5, 4, 3], activation="tanh", likelihood="categorical", seed=3)
+    host = fl.factor_batch(net, np.random.default_rng(3).normal(size=(10, 4)), fisher="mc",
+                           mc_samples=2, rng=7)
+    core.test_kpsvd_family(TorchBackend(), host, *args)
+
+
+def test_two_level_on_torch_tensors():
+    import test_xp_core as core
+
+    net = fl.MLP([4, 5, 4, 3], activation="tanh", likelihood="categorical", seed=3)
+    host = fl.factor_batch(net, np.random.default_rng(3).normal(size=(10, 4)), fisher="mc",
+                           mc_samples=2, rng=7)
+    core.test_two_level(TorchBackend(), host, *core.TWO_LEVEL[0])
