@@ -65,6 +65,15 @@ class ComparisonTable:
     approximations : dict
         ``(method, solver)`` -> the built approximation (per selected block when
         ``blocks=`` was given: ``(method, solver, block)``).
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> net = fl.MLP([4, 5, 3], activation="tanh", likelihood="categorical", seed=0)
+    >>> b = fl.factor_batch(net, np.random.default_rng(0).normal(size=(30, 4)))
+    >>> t = fl.compare(b, methods=["KFAC"])
+    >>> [r["block"] for r in t], t.to_csv().splitlines()[0]
+    ([0, 1, 'all'], 'method,solver,block,block_size,e1,e2,build_time_s,converged')
     """
 
     columns = COLUMNS
@@ -238,6 +247,15 @@ def compare(batch, methods: Sequence | str | None = None, *, solver: str = "exac
     Returns
     -------
     ComparisonTable
+
+    Examples
+    --------
+    >>> import numpy as np, fimlab as fl
+    >>> net = fl.MLP([4, 5, 3], activation="tanh", likelihood="categorical", seed=0)
+    >>> b = fl.factor_batch(net, np.random.default_rng(0).normal(size=(30, 4)))
+    >>> t = fl.compare(b, methods="KFAC,KPSVD", blocks=[1])
+    >>> [(r["method"], r["block"]) for r in t]
+    [('KFAC', 1), ('KPSVD', 1)]
 
     Raises
     ------

@@ -17,7 +17,16 @@ import fimlab.torch as flt  # noqa: E402
 
 from conftest import make_targets  # noqa: E402
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64_default():
+    """float64 tensors by default in this module only (restored afterwards)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 ACT = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "linear": nn.Identity}
 LOSS = {"categorical": nn.CrossEntropyLoss, "gaussian": nn.MSELoss,
         "bernoulli": nn.BCEWithLogitsLoss}
@@ -431,7 +440,7 @@ class Sequence(nn.Module):
         return self.head(self.fc(x.reshape(x.shape[0], -1, 3)).mean(1))
 
 
-X3 = torch.randn(6, 3)
+X3 = torch.randn(6, 3, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("model,match", [
@@ -581,3 +590,16 @@ def test_two_level_on_torch_tensors():
     host = fl.factor_batch(net, np.random.default_rng(3).normal(size=(10, 4)), fisher="mc",
                            mc_samples=2, rng=7)
     core.test_two_level(TorchBackend(), host, *core.TWO_LEVEL[0])
+
+
+def test_readme_three_lines():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = re.findall(r"```py\n(.*?)```", text, re.S)[0]
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    X = torch.randn(20, 4)
+    ns = {"torch": torch, "model": model, "X": X}
+    exec(code, ns)
+    assert isinstance(ns["batch"], fl.FactorBatch) and ns["batch"].n_layers == 2

@@ -27,8 +27,8 @@ Examples
 >>> batch = flj.factor_batch(Net(), X, params=params, likelihood="categorical")
 >>> batch
 <FactorBatch N=20 K=3 layers=[5x8, 9x3] fisher='exact' dtype=float32>
->>> batch.layer_names
-['Dense_0', 'Dense_1']
+>>> batch.layer_names        # call order (Dense(3) was created first, called last)
+['Dense_1', 'Dense_0']
 """
 
 from __future__ import annotations
