@@ -119,3 +119,8 @@ __all__ += [  # comparators: eigenvalue-corrected, diagonal, block-exact, low-ra
     "EigenCorrected", "EKFAC", "DiagonalFisher", "BlockExact", "LowRank",
     "LowRankPlusDiagonal", "spectral", "spectral_density",
 ]
+
+# approximation-quality tables on any factor batch (fimlab.compare)
+from .compare import ComparisonTable, compare  # noqa: E402
+
+__all__ += ["compare", "ComparisonTable"]

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._errors import ConvergenceWarning, FimlabError, ShapeError, UnknownNameError
+from ._errors import FimlabError, ShapeError, UnknownNameError
 from ._validation import check_choice
 
 __all__ = ["DEFAULTS", "run_study", "StudyResult", "load_config", "add_arguments", "run"]
@@ -70,6 +70,10 @@ DEFAULTS: dict = {
     "spectra": False,  # opt-in: densities (fimlab.study_spectra); True, or iterations
     "spectra_probes": 4,
     "spectra_steps": 30,
+    "blocks": None,  # None: every layer block and the whole network; else these blocks only
+    "smooth": 0.0,  # σ (in iterations) of the Gaussian smoothing of the figure's curves
+    "init": "default",  # MLP weight initialisation (fimlab.MLP init=)
+    "init_bias": 0.0,  # MLP initial bias value
 }
 
 _SOLVERS = ("exact", "paper", "both")
@@ -122,6 +126,16 @@ def _normalise(cfg: dict) -> dict:
         c["sizes"] = [int(s) for s in c["sizes"].replace("-", ",").split(",") if s.strip()]
     if isinstance(c["methods"], str):
         c["methods"] = [m.strip() for m in c["methods"].split(",") if m.strip()]
+    if isinstance(c["blocks"], (str, int)):
+        c["blocks"] = [int(b) for b in str(c["blocks"]).split(",") if b.strip()]
+    if c["blocks"] is not None and c["two_level"]:
+        raise ShapeError("--blocks measures selected blocks only; --two-level needs the "
+                         "whole network: use one or the other")
+    if not (isinstance(c["smooth"], (int, float)) and c["smooth"] >= 0):
+        raise ShapeError(f"option smooth must be a number >= 0, got {c['smooth']!r}")
+    if c["blocks"] is not None and c["spectra"]:
+        raise ShapeError("--blocks measures selected blocks only; --spectra needs the "
+                         "whole network: use one or the other")
     if c["two_level"] or c["spectra"]:
         from ._validation import check_damping
 
@@ -204,64 +218,13 @@ class StudyResult:
         return out
 
 
-def _fisher_block_svals(Fb, max_size: int):
-    """Sorted singular values of a Fisher block: from the ``N·K`` Gram matrix when that is
-    smaller than the block (same non-zero spectrum, zeros padded), dense otherwise."""
-    b = Fb.batch.layer(Fb.l)
-    nk = b.n_samples * b.n_vectors
-    n = Fb.shape[0]
-    if nk < n:
-        ev = np.linalg.eigvalsh(np.asarray(b.gram())) / b.n_samples
-        ev = np.concatenate([np.abs(ev), np.zeros(n - nk)])
-    elif n <= max_size:
-        ev = np.abs(np.linalg.eigvalsh(np.asarray(Fb.to_dense())))
-    else:
-        return None
-    return np.sort(ev)[::-1]
-
-
-def _approx_block_svals(block, max_size: int):
-    """Sorted singular values of a Kronecker-structured block: exact products of factor
-    eigenvalues for one term, dense spectra (up to ``max_size``) otherwise."""
-    terms = getattr(block, "terms", None)
-    if terms is not None and len(terms) == 1:
-        A, G = terms[0]
-        ev = np.outer(np.linalg.eigvalsh(np.asarray(A)), np.linalg.eigvalsh(np.asarray(G)))
-        return np.sort(np.abs(ev).ravel())[::-1]
-    if block.shape[0] > max_size:
-        return None
-    D = np.asarray(block.to_dense())
-    return np.sort(np.abs(np.linalg.eigvalsh(0.5 * (D + D.T))))[::-1]
-
-
 def _method_list(c: dict) -> list[tuple[str, str]]:
-    from .approx import APPROXIMATIONS, CLOSED_FORM, STUDY_DEFAULT
+    from .approx import APPROXIMATIONS, STUDY_DEFAULT
+    from .compare import _pairs
 
     names = list(c["methods"]) if c["methods"] else [m for m in STUDY_DEFAULT
                                                        if m in APPROXIMATIONS]
-    pairs = []
-    for name in names:
-        if name == "KPSVD-r":
-            if "KPSVD" not in APPROXIMATIONS:
-                raise UnknownNameError("KPSVD-r needs the KPSVD approximation, not available")
-        else:
-            check_choice(name, APPROXIMATIONS, "approximation")
-        solvers = ["exact", "paper"] if c["solver"] == "both" else [c["solver"]]
-        if name in CLOSED_FORM:  # closed form: the solver makes no difference
-            solvers = ["exact"]
-        pairs += [(name, s) for s in solvers]
-    return pairs
-
-
-def _build(name: str, batch, solver: str, c: dict, warm):
-    from .approx import APPROXIMATIONS
-
-    kw = {}
-    if warm is not None:
-        kw["warm_start"] = warm
-    if name == "KPSVD-r":
-        return APPROXIMATIONS["KPSVD"](batch, solver=solver, rank=c["rank"], **kw)
-    return APPROXIMATIONS[name](batch, solver=solver, **kw)
+    return _pairs(names, c["solver"])
 
 
 def run_study(config: dict | None = None, out_dir: str | os.PathLike | None = None,
@@ -302,8 +265,7 @@ def run_study(config: dict | None = None, out_dir: str | os.PathLike | None = No
 def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
     import fimlab as fl
 
-    from .curvature import FisherOperator
-    from .metrics import relative_frobenius_error
+    from .compare import compare
     from .optim import Adam
 
     if out_dir is not None:
@@ -317,7 +279,8 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
             f"the network's input size {sizes[0]} does not match the data's {X.shape[1]} "
             f"features (dataset {c['dataset']!r}); use sizes starting with {X.shape[1]}"
         )
-    net = fl.MLP(sizes, activation=c["activation"], likelihood=lik, seed=c["seed"])
+    net = fl.MLP(sizes, activation=c["activation"], likelihood=lik, seed=c["seed"],
+                 init=c["init"], init_bias=c["init_bias"])
     if lik == "categorical" and int(np.max(y)) >= sizes[-1]:
         raise ShapeError(
             f"the data has {int(np.max(y)) + 1} classes but the network has {sizes[-1]} outputs"
@@ -380,44 +343,18 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
             if it in measure_at:
                 batch = fl.factor_batch(net, Xb, yb, fisher=c["fisher"],
                                         mc_samples=c["mc_samples"], rng=mc_rng)
-                F = FisherOperator(batch)
-                ref_sv = [_fisher_block_svals(F.diagonal_block(l), c["e2_max_size"])
-                          for l in range(batch.n_layers)]
-                for name, solver in pairs:
-                    t0 = time.perf_counter()
-                    with warnings.catch_warnings(record=True) as caught:
-                        warnings.simplefilter("always", ConvergenceWarning)
-                        approx = _build(name, batch, solver, c,
-                                        warm.get((name, solver)) if solver == "paper" else None)
-                    t_build = time.perf_counter() - t0
-                    converged = True
-                    for w in caught:
-                        if issubclass(w.category, ConvergenceWarning):
-                            converged = False
-                        else:
-                            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-                    if not converged:
-                        not_converged[(name, solver)] = not_converged.get((name, solver), 0) + 1
-                    warm[(name, solver)] = approx
-                    rows = []
-                    for l in range(batch.n_layers):
-                        e1 = relative_frobenius_error(F, approx, block=l)
-                        sv = ref_sv[l]
-                        e2 = float("nan")
-                        if sv is not None:
-                            sa = _approx_block_svals(approx.blocks[l], c["e2_max_size"])
-                            if sa is not None:
-                                e2 = float(np.linalg.norm(sv - sa) / np.linalg.norm(sv))
-                        rows.append((l, batch.block_sizes[l], e1, e2))
-                    rows.append(("all", batch.n_params,
-                                 relative_frobenius_error(F, approx), float("nan")))
-                    for l, size, e1, e2 in rows:
-                        row = {"iteration": it, "loss": loss, "method": name, "solver": solver,
-                               "block": l, "block_size": size, "e1": e1, "e2": e2,
-                               "build_time_s": t_build, "converged": converged}
-                        result.rows.append(row)
-                        if writer is not None:
-                            writer.writerow(row)
+                table = compare(batch, pairs, blocks=c["blocks"],
+                                e2_max_size=c["e2_max_size"], warm_start=warm,
+                                options={"KPSVD-r": {"rank": c["rank"]}})
+                warm.update(table.approximations)
+                for key in dict.fromkeys((r["method"], r["solver"]) for r in table.rows
+                                         if not r["converged"]):
+                    not_converged[key] = not_converged.get(key, 0) + 1
+                for r in table.rows:
+                    row = {"iteration": it, "loss": loss, **r}
+                    result.rows.append(row)
+                    if writer is not None:
+                        writer.writerow(row)
                 if c["spectra"]:
                     from .study_spectra import measure
 
@@ -539,6 +476,12 @@ def plot_study(result: StudyResult, out: Path) -> None:
                     and (block is None or r["block"] == block)]
             vals = [v for v in vals if v == v]
             ys.append(np.mean(vals) if vals else np.nan)
+        if c.get("smooth") and len(its) > 1 and not np.isnan(ys).any():
+            from scipy.ndimage import gaussian_filter1d
+
+            step = (its[-1] - its[0]) / (len(its) - 1)  # σ in iterations -> in points
+            ys = list(gaussian_filter1d(np.asarray(ys, float), c["smooth"] / step,
+                                        mode="nearest"))
         return its, ys
 
     fig, axes = plt.subplots(2, 1, figsize=(7.5, 7), sharex=True)
@@ -807,6 +750,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from .study_spectra import add_argument
 
     add_argument(p)
+    p.add_argument("--blocks", help="measure only these layer blocks, e.g. 4 or 0,4 (each "
+                   "method built on those layers alone; no whole-network row) [default: "
+                   "every block and the whole network]")
+    p.add_argument("--smooth", type=float, help="smooth the figure's curves with a "
+                   "Gaussian of this σ, in iterations (the KPSVD paper: 5) [default: 0]")
+    p.add_argument("--init", help="MLP weight initialisation: default, xavier_uniform, "
+                   "xavier_normal or normal [default: default]")
+    p.add_argument("--init-bias", type=float, help="MLP initial bias value [default: 0]")
 
 
 def run(args: argparse.Namespace) -> int:

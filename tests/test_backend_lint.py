@@ -33,12 +33,12 @@ PKG = Path(__file__).resolve().parents[1] / "fimlab"
 NUMPY_FIRST = {
     "__init__.py", "__main__.py", "_errors.py",  # no arrays
     "cli.py", "study.py", "train.py", "train_config.py", "train_state.py", "sweep.py",
-    "plotting.py",  # orchestration, I/O
+    "plotting.py", "compare.py", "_frontend.py",  # orchestration, I/O, host-side results
     "plotting_train.py",
     "datasets.py",  # data is loaded on the host, moved by the model
     "_kernels/numba_impl.py",  # Numba compiles for the CPU; its twin serves other backends
 }
-NUMPY_FIRST_DIRS = ("optim/", "experiments/", "sweep/")  # optimizers, the training loop, sweeps
+NUMPY_FIRST_DIRS = ("optim/", "experiments/", "sweep/", "torch/", "jax/")  # optimizers, the training loop, sweeps
 #: modules written against ``xp`` that may also use NumPy on the host (model
 #: initialisation, host random draws, the backend's own conversions): rule 1 only
 HOST_OK = {

@@ -31,6 +31,10 @@ def test_there_are_tutorials():
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_tutorial_runs_in_fast_mode(path, monkeypatch, tmp_path):
+    for extra, mods in (("torch", ("torch",)), ("jax", ("jax", "flax", "optax"))):
+        if f"import fimlab.{extra}" in path.read_text(encoding="utf-8"):
+            for mod in mods:  # a front-end tutorial needs its optional extra
+                pytest.importorskip(mod, reason=f"needs fimlab[{extra}]")
     monkeypatch.setenv("FIMLAB_FAST", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.chdir(tmp_path)  # anything a tutorial writes lands in a temporary folder

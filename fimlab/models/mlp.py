@@ -33,6 +33,8 @@ from .likelihoods import Likelihood, get_likelihood
 __all__ = ["MLP", "factor_batch", "exact_fisher", "empirical_fisher", "ACTIVATIONS", "FISHER_TYPES"]
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "linear")
+#: weight initialisations of :class:`MLP` (``"default"``: N(0, gain²/d_in))
+INITS = ("default", "xavier_uniform", "xavier_normal", "normal")
 FISHER_TYPES = ("exact", "mc", "empirical")
 
 
@@ -146,6 +148,16 @@ class MLP:
         biases zero.
     dtype : {"float64", "float32"}
         Parameter dtype (float64 by default).
+    init : {"default", "xavier_uniform", "xavier_normal", "normal"}
+        Weight initialisation: ``"default"`` as described under ``seed``;
+        ``"xavier_uniform"``: ``U(−a, a)`` with ``a = √(6/(d_in + d_out))``;
+        ``"xavier_normal"``: ``N(0, 2/(d_in + d_out))``; ``"normal"``:
+        ``N(0, init_std²)`` (PyTorch's ``nn.init`` formulas, gain 1).
+    init_bias : float
+        The value every bias starts at (0 by default; the KPSVD paper's auto-encoders
+        used 0.01 with ``"xavier_uniform"``).
+    init_std : float
+        Standard deviation of ``init="normal"``.
 
     Examples
     --------
@@ -155,6 +167,10 @@ class MLP:
     [(8, 5), (3, 9)]
     >>> X = np.ones((2, 4)); net.forward(X).shape
     (2, 3)
+    >>> ae = fl.MLP([6, 3, 6], activation="relu", likelihood="bernoulli",
+    ...             init="xavier_uniform", init_bias=0.01)
+    >>> float(ae.params[0][0, -1]), bool(abs(ae.params[0][:, :-1]).max() <= 2 ** -0.5 * 1.5)
+    (0.01, True)
     """
 
     def __init__(
@@ -164,6 +180,9 @@ class MLP:
         likelihood: str | Likelihood = "categorical",
         seed: int = 0,
         dtype="float64",
+        init: str = "default",
+        init_bias: float = 0.0,
+        init_std: float = 0.01,
     ):
         from .._validation import check_int
 
@@ -207,14 +226,29 @@ class MLP:
         check_memory(n_par * (8 + 8 + 2 * (4 if dtype == "float32" else 8)),
                      f"an MLP with {n_par:,} parameters (layer sizes {sizes})",
                      "a smaller network")
+        check_choice(init, INITS, "initialisation")
+        for what, v in (("init_bias", init_bias), ("init_std", init_std)):
+            if not np.isfinite(float(v)) or (what == "init_std" and float(v) <= 0):
+                raise ShapeError(f"{what} must be a finite number (init_std > 0), got {v!r}")
         self.seed = seed
+        self.init = init
         rng = np.random.default_rng(seed)
         params = []
         for l in range(L):
             d_in, d_out = sizes[l], sizes[l + 1]
-            gain = np.sqrt(2.0) if self.activations[max(l - 1, 0)] == "relu" and l > 0 else 1.0
             W = np.zeros((d_out, d_in + 1))
-            W[:, :d_in] = rng.standard_normal((d_out, d_in)) * gain / np.sqrt(d_in)
+            if init == "default":
+                gain = (np.sqrt(2.0) if self.activations[max(l - 1, 0)] == "relu" and l > 0
+                        else 1.0)
+                W[:, :d_in] = rng.standard_normal((d_out, d_in)) * gain / np.sqrt(d_in)
+            elif init == "xavier_uniform":
+                a = np.sqrt(6.0 / (d_in + d_out))
+                W[:, :d_in] = rng.uniform(-a, a, size=(d_out, d_in))
+            elif init == "xavier_normal":
+                W[:, :d_in] = rng.standard_normal((d_out, d_in)) * np.sqrt(2.0 / (d_in + d_out))
+            else:
+                W[:, :d_in] = rng.standard_normal((d_out, d_in)) * float(init_std)
+            W[:, d_in] = float(init_bias)
             params.append(from_host(W.astype(str(dtype)), default_namespace()))
         self._params = params
 

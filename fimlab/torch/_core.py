@@ -1,0 +1,431 @@
+"""Implementation of :mod:`fimlab.torch` (see its docstring)."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._errors import ShapeError, UnknownNameError
+from .._frontend import concat_batches, output_vectors
+from .._validation import check_choice
+from ..batch import FactorBatch
+from ..models.likelihoods import Likelihood, get_likelihood
+from ..models.mlp import FISHER_TYPES
+
+__all__ = ["factor_batch", "flatten", "unflatten", "layer_names", "resolve_likelihood",
+           "sample_targets"]
+
+# the call order of the treated nn.Linear layers, as factor_batch last saw it per model
+_CALL_ORDER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+_UNSUPPORTED_HINT = (
+    "fimlab's factor batches model the parameters of nn.Linear layers only: freeze it "
+    "(p.requires_grad_(False)), or pass layers=[...] naming the nn.Linear modules to treat "
+    "(every other parameter then counts as fixed)"
+)
+
+
+# -- likelihood -----------------------------------------------------------------------
+def resolve_likelihood(likelihood) -> Likelihood:
+    """fimlab likelihood for a name, a fimlab likelihood or a PyTorch loss module.
+
+    ``nn.CrossEntropyLoss`` -> categorical, ``nn.MSELoss`` -> gaussian (unit variance),
+    ``nn.BCEWithLogitsLoss`` -> bernoulli, with any ``reduction``: the factor batch is
+    always the Fisher of the per-sample negative log-likelihood averaged over samples
+    (``F = (1/N) Σ_n J_nᵀ H_n J_n``). A loss's ``reduction="mean"`` rescales the loss,
+    not the model's Fisher: PyTorch's ``MSELoss`` is ``(1/(N·C)) Σ (z − y)²``, whose
+    Hessian is ``2/C`` times fimlab's Gaussian one; ``BCEWithLogitsLoss(mean)`` also
+    averages over the ``C`` outputs (``1/C`` times fimlab's).
+
+    Options fimlab's likelihoods do not model (``weight``, ``pos_weight``,
+    ``ignore_index``, ``label_smoothing``) raise :class:`fimlab.UnknownNameError`.
+    """
+    if likelihood is None:
+        raise UnknownNameError(
+            "pass likelihood=: 'categorical', 'gaussian', 'bernoulli', or your loss module "
+            "(nn.CrossEntropyLoss(), nn.MSELoss(), nn.BCEWithLogitsLoss())"
+        )
+    if isinstance(likelihood, (str, Likelihood)):
+        return get_likelihood(likelihood)
+    if isinstance(likelihood, nn.CrossEntropyLoss):
+        bad = []
+        if likelihood.weight is not None:
+            bad.append("weight")
+        if likelihood.ignore_index != -100:
+            bad.append(f"ignore_index={likelihood.ignore_index}")
+        if getattr(likelihood, "label_smoothing", 0.0):
+            bad.append(f"label_smoothing={likelihood.label_smoothing}")
+        _refuse(likelihood, bad)
+        return get_likelihood("categorical")
+    if isinstance(likelihood, nn.MSELoss):
+        return get_likelihood("gaussian")
+    if isinstance(likelihood, nn.BCEWithLogitsLoss):
+        bad = []
+        if likelihood.weight is not None:
+            bad.append("weight")
+        if likelihood.pos_weight is not None:
+            bad.append("pos_weight")
+        _refuse(likelihood, bad)
+        return get_likelihood("bernoulli")
+    raise UnknownNameError(
+        f"fimlab.torch does not know the loss {type(likelihood).__name__}; use "
+        "nn.CrossEntropyLoss, nn.MSELoss or nn.BCEWithLogitsLoss (on logits: no sigmoid "
+        "or softmax layer at the end of the model), or likelihood='categorical' | "
+        "'gaussian' | 'bernoulli'"
+    )
+
+
+def _refuse(loss, bad):
+    if bad:
+        raise UnknownNameError(
+            f"{type(loss).__name__} with {', '.join(bad)} has no fimlab likelihood (the "
+            "Fisher of a weighted / smoothed / masked loss is not modelled); pass the loss "
+            "without these options, or drop the samples to ignore from X and y"
+        )
+
+
+# -- layers ---------------------------------------------------------------------------
+def _select_layers(model: nn.Module, layers) -> dict[str, nn.Linear]:
+    """``{name: module}`` of the nn.Linear layers to treat; checks the others."""
+    named = dict(model.named_modules())
+    if layers is None:
+        chosen = {n: m for n, m in named.items() if isinstance(m, nn.Linear)
+                  and any(p.requires_grad for p in m.parameters(recurse=False))}
+        for n, m in named.items():
+            for pn, p in m.named_parameters(recurse=False):
+                if p.requires_grad and not isinstance(m, nn.Linear):
+                    where = f"{n}.{pn}" if n else pn
+                    raise ShapeError(
+                        f"the trainable parameter {where!r} belongs to a "
+                        f"{type(m).__name__}, not an nn.Linear; {_UNSUPPORTED_HINT}"
+                    )
+                if p.requires_grad and isinstance(m, nn.Linear) and not all(
+                        q.requires_grad for q in m.parameters(recurse=False)):
+                    raise ShapeError(
+                        f"nn.Linear {n!r} has a trainable and a frozen parameter; fimlab "
+                        "treats a layer's [W | b] as one block: freeze both or neither, or "
+                        "pass layers=[...] without it"
+                    )
+    else:
+        chosen = {}
+        by_id = {id(m): n for n, m in named.items()}
+        for item in layers:
+            if isinstance(item, str):
+                if item not in named:
+                    raise UnknownNameError(f"layers=: the model has no module {item!r}")
+                n, m = item, named[item]
+            elif isinstance(item, nn.Module) and id(item) in by_id:
+                n, m = by_id[id(item)], item
+            else:
+                raise UnknownNameError(
+                    f"layers= takes module names or nn.Linear modules of the model, got "
+                    f"{item!r}"
+                )
+            if not isinstance(m, nn.Linear):
+                raise ShapeError(
+                    f"layers=: {n!r} is a {type(m).__name__}, not an nn.Linear")
+            chosen[n] = m
+    if not chosen:
+        raise ShapeError(
+            f"{type(model).__name__} has no trainable nn.Linear layer: nothing to treat")
+    for n, m in named.items():
+        if m.training and isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            raise ShapeError(
+                f"module {n!r} ({type(m).__name__}, p={m.p}) is in train mode: the Fisher "
+                "of a network with random dropout masks is not defined per sample; call "
+                "model.eval() first"
+            )
+        if m.training and isinstance(m, nn.modules.batchnorm._BatchNorm):
+            raise ShapeError(
+                f"module {n!r} ({type(m).__name__}) is in train mode, where samples "
+                "interact through the batch statistics; call model.eval() first"
+            )
+    return chosen
+
+
+def layer_names(model: nn.Module, layers=None) -> list[str]:
+    """Names of the treated ``nn.Linear`` layers in ``θ`` order: the call order seen by
+    the last :func:`factor_batch` on this model, else their registration order."""
+    if layers is not None:
+        return list(_select_layers(model, layers))
+    seen = _CALL_ORDER.get(model)
+    if seen is not None:
+        return list(seen)
+    return list(_select_layers(model, None))
+
+
+# -- data -----------------------------------------------------------------------------
+def _np(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _model_dtype_device(model, mods):
+    p = next(iter(mods.values())).weight
+    return p.dtype, p.device
+
+
+def _as_tensor(x, dtype, device):
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(device=device, dtype=dtype)
+    return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
+
+
+# -- the factor batch -----------------------------------------------------------------
+def factor_batch(model: nn.Module, X, y=None, *, likelihood=None, fisher: str = "exact",
+                 mc_samples: int = 1, rng=None, targets=None, layers=None,
+                 to: str = "numpy", max_bytes: int | None = None) -> FactorBatch:
+    """The factor batch of a PyTorch model on inputs ``X``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Any module whose trainable parameters all sit in ``nn.Linear`` layers, each
+        called once per forward pass on ``(N, d_in)`` inputs (``Sequential`` or a custom
+        ``forward``: skip connections, branches, ``ModuleList`` are fine). Its output
+        ``z`` of shape ``(N, C)`` is the likelihood's input (logits or means).
+    X : tensor or array, shape (N, ...), or an iterable of ``(X, y)`` batches
+        Inputs; a ``DataLoader`` (or any iterable of ``(X, y)`` / ``X``) is
+        concatenated (within ``max_bytes``).
+    y : tensor or array, optional
+        Targets, needed for ``fisher="empirical"``: class indices (categorical),
+        ``(N, C)`` values (gaussian, bernoulli).
+    likelihood : str, fimlab likelihood, or loss module
+        ``"categorical"`` / ``"gaussian"`` / ``"bernoulli"``, or
+        ``nn.CrossEntropyLoss()`` / ``nn.MSELoss()`` / ``nn.BCEWithLogitsLoss()`` (any
+        ``reduction``; see :func:`resolve_likelihood` for the scaling).
+    fisher : {"exact", "mc", "empirical"}
+        As in :func:`fimlab.factor_batch`.
+    mc_samples : int
+        Sampled targets per input for ``"mc"``.
+    rng : numpy.random.Generator or int, optional
+        Source of the Monte-Carlo draws (``None``: seed 0). The draws are those of
+        :func:`fimlab.factor_batch` on the same outputs.
+    targets : array, optional
+        The sampled Monte-Carlo targets themselves (``(N, S)`` class indices, or
+        ``(N, S, C)``), instead of drawing them; see :func:`sample_targets`.
+    layers : list of str or nn.Linear, optional
+        The ``nn.Linear`` layers to treat (others count as fixed); default: all with
+        trainable parameters, and then every trainable parameter must be in one.
+    to : {"numpy", "torch"}
+        ``"numpy"`` (default): NumPy arrays in the model's dtype. ``"torch"``: torch
+        tensors on the model's device (fimlab's core runs on them through the array API).
+    max_bytes : int, optional
+        Memory limit for concatenating a data loader (default 2 GiB).
+
+    Returns
+    -------
+    FactorBatch
+        With ``layer_names``: the treated layers' names in ``θ`` order (call order).
+
+    Raises
+    ------
+    ShapeError
+        For a trainable parameter outside an ``nn.Linear``, an ``nn.Linear`` called
+        twice or on inputs that are not ``(N, d_in)``, dropout or batch norm in train
+        mode, an output that is not ``(N, C)``.
+    UnknownNameError
+        For an unknown Fisher type or likelihood, a loss option fimlab does not model.
+
+    Examples
+    --------
+    >>> import torch, fimlab as fl, fimlab.torch as flt
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(),
+    ...                             torch.nn.Linear(5, 2, bias=False)).double()
+    >>> X = torch.randn(10, 3, dtype=torch.float64)
+    >>> y = torch.randint(0, 2, (10,))
+    >>> b = flt.factor_batch(model, X, y, likelihood="categorical", fisher="empirical")
+    >>> [a.shape for a in b.a], [g.shape for g in b.g]
+    ([(10, 4), (10, 5)], [(10, 1, 5), (10, 1, 2)])
+    """
+    check_choice(fisher, FISHER_TYPES, "Fisher type")
+    check_choice(to, ("numpy", "torch"), "array library (to=)")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"factor_batch needs a torch.nn.Module, got {type(model).__name__}")
+    lik = resolve_likelihood(likelihood)
+    mods = _select_layers(model, layers)
+    dtype, device = _model_dtype_device(model, mods)
+    if not isinstance(X, (torch.Tensor, np.ndarray)) and isinstance(X, Iterable):
+        if y is not None:
+            raise ShapeError("with a data loader the targets come from its batches: "
+                             "leave y=None")
+        X, y = concat_batches(X, _np, max_bytes)
+    Xt = _as_tensor(X, dtype, device)
+    N = Xt.shape[0]
+
+    names = {id(m): n for n, m in mods.items()}
+    records: list = []  # (name, input, probe, bias?) in call order
+    calls: dict = {}
+
+    def hook(mod, inp, out):
+        n = names[id(mod)]
+        calls[n] = calls.get(n, 0) + 1
+        if calls[n] > 1:
+            raise ShapeError(
+                f"nn.Linear {n!r} is called more than once in one forward pass (weight "
+                "sharing); fimlab's factor batches need one call per layer: pass "
+                "layers=[...] without it (it then counts as fixed)"
+            )
+        x = inp[0]
+        if x.ndim != 2 or x.shape[0] != N:
+            raise ShapeError(
+                f"nn.Linear {n!r} received inputs of shape {tuple(x.shape)}, not (N, d_in) "
+                f"with N = {N}: a layer applied along a sequence or spatial axis shares its "
+                "weights across positions, which fimlab's factor batches do not model; pass "
+                "layers=[...] without it"
+            )
+        probe = torch.zeros_like(out, requires_grad=True)
+        records.append((n, x.detach(), probe, mod.bias is not None))
+        return out + probe
+
+    handles = [m.register_forward_hook(hook) for m in mods.values()]
+    try:
+        with torch.enable_grad():
+            z = model(Xt)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in mods if n not in calls]
+    if missing:
+        raise ShapeError(f"the forward pass did not call the nn.Linear layer(s) {missing}")
+    if not isinstance(z, torch.Tensor) or z.ndim != 2 or z.shape[0] != N:
+        raise ShapeError(
+            f"the model's output must be a tensor of shape (N, C) = ({N}, C), got "
+            f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}"
+        )
+    zn = z.detach().cpu().numpy()
+    yn = None if y is None else _np(y)
+    V = output_vectors(lik, zn, fisher, y=yn, mc_samples=mc_samples, rng=rng,
+                       targets=None if targets is None else _np(targets))
+    K = V.shape[1]
+    Vt = torch.as_tensor(np.ascontiguousarray(np.moveaxis(V, 1, 0)), dtype=z.dtype,
+                         device=z.device)  # (K, N, C)
+    probes = [r[2] for r in records]
+    try:  # one vmapped backward for the K vectors
+        grads = torch.autograd.grad(z, probes, grad_outputs=Vt, is_grads_batched=True,
+                                    allow_unused=True)
+    except RuntimeError:  # an operation without a batching rule: K batched backwards
+        per_k = [torch.autograd.grad(z, probes, grad_outputs=Vt[k], retain_graph=True,
+                                     allow_unused=True) for k in range(K)]
+        grads = [None if per_k[0][i] is None else torch.stack([p[i] for p in per_k])
+                 for i in range(len(probes))]
+    a_list, g_list = [], []
+    for (_n, x, probe, has_bias), g in zip(records, grads):
+        if g is None:  # the layer does not reach the output
+            g = torch.zeros((K, *probe.shape), dtype=probe.dtype, device=probe.device)
+        if has_bias:
+            x = torch.cat([x, torch.ones((N, 1), dtype=x.dtype, device=x.device)], dim=1)
+        a_list.append(x)
+        g_list.append(g.detach().permute(1, 0, 2).contiguous())  # (N, K, d_out)
+    if to == "numpy":
+        a_list = [t.cpu().numpy() for t in a_list]
+        g_list = [t.cpu().numpy() for t in g_list]
+    batch = FactorBatch(a_list, g_list, fisher=fisher)
+    order = [r[0] for r in records]
+    batch.layer_names = order
+    if layers is None:
+        _CALL_ORDER[model] = order
+    return batch
+
+
+def sample_targets(model_output, likelihood, mc_samples: int = 1, rng=None):
+    """Targets sampled from the model, as :func:`factor_batch` draws them: ``(N, S)``
+    class indices (categorical) or ``(N, S, C)`` (NumPy), from the output ``z``."""
+    from .._frontend import as_rng, check_mc_samples
+
+    lik = resolve_likelihood(likelihood)
+    return lik.sample(_np(model_output), as_rng(rng), check_mc_samples(mc_samples))
+
+
+# -- θ <-> model parameters -----------------------------------------------------------
+def _layer_params(model, layers):
+    named = dict(model.named_modules())
+    out = []
+    for n in layer_names(model, layers):
+        m = named[n]
+        out.append((n, m))
+    return out
+
+
+def flatten(model: nn.Module, grads=None, layers=None):
+    """``θ``-ordered vector of per-parameter tensors: ``[vec([W_0 | b_0]); …]``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    grads : mapping ``{name: tensor}``, optional
+        Tensors shaped like the parameters (``"fc.weight"``, ``"fc.bias"``); default:
+        each parameter's ``.grad``.
+    layers : list, optional
+        The layers and their order; default :func:`layer_names`.
+
+    Returns
+    -------
+    numpy.ndarray
+        In the model's dtype, the layout of :func:`factor_batch`'s ``θ``.
+
+    Examples
+    --------
+    >>> import torch, fimlab.torch as flt
+    >>> m = torch.nn.Sequential(torch.nn.Linear(2, 3))
+    >>> theta = flt.flatten(m, dict(m.named_parameters()))
+    >>> theta.shape
+    (9,)
+    >>> sorted(flt.unflatten(m, theta))
+    ['0.bias', '0.weight']
+    """
+    if grads is None:
+        grads = {}
+        for n, p in model.named_parameters():
+            grads[n] = p.grad if p.grad is not None else torch.zeros_like(p)
+    elif not isinstance(grads, Mapping):
+        raise TypeError("grads must be a mapping {parameter name: tensor}")
+    parts = []
+    for n, m in _layer_params(model, layers):
+        pre = f"{n}." if n else ""
+        W = _np(grads[pre + "weight"])
+        if tuple(W.shape) != tuple(m.weight.shape):
+            raise ShapeError(f"{pre}weight: expected shape {tuple(m.weight.shape)}, got "
+                             f"{tuple(W.shape)}")
+        if m.bias is not None:
+            b = _np(grads[pre + "bias"]).reshape(-1, 1)
+            W = np.concatenate([W, b], axis=1)
+        parts.append(W.ravel(order="F"))
+    return np.concatenate(parts)
+
+
+def unflatten(model: nn.Module, theta, layers=None) -> dict:
+    """Split ``θ`` into ``{name: tensor}`` in the model's shapes, dtype and device.
+
+    Inverse of :func:`flatten`: each layer's block ``vec([W | b])`` becomes
+    ``"<layer>.weight"`` ``(d_out, d_in)`` and ``"<layer>.bias"`` ``(d_out,)``. Use it to
+    apply a fimlab direction: ``p.data -= lr * step[name]``.
+    """
+    pairs = _layer_params(model, layers)
+    total = sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
+                for _, m in pairs)
+    if isinstance(theta, torch.Tensor):
+        theta = theta.detach()
+        th = theta
+    else:
+        th = torch.as_tensor(np.asarray(theta))
+    if th.ndim != 1 or th.shape[0] != total:
+        raise ShapeError(f"θ must have shape ({total},) for these layers, got "
+                         f"{tuple(th.shape)}")
+    out, o = {}, 0
+    for n, m in pairs:
+        pre = f"{n}." if n else ""
+        r, c = m.weight.shape
+        cols = c + (1 if m.bias is not None else 0)
+        blk = th[o:o + r * cols].reshape(cols, r).T.to(dtype=m.weight.dtype,
+                                                       device=m.weight.device)
+        o += r * cols
+        out[pre + "weight"] = blk[:, :c].contiguous()
+        if m.bias is not None:
+            out[pre + "bias"] = blk[:, c].contiguous()
+    return out
