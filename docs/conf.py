@@ -88,7 +88,18 @@ myst_heading_anchors = 3
 # -- autodoc / numpydoc --------------------------------------------------------------
 autodoc_member_order = "bysource"
 autodoc_typehints = "none"  # numpydoc's Parameters section says it
-autodoc_default_options = {"members": True, "show-inheritance": True}
+# Every public method and attribute, including inherited ones (a class page lists
+# ``solve``, ``to_dense``, ``blocks``, ... even when a base class defines them), but not
+# the members of built-in bases (``Exception.add_note``, ``tuple.count``, ...).
+autodoc_default_options = {
+    "members": True,
+    "show-inheritance": True,
+    "inherited-members": ",".join([
+        "object", "BaseException", "Exception", "ValueError", "TypeError", "KeyError",
+        "IndexError", "MemoryError", "RuntimeError", "LookupError", "ArithmeticError",
+        "Warning", "UserWarning", "RuntimeWarning", "tuple", "dict", "list",
+    ]),
+}
 autosummary_generate = False  # pages are written by _write_api below
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
@@ -99,6 +110,7 @@ html_theme = "pydata_sphinx_theme"
 html_title = f"fimlab {release}"
 html_static_path = ["_static"]
 html_css_files = ["fimlab.css"]
+html_js_files = ["fimlab.js"]  # figures open at full size on click
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
@@ -112,7 +124,7 @@ html_show_sourcelink = False
 plot_include_source = False
 plot_html_show_source_link = False
 plot_html_show_formats = False
-plot_formats = [("png", 110)]
+plot_formats = [("png", 150)]  # sharp when a figure is opened at full size
 plot_rcparams = {"figure.autolayout": False}
 
 # -- sphinx-gallery (the tutorials) --------------------------------------------------
@@ -246,6 +258,7 @@ TOPIC_ORDER = [
     "performance",
     "backend",
     "sweep",
+    "bibliography",
 ]
 _NOT_TOPICS = {"index", "topics", "sg_execution_times"}
 
@@ -286,8 +299,23 @@ def _source_read(app, docname, source):
 _write_api()
 
 
+def _public_bases(app, name, obj, options, bases):
+    """Show a class's nearest *public* ancestors instead of private base classes
+    (``_Base`` has no page to link to): each private base is replaced by the first class
+    of its MRO whose name has no leading underscore."""
+    public = []
+    for base in bases:
+        for cls in getattr(base, "__mro__", (base,)):
+            if not getattr(cls, "__name__", "_").startswith("_"):
+                if cls not in public:
+                    public.append(cls)
+                break
+    bases[:] = public
+
+
 def setup(app):
     app.connect("source-read", _source_read)
+    app.connect("autodoc-process-bases", _public_bases)
     app.connect("autodoc-process-docstring", _drop_builtin_docstrings, priority=100)
 
 

@@ -328,7 +328,7 @@ def test_rank_one_block_clips_second_term():
             assert np.all(A2 == 0) and np.all(G2 == 0)
             assert op.reports[-1].rank == 1 and op.reports[-1].breakdown
             assert np.all(np.isfinite(op.solve(np.ones(b.n_params), 1e-3)))
-    with pytest.raises(fl.ShapeError, match=r"block 1 has R\(F_i\) of numerical rank 1"):
+    with pytest.raises(fl.ShapeError, match=r"block 1 has R\(F_l\) of numerical rank 1"):
         fl.KPSVD(b, rank=2)
     with pytest.raises(fl.ShapeError, match="numerical rank 1"):
         fl.KPSVD(b, rank=2, solver="paper")
