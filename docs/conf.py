@@ -22,6 +22,7 @@ import importlib
 import inspect
 import io
 import os
+import re
 import sys
 import tokenize
 from pathlib import Path
@@ -291,6 +292,36 @@ def _drop_builtin_docstrings(app, what, name, obj, options, lines):
             lines[:] = []
 
 
+_CITATION = re.compile(r"docs/papers\.md(?P<sep>,? \(?)(?P<label>(?:EK|[FKRITEC])[1-5])\b")
+
+
+def _link_formula_citations(app, what, name, obj, options, lines):
+    """In docstrings, ``docs/papers.md (K2)`` becomes a link to the formula sheet and to
+    the anchor of its first label. Text inside backticks, doctests and literal blocks is
+    left alone."""
+    literal_indent = None
+    for i, line in enumerate(lines):
+        indent = len(line) - len(line.lstrip())
+        if literal_indent is not None:
+            if line.strip() and indent <= literal_indent:
+                literal_indent = None
+            else:
+                continue
+        if line.rstrip().endswith("::"):
+            literal_indent = indent
+        if line.lstrip().startswith((">>>", "...")) or "papers.md" not in line:
+            continue
+
+        def link(m, line=line):
+            if line[: m.start()].count("`") % 2:  # inside a literal or a role
+                return m.group(0)
+            label = m.group("label")
+            return (f":doc:`docs/papers.md </papers>`{m.group('sep')}"
+                    f":ref:`{label} <eq-{label.lower()}>`")
+
+        lines[i] = _CITATION.sub(link, line)
+
+
 def _source_read(app, docname, source):
     if docname == "topics":
         source[0] = source[0].replace(".. fimlab-topics-toctree::\n", _topics_toctree())
@@ -316,6 +347,7 @@ def _public_bases(app, name, obj, options, bases):
 def setup(app):
     app.connect("source-read", _source_read)
     app.connect("autodoc-process-bases", _public_bases)
+    app.connect("autodoc-process-docstring", _link_formula_citations)
     app.connect("autodoc-process-docstring", _drop_builtin_docstrings, priority=100)
 
 

@@ -461,8 +461,10 @@ class BlockDiagonalOperator(CurvatureOperator):
         blocks = list(blocks)
         if not blocks:
             raise ShapeError("a BlockDiagonalOperator needs at least one block")
+        #: The diagonal blocks, one curvature operator per layer (``op.blocks[l]``).
         self.blocks = blocks
         sizes = [b.shape[0] for b in blocks]
+        #: Where each block starts in the parameter vector (``len(blocks) + 1`` entries).
         self.offsets = [0]
         for s in sizes:
             self.offsets.append(self.offsets[-1] + s)
