@@ -22,6 +22,7 @@ import importlib
 import inspect
 import io
 import os
+import re
 import sys
 import tokenize
 from pathlib import Path
@@ -88,7 +89,18 @@ myst_heading_anchors = 3
 # -- autodoc / numpydoc --------------------------------------------------------------
 autodoc_member_order = "bysource"
 autodoc_typehints = "none"  # numpydoc's Parameters section says it
-autodoc_default_options = {"members": True, "show-inheritance": True}
+# Every public method and attribute, including inherited ones (a class page lists
+# ``solve``, ``to_dense``, ``blocks``, ... even when a base class defines them), but not
+# the members of built-in bases (``Exception.add_note``, ``tuple.count``, ...).
+autodoc_default_options = {
+    "members": True,
+    "show-inheritance": True,
+    "inherited-members": ",".join([
+        "object", "BaseException", "Exception", "ValueError", "TypeError", "KeyError",
+        "IndexError", "MemoryError", "RuntimeError", "LookupError", "ArithmeticError",
+        "Warning", "UserWarning", "RuntimeWarning", "tuple", "dict", "list",
+    ]),
+}
 autosummary_generate = False  # pages are written by _write_api below
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
@@ -99,6 +111,7 @@ html_theme = "pydata_sphinx_theme"
 html_title = f"fimlab {release}"
 html_static_path = ["_static"]
 html_css_files = ["fimlab.css"]
+html_js_files = ["fimlab.js"]  # figures open at full size on click
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
@@ -112,7 +125,7 @@ html_show_sourcelink = False
 plot_include_source = False
 plot_html_show_source_link = False
 plot_html_show_formats = False
-plot_formats = [("png", 110)]
+plot_formats = [("png", 150)]  # sharp when a figure is opened at full size
 plot_rcparams = {"figure.autolayout": False}
 
 # -- sphinx-gallery (the tutorials) --------------------------------------------------
@@ -246,6 +259,7 @@ TOPIC_ORDER = [
     "performance",
     "backend",
     "sweep",
+    "bibliography",
 ]
 _NOT_TOPICS = {"index", "topics", "sg_execution_times"}
 
@@ -278,6 +292,36 @@ def _drop_builtin_docstrings(app, what, name, obj, options, lines):
             lines[:] = []
 
 
+_CITATION = re.compile(r"docs/papers\.md(?P<sep>,? \(?)(?P<label>(?:EK|[FKRITEC])[1-5])\b")
+
+
+def _link_formula_citations(app, what, name, obj, options, lines):
+    """In docstrings, ``docs/papers.md (K2)`` becomes a link to the formula sheet and to
+    the anchor of its first label. Text inside backticks, doctests and literal blocks is
+    left alone."""
+    literal_indent = None
+    for i, line in enumerate(lines):
+        indent = len(line) - len(line.lstrip())
+        if literal_indent is not None:
+            if line.strip() and indent <= literal_indent:
+                literal_indent = None
+            else:
+                continue
+        if line.rstrip().endswith("::"):
+            literal_indent = indent
+        if line.lstrip().startswith((">>>", "...")) or "papers.md" not in line:
+            continue
+
+        def link(m, line=line):
+            if line[: m.start()].count("`") % 2:  # inside a literal or a role
+                return m.group(0)
+            label = m.group("label")
+            return (f":doc:`docs/papers.md </papers>`{m.group('sep')}"
+                    f":ref:`{label} <eq-{label.lower()}>`")
+
+        lines[i] = _CITATION.sub(link, line)
+
+
 def _source_read(app, docname, source):
     if docname == "topics":
         source[0] = source[0].replace(".. fimlab-topics-toctree::\n", _topics_toctree())
@@ -286,8 +330,24 @@ def _source_read(app, docname, source):
 _write_api()
 
 
+def _public_bases(app, name, obj, options, bases):
+    """Show a class's nearest *public* ancestors instead of private base classes
+    (``_Base`` has no page to link to): each private base is replaced by the first class
+    of its MRO whose name has no leading underscore."""
+    public = []
+    for base in bases:
+        for cls in getattr(base, "__mro__", (base,)):
+            if not getattr(cls, "__name__", "_").startswith("_"):
+                if cls not in public:
+                    public.append(cls)
+                break
+    bases[:] = public
+
+
 def setup(app):
     app.connect("source-read", _source_read)
+    app.connect("autodoc-process-bases", _public_bases)
+    app.connect("autodoc-process-docstring", _link_formula_citations)
     app.connect("autodoc-process-docstring", _drop_builtin_docstrings, priority=100)
 
 

@@ -14,7 +14,7 @@ reach beyond toy networks. KFAC (Martens & Grosse, 2015) makes two approximation
 
       F_l = \\frac1N \\sum_n (\\bar a_n \\bar a_n^\\top) \\otimes G_n,
       \\qquad G_n = \\sum_k g_{nk} g_{nk}^\\top
-      \\qquad \\text{(PAPERS.md F1)}
+      \\qquad \\text{(docs/papers.md F1)}
 
    by the Kronecker product of the averages,
    :math:`A \\otimes G` with :math:`A = \\frac1N\\sum_n \\bar a_n \\bar a_n^\\top` and
@@ -31,12 +31,18 @@ throws away, and shows the cases where the second one throws away nothing.
 # How much of the Fisher lives in the diagonal blocks?
 # ----------------------------------------------------
 import os
+import sys
 
 import matplotlib.pyplot as plt
 import numpy as np
+from threadpoolctl import threadpool_limits
 from matplotlib.colors import SymLogNorm
 
 import fimlab as fl
+
+# Small matrices: one BLAS thread is faster than several (a tutorial run as a script
+# with two OpenBLAS threads took 10x longer on a busy 2-core machine).
+threadpool_limits(1)
 
 FAST = os.environ.get("FIMLAB_FAST", "0") not in ("", "0")
 N = 64 if FAST else 256
@@ -165,7 +171,13 @@ dense = np.linalg.solve(np.kron(A + np.sqrt(lam) * np.eye(len(A)),
                                 G + np.sqrt(lam) * np.eye(len(G))), v[s])
 print("K.solve agrees with the dense inverse:",
       np.allclose(K.solve(v, damping=lam)[s], dense))
-plt.show()
+if "sphinx_gallery" in sys.modules or os.environ.get("DISPLAY"):
+    plt.show()
+else:  # run as a script with no display: save the figures in the working folder
+    for _num in plt.get_fignums():
+        _name = f"{os.path.splitext(os.path.basename(__file__))[0]}_{_num}.png"
+        plt.figure(_num).savefig(_name, dpi=120)
+        print("wrote", _name)
 
 # %%
 # Take-aways

@@ -2,7 +2,7 @@
 The rearrangement, the Kronecker product SVD, and the four KPSVD methods
 =========================================================================
 
-A worked example for ``docs/kpsvd.md`` (PAPERS.md R1-R4 and the methods table).
+A worked example for ``docs/kpsvd.md`` (docs/papers.md R1-R4 and the methods table).
 
 1. A small dense matrix ``M = A ⊗ G + 0.3 B ⊗ C``: its rearrangement ``R(M)`` has rank
    two, so the Kronecker product SVD recovers it with two terms, and truncating to one

@@ -11,7 +11,7 @@
 - backend: :func:`set_backend`, :func:`use_backend`, :func:`to_numpy`
 - errors: :class:`FimlabError` and its subclasses
 
-Python indices are 0-based: layer 0 is the first layer. Equations cited as ``PAPERS.md (K2)``
+Python indices are 0-based: layer 0 is the first layer. Equations cited as ``docs/papers.md (K2)``
 refer to the project's formula sheet (``docs/papers.md``).
 """
 

@@ -1,4 +1,4 @@
-"""The factor batch: the one object underneath every Fisher-type matrix (DESIGN.md).
+"""The factor batch: the one object underneath every Fisher-type matrix (docs/guide/conventions.rst).
 
 For an MLP with layers ``l = 0..L−1``, ``a[l]`` holds the bias-augmented inputs ``ā`` of
 layer ``l`` (``(N, d_in+1)``) and ``g[l]`` the ``K`` vectors back-propagated to its
@@ -27,7 +27,7 @@ class FactorBatch:
         ``a[l]`` of shape ``(N, d_in_l + 1)``: bias-augmented input of layer ``l``.
     g : sequence of arrays
         ``g[l]`` of shape ``(N, K, d_out_l)``: the ``K`` vectors back-propagated to the
-        pre-activation of layer ``l`` for each sample (DESIGN.md table).
+        pre-activation of layer ``l`` for each sample (docs/guide/conventions.rst table).
     fisher : str, optional
         A label of what ``g`` holds (``"exact"``, ``"mc"``, ``"empirical"``); informative.
 

@@ -1,6 +1,6 @@
 """Factor batches and the Fisher matrix they define, as a matrix-free operator.
 
-Every Fisher-type matrix of the papers is (DESIGN.md)::
+Every Fisher-type matrix of the papers is (docs/guide/conventions.rst)::
 
     F = (1/N) Σ_n Σ_k j_nk j_nkᵀ,    j_nk = [ā_0,n ⊗ g_0,nk ; … ; ā_{L−1},n ⊗ g_{L−1},nk]
 
@@ -8,7 +8,7 @@ A :class:`FactorBatch` holds, per layer ``l``, ``a[l]`` of shape ``(N, d_in+1)``
 bias-augmented inputs ``ā``) and ``g[l]`` of shape ``(N, K, d_out)`` (the vectors
 back-propagated to the pre-activations). :class:`FisherOperator` is ``F`` as a
 :class:`~fimlab.operators.CurvatureOperator`: products cost GEMMs on the factor batch,
-the exact damped inverse is Woodbury on the ``N·K`` rows (PAPERS.md F3), and Frobenius
+the exact damped inverse is Woodbury on the ``N·K`` rows (docs/papers.md F3), and Frobenius
 norms come from Gram matrices — ``F`` itself is never formed unless asked for.
 """
 
@@ -46,7 +46,7 @@ class FisherOperator(CurvatureOperator):
     -----
     ``F @ X`` costs ``O(N·K·P·k)`` in GEMMs: per layer, ``u_nk = g_nkᵀ V ā_n`` summed over
     layers, then ``(1/N) Σ_n ā_n (Σ_k g_nk u_nk)ᵀ`` back. ``solve`` is the exact damped
-    natural gradient by Woodbury (PAPERS.md F3)::
+    natural gradient by Woodbury (docs/papers.md F3)::
 
         (F + λI)⁻¹ v = (1/λ) [v − Uᵀ (NλI + UUᵀ)⁻¹ U v]
 
@@ -184,7 +184,7 @@ class FisherOperator(CurvatureOperator):
         return F / b.n_samples
 
     def block(self, i: int, j: int | None = None, max_bytes: int | None = None):
-        """Dense block ``F_ij`` (PAPERS.md F1 for ``i == j``, F2 otherwise)."""
+        """Dense block ``F_ij`` (docs/papers.md F1 for ``i == j``, F2 otherwise)."""
         b, xp = self.batch, self.xp
         j = i if j is None else j
         for idx in (i, j):
@@ -206,7 +206,7 @@ class FisherOperator(CurvatureOperator):
         return out / b.n_samples
 
     def diagonal_block(self, l: int) -> FisherBlock:
-        """The diagonal block ``F_ll`` as a matrix-free operator (PAPERS.md F1)."""
+        """The diagonal block ``F_ll`` as a matrix-free operator (docs/papers.md F1)."""
         return FisherBlock(self.batch, l)
 
     def block_diagonal(self) -> BlockDiagonalOperator:
@@ -265,7 +265,7 @@ class FisherOperator(CurvatureOperator):
         return self._woodbury_cache[key]
 
     def solve(self, v, damping, rule: str = "exact", **kwargs):
-        """Exact damped natural gradient ``(F + λI)⁻¹ v`` by Woodbury (PAPERS.md F3).
+        """Exact damped natural gradient ``(F + λI)⁻¹ v`` by Woodbury (docs/papers.md F3).
 
         ``v`` is a vector of length ``P`` or a matrix ``(P, k)``. Cost: one Cholesky of
         the ``N·K × N·K`` matrix ``NλI + UUᵀ`` (cached per ``λ``) and matrix-free products
@@ -364,7 +364,7 @@ def _chol_solve(L, B, xp):
 
 
 class FisherBlock(CurvatureOperator):
-    """The diagonal block ``F_l = (1/N) Σ_n (ā_n ā_nᵀ) ⊗ G_n`` of one layer (PAPERS.md F1),
+    """The diagonal block ``F_l = (1/N) Σ_n (ā_n ā_nᵀ) ⊗ G_n`` of one layer (docs/papers.md F1),
     matrix-free, with Gram-identity norms and inner products with Kronecker sums.
 
     Parameters
@@ -389,7 +389,7 @@ class FisherBlock(CurvatureOperator):
     ((16, 16), True)
     >>> bool(np.isclose(F0.frobenius_norm_sq(), np.linalg.norm(F.block(0)) ** 2))
     True
-    >>> A, G = F0.kfac_factors()                 # PAPERS.md (K1)
+    >>> A, G = F0.kfac_factors()                 # docs/papers.md (K1)
     >>> bool(np.isclose(F0.inner_kron([(A, G)]), np.sum(F.block(0) * np.kron(A, G))))
     True
     """
@@ -444,7 +444,7 @@ class FisherBlock(CurvatureOperator):
         return total / N
 
     def kfac_factors(self):
-        """KFAC factors of this block (PAPERS.md K1): ``A = E[ā āᵀ]``, ``G = E[Σ_k g gᵀ]``."""
+        """KFAC factors of this block (docs/papers.md K1): ``A = E[ā āᵀ]``, ``G = E[Σ_k g gᵀ]``."""
         xp = self.xp
         N, K = self.batch.n_samples, self.batch.n_vectors
         A = xp.matrix_transpose(self.a) @ self.a / N

@@ -1,6 +1,6 @@
 """Data for the auto-encoder benchmarks: bundled stand-ins and loaders for the originals.
 
-The papers train deep auto-encoders on MNIST, CURVES and FACES (PAPERS.md "The
+The papers train deep auto-encoders on MNIST, CURVES and FACES (docs/papers.md "The
 experiments"). The original files are not shipped; fimlab reads them when a user has them
 and otherwise runs on offline stand-ins:
 

@@ -1,4 +1,4 @@
-"""Error metrics between the Fisher and an approximation (PAPERS.md E1-E5).
+"""Error metrics between the Fisher and an approximation (docs/papers.md E1-E5).
 
 - (E1) :func:`relative_frobenius_error` — ``‖F − F̃‖_F / ‖F‖_F``, per block or for the
   whole network. For a Fisher operator (or block) against Kronecker-structured
@@ -284,7 +284,7 @@ def direction_angle(zeta, F, g, damping: float, *, reference=None,
         A method's direction (e.g. ``K.solve(g, λ)`` or ``TwoLevel(...).solve(g)``).
     F : CurvatureOperator
         The Fisher of the curvature batch (``fl.FisherOperator(batch)``: ``F_λ⁻¹g`` by
-        Woodbury, PAPERS.md F3), or any operator whose ``solve(v, λ)`` is ``(F+λI)⁻¹v``.
+        Woodbury, docs/papers.md F3), or any operator whose ``solve(v, λ)`` is ``(F+λI)⁻¹v``.
     g : array, shape (P,)
         The gradient.
     damping : float
@@ -333,7 +333,7 @@ def energy_error(zeta, F, g, damping: float, *, reference=None,
                  relative: bool = True, rescale: bool = False) -> float:
     """(E5) the energy error ``‖ζ − F_λ⁻¹g‖²_{F_λ} / ‖F_λ⁻¹g‖²_{F_λ}`` of a direction.
 
-    The energy norm is the one the residual two-level form minimises (PAPERS.md T4): for
+    The energy norm is the one the residual two-level form minimises (docs/papers.md T4): for
     ``TwoLevel(..., form="residual")`` the drop from the fine level's energy error is the
     T4 gain divided by ``‖F_λ⁻¹g‖²_{F_λ} = gᵀF_λ⁻¹g``. One Fisher product and (unless
     ``reference`` is given) one exact solve.
@@ -640,7 +640,7 @@ __all__ += ["spectral_error"]
 def spectral_error(F, Ft, block: int | None = None, method: str = "auto", *,
                    tol: float = 1e-8, maxiter: int = 300, seed: int = 0,
                    max_bytes: int | None = None) -> float:
-    """(E3) relative spectral error ``‖F − F̃‖₂ / ‖F‖₂`` (PAPERS.md E3).
+    """(E3) relative spectral error ``‖F − F̃‖₂ / ‖F‖₂`` (docs/papers.md E3).
 
     Parameters
     ----------

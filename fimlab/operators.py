@@ -340,7 +340,7 @@ class KroneckerOperator(CurvatureOperator):
     Notes
     -----
     ``(A ⊗ G) vec(V) = vec(G V Aᵀ)``: two GEMMs, the Kronecker product is never formed
-    (except by ``to_dense``). ``solve`` applies the damped inverses of PAPERS.md (K2-K4)
+    (except by ``to_dense``). ``solve`` applies the damped inverses of docs/papers.md (K2-K4)
     for one term and (I1) / preconditioned CG for two or more, see :meth:`solve`.
 
     Raises
@@ -430,7 +430,7 @@ class KroneckerOperator(CurvatureOperator):
                          for A, G in self.terms))
 
     def solve(self, v, damping, rule: str = "factor", **kwargs):
-        """Apply a damped inverse (PAPERS.md K2-K4, I1; DESIGN.md "Damping").
+        """Apply a damped inverse (docs/papers.md K2-K4, I1; docs/guide/conventions.rst "Damping").
 
         ``rule="factor"`` (default, the papers' code): one term ``(A+√λI)⁻¹ ⊗ (G+√λI)⁻¹``
         (K2); two terms: λ added to each factor of the first term, the second kept (I1).
@@ -492,8 +492,10 @@ class BlockDiagonalOperator(CurvatureOperator):
         blocks = list(blocks)
         if not blocks:
             raise ShapeError("a BlockDiagonalOperator needs at least one block")
+        #: The diagonal blocks, one curvature operator per layer (``op.blocks[l]``).
         self.blocks = blocks
         sizes = [b.shape[0] for b in blocks]
+        #: Where each block starts in the parameter vector (``len(blocks) + 1`` entries).
         self.offsets = [0]
         for s in sizes:
             self.offsets.append(self.offsets[-1] + s)

@@ -1,5 +1,5 @@
 """Spectral densities by stochastic Lanczos quadrature, and stochastic trace/diagonal
-estimators (PAPERS.md "Spectral densities").
+estimators (docs/papers.md "Spectral densities").
 
 **Stochastic Lanczos quadrature** (Ubaru, Chen & Saad 2017; Ghorbani et al. 2019;
 Papyan 2020). For a symmetric ``A`` (``n × n``) and a Rademacher probe ``v``

@@ -1,10 +1,10 @@
 """``fimlab study``: how well does each approximation match the Fisher along training?
 
-The papers' protocol (PAPERS.md, "Error metrics"): train the network with Adam and, every
+The papers' protocol (docs/papers.md, "Error metrics"): train the network with Adam and, every
 ``every`` iterations, take the current mini-batch, build its factor batch (Monte-Carlo
 Fisher with targets sampled from the model by default, like the papers; ``exact`` or
 ``empirical`` on request), and measure each approximation against the Fisher *of that same
-factor batch* (DESIGN.md, "The reference of a study"):
+factor batch* (docs/guide/conventions.rst, "The reference of a study"):
 
 - (E1) relative Frobenius error, per layer block and for the whole network (exact,
   matrix-free, through Gram identities: no block is ever formed);
@@ -359,7 +359,7 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
                     from .study_spectra import measure
 
                     measure(result, batch, pairs, warm, c, it, measure_at)
-                if c["two_level"]:  # E4/E5 on the same mini-batch (PAPERS.md E4, E5, T1-T4)
+                if c["two_level"]:  # E4/E5 on the same mini-batch (docs/papers.md E4, E5, T1-T4)
                     _two_level_step(result, batch, net.flatten(grads), warm, c, it, loss)
                 if fh is not None:
                     fh.flush()
@@ -532,7 +532,7 @@ def measure_directions(batch, g, damping: float, approximations: dict | None = N
     Parameters
     ----------
     batch : FactorBatch
-        The curvature batch; ``F`` is its Fisher (the reference, DESIGN.md).
+        The curvature batch; ``F`` is its Fisher (the reference, docs/guide/conventions.rst).
     g : array, shape (P,)
         The gradient.
     damping : float

@@ -1,6 +1,6 @@
 """``fimlab train``: natural gradient with each approximation against SGD and Adam.
 
-The papers' training comparison (PAPERS.md "The experiments") on the deep auto-encoder
+The papers' training comparison (docs/papers.md "The experiments") on the deep auto-encoder
 benchmarks: for every method × seed, train with the same data order and initialisation,
 record the mini-batch loss of every iteration, the training and validation loss of every
 epoch and the training wall time, and draw the papers' figure — loss against epochs and
@@ -26,7 +26,7 @@ name                layer sizes                                         data    
 ``synthetic``       16-8-4-8-16                                          make_synthetic Bern.
 ==================  ==================================================  =============  =====
 
-ReLU hidden units, the code layer included (PAPERS.md: the papers' code uses ReLU; Hinton &
+ReLU hidden units, the code layer included (docs/papers.md: the papers' code uses ReLU; Hinton &
 Salakhutdinov had a linear code layer: pass ``activation`` as a list to get it).
 
 Outputs of one run (``out_dir``): ``iterations.csv`` (iteration, epoch, mini-batch loss,

@@ -99,7 +99,7 @@ BENCHMARKS: dict = {
 #: ``curves-small`` they are the best of the grid search of ``experiments/train_grid.py``
 #: (docs/results.md); on the papers' sizes a guess, not grid-searched here. The rank-two
 #: methods need a larger λ than KFAC under the papers' ``"factor"`` rule, which adds λ
-#: (not √λ) to each factor of their leading term (DESIGN.md, damping).
+#: (not √λ) to each factor of their leading term (docs/guide/conventions.rst, damping).
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "ngd": 0.1}
 
 #: Every key :func:`run_training` accepts, with its default (None: benchmark's/method's).

@@ -1,5 +1,5 @@
 """The KPSVD family (fimlab.approx.kpsvd): factors against an SVD of the explicit R(F_i),
-the error orderings of PAPERS.md, the rank-2 theorem, solves, scale, registry, bad input."""
+the error orderings of docs/papers.md, the rank-2 theorem, solves, scale, registry, bad input."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def test_rank_r_kpsvd_is_eckart_young_optimal():
             assert len(op.blocks[l].terms) == r and op.blocks[l].rank == r
 
 
-# -- the error orderings of PAPERS.md, on random and briefly trained MLPs ---------------
+# -- the error orderings of docs/papers.md, on random and briefly trained MLPs ---------------
 @pytest.mark.parametrize("trained", [False, True], ids=["random", "trained"])
 @pytest.mark.parametrize("idx", range(len(SMALL_NETS)))
 def test_error_orderings_on_every_block(idx, trained):
@@ -327,7 +327,7 @@ def test_rank_one_block_clips_second_term():
             assert np.all(A2 == 0) and np.all(G2 == 0)
             assert op.reports[-1].rank == 1 and op.reports[-1].breakdown
             assert np.all(np.isfinite(op.solve(np.ones(b.n_params), 1e-3)))
-    with pytest.raises(fl.ShapeError, match=r"block 1 has R\(F_i\) of numerical rank 1"):
+    with pytest.raises(fl.ShapeError, match=r"block 1 has R\(F_l\) of numerical rank 1"):
         fl.KPSVD(b, rank=2)
     with pytest.raises(fl.ShapeError, match="numerical rank 1"):
         fl.KPSVD(b, rank=2, solver="paper")

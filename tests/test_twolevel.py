@@ -1,4 +1,4 @@
-"""Two-level corrections (PAPERS.md T1-T4 and the coarse-space table) against dense
+"""Two-level corrections (docs/papers.md T1-T4 and the coarse-space table) against dense
 references built independently with numpy (np.kron, np.linalg)."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _inv_sqrt(M):
 
 
 def dense_i1_inverse(A1, G1, A2, G2, lam):
-    """PAPERS.md (I1) with the papers' |s| rule, from explicit Kronecker products:
+    """docs/papers.md (I1) with the papers' |s| rule, from explicit Kronecker products:
     (K₁⊗K₂) diag(1/(1 + |s₁|⊗|s₂|)) (K₁⊗K₂)ᵀ."""
     Ah, Gh = _inv_sqrt(A1 + lam * np.eye(len(A1))), _inv_sqrt(G1 + lam * np.eye(len(G1)))
     s1, E1 = np.linalg.eigh(Ah @ A2 @ Ah)
@@ -128,7 +128,7 @@ def scaled(v):
 
 
 def dense_space(p: Problem, name, g=None):
-    """Rows of R0 built densely from the table of PAPERS.md (spectral excluded)."""
+    """Rows of R0 built densely from the table of docs/papers.md (spectral excluded)."""
     g = p.g if g is None else g
     L = len(p.offsets) - 1
     r = g - p.Fl @ (p.Minv @ g)

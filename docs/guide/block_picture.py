@@ -103,7 +103,7 @@ ax.text(0.03, 0.80,
         "   $G_n = \\sum_k g_{nk} g_{nk}^\\top$", fontsize=11, va="top")
 ax.text(0.0, 0.62, "so that", fontsize=10, va="top")
 ax.text(0.03, 0.52, "$F_{00} = \\frac{1}{N}\\sum_n (\\bar a_n \\bar a_n^\\top) \\otimes G_n$"
-        "   (PAPERS.md F1)", fontsize=11, va="top")
+        "   (formula F1)", fontsize=11, va="top")
 ax.text(0.0, 0.36, "and KFAC replaces block $(i, j)$ by $A_{ij}\\, G$:", fontsize=10,
         va="top")
 ax.text(0.03, 0.26, "$A \\otimes G$,  $A = \\frac{1}{N}\\sum_n \\bar a_n \\bar a_n^\\top$,"

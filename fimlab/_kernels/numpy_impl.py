@@ -26,7 +26,7 @@ def sq_gram_reduce(Gg, K: int, out) -> None:
         Vectors per sample.
     out : array, shape (n, N)
         Receives ``⟨G_i, G_j⟩_F = Σ_{k,k'} (g_ikᵀ g_jk')²`` (``G_i = Σ_k g_ik g_ikᵀ``),
-        the sample-space factor of ``‖F_l‖²_F`` (PAPERS.md F1; DESIGN.md principle 1).
+        the sample-space factor of ``‖F_l‖²_F`` (docs/papers.md F1; docs/guide/conventions.rst principle 1).
     """
     xp = array_namespace(Gg, out)
     n, N = out.shape
@@ -43,7 +43,7 @@ def grouped_rowdot(X, Y, K: int, out) -> None:
 
     With ``X = g G`` and ``Y = g`` (rows ``g_nk``) this is the per-sample quadratic form
     ``Σ_k g_nkᵀ G g_nk``; with ``K = 1``, ``X = ā A`` and ``Y = ā`` it is ``ā_nᵀ A ā_n``
-    (the two factors of ``⟨F_l, A⊗G⟩_F``, PAPERS.md R3).
+    (the two factors of ``⟨F_l, A⊗G⟩_F``, docs/papers.md R3).
 
     Parameters
     ----------

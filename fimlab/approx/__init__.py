@@ -24,7 +24,7 @@ from .twolevel import (
 
 __all__ = ["KFAC", "kfac_factors", "APPROXIMATIONS", "build_approximation",
            "KPSVD", "KFACCorrected", "Deflation", "Lanczos"]
-__all__ += [  # two-level corrections (PAPERS.md T1-T4)
+__all__ += [  # two-level corrections (docs/papers.md T1-T4)
     "TwoLevel", "TwoLevelOperator", "CoarseSpace", "COARSE_SPACES", "build_coarse_space",
     "coarse_matrix", "previous_coarse_matrix", "nicolaides_space", "spectral_space",
     "residual_space", "krylov_nicolaides_space", "krylov_residual_space",

@@ -1,6 +1,6 @@
 """The exact block-diagonal Fisher ``blockdiag(F_00, …, F_{L−1,L−1})`` as an approximation.
 
-Each block is the layer's Fisher (PAPERS.md F1), matrix-free; its damped inverse is
+Each block is the layer's Fisher (docs/papers.md F1), matrix-free; its damped inverse is
 Woodbury on the layer's ``N·K`` rows (F3). What it drops is exactly the off-diagonal
 blocks, so its whole-network E1 is the square root of the off-diagonal share
 ``1 − Σ_l ‖F_ll‖²_F / ‖F‖²_F``.

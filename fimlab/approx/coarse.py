@@ -38,7 +38,7 @@ __all__ = [
     "user_space",
 ]
 
-#: The coarse spaces of PAPERS.md, by name (a user ``R₀`` array is also accepted).
+#: The coarse spaces of docs/papers.md, by name (a user ``R₀`` array is also accepted).
 COARSE_SPACES = (
     "nicolaides",
     "spectral",
@@ -170,7 +170,7 @@ class CoarseSpace:
 
     def jacobian_products(self, F: FisherOperator):
         """``U R₀ᵀ`` reshaped ``(N, K, c)``: ``u_{p,nk} = Σ_i g_{i,nk}ᵀ r_{p,i} ā_{i,n}``
-        (PAPERS.md T1), one layer's Jacobian rows at a time."""
+        (docs/papers.md T1), one layer's Jacobian rows at a time."""
         xp = self.xp
         b = F.batch
         out = xp.zeros((b.n_samples, b.n_vectors, self.n_rows), dtype=self.dtype,
@@ -248,7 +248,7 @@ def _block_solve(blk, v, damping, rule, kwargs):
 # the coarse spaces of the paper
 # --------------------------------------------------------------------------------------
 def nicolaides_space(fine) -> CoarseSpace:
-    """Nicolaides coarse space: one row of ones per layer (PAPERS.md coarse-space table).
+    """Nicolaides coarse space: one row of ones per layer (docs/papers.md coarse-space table).
 
     Parameters
     ----------
@@ -296,7 +296,7 @@ def spectral_space(fine, damping: float, rule: str = "factor", *, tol: float = 1
     """Spectral coarse space: per layer, the dominant eigenvector of ``M_i⁻¹``.
 
     ``M_i⁻¹`` is the fine block's damped inverse ``fine.blocks[i].solve(·, λ, rule)``
-    (PAPERS.md coarse-space table). For a one-term Kronecker block (KFAC) under the
+    (docs/papers.md coarse-space table). For a one-term Kronecker block (KFAC) under the
     rules ``"factor"`` (K2: ``(A+√λI)⁻¹ ⊗ (G+√λI)⁻¹``), ``"pi"`` (K3) and ``"exact"`` (K4)
     it is ``vec(q_g q_aᵀ)`` from the eigenpairs of the factors; for any other block it is
     found by Lanczos on ``M_i⁻¹`` (full reorthogonalisation, relative Ritz residual

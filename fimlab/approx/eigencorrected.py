@@ -1,5 +1,5 @@
 """Eigenvalue-corrected Kronecker approximations (EKFAC; George et al., NeurIPS 2018) and
-the diagonal Fisher (PAPERS.md EK1-EK2).
+the diagonal Fisher (docs/papers.md EK1-EK2).
 
 A block that is diagonal in a Kronecker eigenbasis ``Q = Q_A ⊗ Q_G``::
 
@@ -177,7 +177,7 @@ def _eigh_basis(M, xp):
 
 
 class EigenCorrected(BlockDiagonalOperator):
-    """The eigenvalue correction of a one-term Kronecker approximation (PAPERS.md EK1).
+    """The eigenvalue correction of a one-term Kronecker approximation (docs/papers.md EK1).
 
     For each block with Kronecker term ``A ⊗ G`` (``A = Q_A Λ_A Q_Aᵀ``,
     ``G = Q_G Λ_G Q_Gᵀ``), keep the eigenbasis ``Q = Q_A ⊗ Q_G`` and replace the

@@ -1,6 +1,6 @@
 """KFAC: the Kronecker-factored block-diagonal approximation (Martens & Grosse, 2015).
 
-PAPERS.md (K1): ``F_l ≈ A_l ⊗ G_l`` with ``A_l = (1/N) Σ_n ā_n ā_nᵀ`` and
+docs/papers.md (K1): ``F_l ≈ A_l ⊗ G_l`` with ``A_l = (1/N) Σ_n ā_n ā_nᵀ`` and
 ``G_l = (1/N) Σ_n Σ_k g_nk g_nkᵀ``; damped inverses (K2, K3, K4) through
 :meth:`fimlab.operators.KroneckerOperator.solve`.
 """
@@ -14,7 +14,7 @@ __all__ = ["KFAC", "kfac_factors"]
 
 
 def kfac_factors(a, g):
-    """KFAC factors of one layer (PAPERS.md K1).
+    """KFAC factors of one layer (docs/papers.md K1).
 
     Parameters
     ----------

@@ -1,15 +1,15 @@
-"""The four improvements of KFAC of the KPSVD paper, and rank-r KPSVD (PAPERS.md R1-R4,
+"""The four improvements of KFAC of the KPSVD paper, and rank-r KPSVD (docs/papers.md R1-R4,
 the methods table, I1).
 
-Each method approximates every diagonal block ``F_i = (1/m) Σ_n (ā_n ā_nᵀ) ⊗ G_n`` of
+Each method approximates every diagonal block ``F_l = (1/N) Σ_n (ā_n ā_nᵀ) ⊗ G_n`` of
 the Fisher by one or two Kronecker products, the solution of a Frobenius-norm problem
-read off the rearranged block ``R(F_i)`` (R1, R3):
+read off the rearranged block ``R(F_l)`` (R1, R3):
 
 ============== ==================================================== ===================
 class          problem (Frobenius norm)                             terms per block
 ============== ==================================================== ===================
-KPSVD(rank=r)  ``min ‖F_i − Σ_{j≤r} A_j ⊗ G_j‖`` (r = 1: the paper) r
-KFACCorrected  ``min ‖F_i − A_K⊗G_K − A'⊗G'‖``, KFAC factors fixed   2
+KPSVD(rank=r)  ``min ‖F_l − Σ_{j≤r} A_j ⊗ G_j‖`` (r = 1: the paper) r
+KFACCorrected  ``min ‖F_l − A_K⊗G_K − A'⊗G'‖``, KFAC factors fixed   2
 Deflation      rank 2, the terms one after the other                2
 Lanczos        rank 2, both terms at once (Golub–Kahan)             2
 ============== ==================================================== ===================
@@ -17,16 +17,16 @@ Lanczos        rank 2, both terms at once (Golub–Kahan)             2
 Two solvers (``solver=``):
 
 - ``"exact"`` (default): converged to a relative residual of 1e-10 (or exact), and
-  correct whatever the spectral gap. ``R(F_i) = (1/m) Uᵀ V`` (rows ``vec(ā_n ā_nᵀ)``
+  correct whatever the spectral gap. ``R(F_l) = (1/N) Uᵀ V`` (rows ``vec(ā_n ā_nᵀ)``
   and ``vec(G_n)``) has the non-zero singular triplets of an ``m × m`` problem built
   from Gram matrices of the factor batch (:class:`fimlab.kron.RearrangedGram`, solved by
   Golub–Kahan in Gram coefficients with a dense fallback): KPSVD takes its leading
-  triplets; KFAC-corrected the leading triplet of ``Uᵀ(I/m − 11ᵀ/m²)V = R(F_i) −
+  triplets; KFAC-corrected the leading triplet of ``Uᵀ(I/m − 11ᵀ/m²)V = R(F_l) −
   vec(A_K)vec(G_K)ᵀ``; Deflation the two leading triplets (the second is the leading one
   of the deflated ``Uᵀ(I/m − w₁d₁ᵀ/σ₁)V``); Lanczos a Golub–Kahan bidiagonalisation of
   the small problem, grown until the two leading Ritz triplets have residual
   ≤ 1e-10·σ₁ (or the Krylov space is exhausted). So exact Deflation, exact Lanczos and
-  rank-2 KPSVD are the same matrix (PAPERS.md; a test asserts it).
+  rank-2 KPSVD are the same matrix (docs/papers.md; a test asserts it).
 - ``"paper"``: the papers' algorithms and budgets: power SVD with tolerance
   ``tol=1e-6`` and at most ``maxiter=1000`` iterations, warm-started from
   ``warm_start`` (the previous operator) when given; Lanczos with ``steps=2`` and
@@ -34,14 +34,14 @@ Two solvers (``solver=``):
   ``max_restarts=100``). Not converging within the cap emits a
   :class:`~fimlab.ConvergenceWarning` with the residual reached, recorded in the
   block's report. The iterations run on ``products="gram"``: the isometric
-  ``m``-dimensional coordinates of ``R(F_i)``
+  ``m``-dimensional coordinates of ``R(F_l)``
   (:class:`fimlab.kron.GramCoordinates`, ``O(m²)`` per product), or on
   ``products="matrix-free"``: the papers' ``d_a²``/``d_g²``-long vectors and the
   products of R3 (``O(m(d_a² + K d_g²))`` per product). Both see the same operator on
   its row and column spaces, so power iterations agree to round-off (a test checks
   it); the default is ``"gram"`` for the power-SVD methods and ``"matrix-free"`` for
   Lanczos, whose restarted recurrence amplifies rounding in the null space of
-  ``R(F_i)`` — a floating-point effect the papers' runs had and the Gram coordinates
+  ``R(F_l)`` — a floating-point effect the papers' runs had and the Gram coordinates
   lack (see :class:`Lanczos`).
 
   With two steps the restarted Krylov space ``span{x, RᵀRx}``, ``x = v₁ + v₂``,
@@ -54,7 +54,7 @@ Every operator is a :class:`~fimlab.operators.BlockDiagonalOperator` of
 of ``(A, G)`` pairs (leading term first, symmetric, the leading factors PSD by the sign
 rule R4), ``op.blocks[l].report`` / ``op.reports[l]`` the
 :class:`~fimlab.kron.ConvergenceReport`, and ``solve(v, damping, rule)`` applies the
-damped inverses of DESIGN.md (``"factor"``: K2 for one term, I1 for two, PCG for three
+damped inverses of docs/guide/conventions.rst (``"factor"``: K2 for one term, I1 for two, PCG for three
 or more; ``"exact"``: K4 for one term, PCG otherwise).
 """
 
@@ -93,7 +93,7 @@ def _check_int(name: str, value, lo: int) -> int:
 
 
 class _MatrixFreeSpace:
-    """The paper solver on the matrix-free products with ``R(F_i)`` (R3), the papers'
+    """The paper solver on the matrix-free products with ``R(F_l)`` (R3), the papers'
     own setting: vectors of length ``d_a²`` and ``d_g²``. Same interface as
     :class:`fimlab.kron.GramCoordinates`."""
 
@@ -120,7 +120,7 @@ class _MatrixFreeSpace:
         return self.right(self.GK)
 
     def random(self, rng):
-        """A random unit vector of the row space of ``R(F_i)`` (``Rᵀ`` of a random
+        """A random unit vector of the row space of ``R(F_l)`` (``Rᵀ`` of a random
         vector): a random vector of ``R^{d_g²}`` would be almost all null space, which a
         Golub–Kahan basis keeps forever."""
         x = asarray_on(rng.standard_normal(self.shape[0]), self.a, dtype=self.a.dtype)
@@ -129,7 +129,7 @@ class _MatrixFreeSpace:
         return y / n if n > 0 else y
 
     def term(self, sigma: float, u, v):
-        """``(√σ mat(u), √σ mat(v))`` symmetrised and signed (R4)."""
+        """``(√σ unvec(u), √σ unvec(v))`` symmetrised and signed (R4)."""
         xp, d_a, d_g = self.xp, self.d_a, self.d_g
         if sigma <= 0:
             dev = device_of(u)
@@ -236,9 +236,9 @@ class _KPSVDFamily(BlockDiagonalOperator):
         return out
 
     def _space(self, a, g, kfac_residual: bool = False):
-        """Where the paper solver iterates (``products``): the matrix-free ``R(F_i)``
+        """Where the paper solver iterates (``products``): the matrix-free ``R(F_l)``
         or its isometric Gram coordinates; with ``kfac_residual``, the operator
-        ``R(F_i) − vec(A_K)vec(G_K)ᵀ``."""
+        ``R(F_l) − vec(A_K)vec(G_K)ᵀ``."""
         if self.products == "gram":
             gram = self._gram(a, g)
             core = gram.kfac_residual_core() if kfac_residual else None
@@ -263,7 +263,7 @@ class _KPSVDFamily(BlockDiagonalOperator):
 
 class KPSVD(_KPSVDFamily):
     """The Frobenius-optimal sum of ``rank`` Kronecker products on every diagonal block
-    (PAPERS.md R2; ``rank=1`` is the paper's KPSVD method).
+    (docs/papers.md R2; ``rank=1`` is the paper's KPSVD method).
 
     Parameters
     ----------
@@ -271,7 +271,7 @@ class KPSVD(_KPSVDFamily):
         The curvature batch.
     rank : int
         Number of Kronecker terms per block (Eckart–Young: the truncated Kronecker
-        product SVD of ``F_i``); must not exceed the numerical rank of ``R(F_i)``.
+        product SVD of ``F_l``); must not exceed the numerical rank of ``R(F_l)``.
     solver : {"exact", "paper"}
         ``"exact"``: the Gram route (converged to a relative residual of 1e-10 or
         exact; see :meth:`fimlab.kron.RearrangedGram.top`). ``"paper"``:
@@ -284,21 +284,21 @@ class KPSVD(_KPSVDFamily):
     seed : int
         Seed of the random start vectors (paper solver).
     rank_rtol : float, optional
-        Relative threshold below which singular values of ``R(F_i)`` count as zero.
+        Relative threshold below which singular values of ``R(F_l)`` count as zero.
     products : {"gram", "matrix-free"}, optional
         Paper solver: run the iterations on the isometric Gram coordinates of
-        ``R(F_i)`` (the default here; ``O(m²)`` per product) or on the matrix-free
+        ``R(F_l)`` (the default here; ``O(m²)`` per product) or on the matrix-free
         products with ``d_a²``/``d_g²``-long vectors as the papers did
         (``O(m(d_a² + K d_g²))``). Power iterations are the same in both (the map is
-        an isometry on the row and column spaces of ``R(F_i)``, which is all the
+        an isometry on the row and column spaces of ``R(F_l)``, which is all the
         iteration sees after its first half step; a test checks they agree); see
         :class:`fimlab.kron.GramCoordinates`.
 
     Raises
     ------
     ShapeError
-        ``rank < 1``, or ``rank`` above the numerical rank of some non-zero ``R(F_i)``
-        (e.g. a one-output layer, ``d_g = 1``, has rank 1). A zero block (``F_i = 0``)
+        ``rank < 1``, or ``rank`` above the numerical rank of some non-zero ``R(F_l)``
+        (e.g. a one-output layer, ``d_g = 1``, has rank 1). A zero block (``F_l = 0``)
         gets ``rank`` zero terms, as with the other methods.
 
     Notes
@@ -333,13 +333,13 @@ class KPSVD(_KPSVDFamily):
         m, d_a, d_g = a.shape[0], a.shape[1], g.shape[2]
         bound = min(m, d_a * (d_a + 1) // 2, d_g * (d_g + 1) // 2)
         return ShapeError(
-            f"KPSVD(rank={self.rank}): block {self._layer} has R(F_i) of numerical rank "
+            f"KPSVD(rank={self.rank}): block {self._layer} has R(F_l) of numerical rank "
             f"{nrank} (at most min(m, d_a(d_a+1)/2, d_g(d_g+1)/2) = {bound} for m={m}, "
             f"d_a={d_a}, d_g={d_g}); ask for rank <= {nrank}"
         )
 
     def _zero_block(self, a, g, method):
-        """``F_i = 0`` (e.g. a layer whose back-propagated vectors all vanish): every sum
+        """``F_l = 0`` (e.g. a layer whose back-propagated vectors all vanish): every sum
         of Kronecker products is best at zero, as Deflation and the others return."""
         xp, dev = array_namespace(a, g), device_of(a)
         terms = [(xp.zeros((a.shape[1], a.shape[1]), dtype=a.dtype, device=dev),
@@ -384,11 +384,11 @@ class KPSVD(_KPSVDFamily):
 
 
 class KFACCorrected(_KPSVDFamily):
-    """KFAC plus the leading Kronecker term of the residual ``F_i − A_K ⊗ G_K``
-    (PAPERS.md methods table, "KFAC-corrected").
+    """KFAC plus the leading Kronecker term of the residual ``F_l − A_K ⊗ G_K``
+    (docs/papers.md methods table, "KFAC-corrected").
 
-    ``min ‖F_i − A_K⊗G_K − A'⊗G'‖_F`` with the KFAC factors fixed: ``A'⊗G'`` is the
-    leading KPSVD term of ``R(F_i) − vec(A_K)vec(G_K)ᵀ``. With ``solver="exact"`` this
+    ``min ‖F_l − A_K⊗G_K − A'⊗G'‖_F`` with the KFAC factors fixed: ``A'⊗G'`` is the
+    leading KPSVD term of ``R(F_l) − vec(A_K)vec(G_K)ᵀ``. With ``solver="exact"`` this
     is the leading triplet of ``Uᵀ(I/m − 11ᵀ/m²)V`` (the KFAC term is the rank-one
     ``Uᵀ11ᵀV/m²``), read from the Gram problem; ``solver="paper"`` runs the power SVD on
     that operator (``products=``, see :class:`KPSVD`). Blocks have two terms ``[(A_K, G_K), (A', G')]``
@@ -440,15 +440,15 @@ class KFACCorrected(_KPSVDFamily):
 
 
 class Deflation(_KPSVDFamily):
-    """Rank-2 approximation, the terms found one after the other (PAPERS.md methods
+    """Rank-2 approximation, the terms found one after the other (docs/papers.md methods
     table, "Deflation"): the KPSVD term ``σ₁ u₁ v₁ᵀ``, then the leading term of
-    ``R(F_i) − σ₁u₁v₁ᵀ``.
+    ``R(F_l) − σ₁u₁v₁ᵀ``.
 
     ``solver="exact"``: both leading triplets from the Gram problem, the second of the
     deflated core ``I/m − w₁d₁ᵀ/σ₁`` — the truncated rank-2 KPSVD (a theorem).
     ``solver="paper"``: two power SVDs (the second on the deflated operator), each
     warm-started from the previous operator's factor when given. The second term is zero when
-    ``R(F_i)`` has rank one (e.g. ``d_g = 1``).
+    ``R(F_l)`` has rank one (e.g. ``d_g = 1``).
 
     Parameters are those of :class:`KPSVD` (without ``rank``).
 
@@ -473,7 +473,7 @@ class Deflation(_KPSVDFamily):
                          maxiter=maxiter, seed=seed, rank_rtol=rank_rtol, products=products)
 
     def _exact(self, a, g):
-        # the leading triplet of the deflated R(F_i) − σ₁u₁v₁ᵀ is R(F_i)'s second one, so
+        # the leading triplet of the deflated R(F_l) − σ₁u₁v₁ᵀ is R(F_l)'s second one, so
         # both terms come from one solve of the Gram problem (one Golub–Kahan run, not
         # two; RearrangedGram.core([...]) is the explicit deflation, tested to agree)
         gram = self._gram(a, g)
@@ -506,20 +506,20 @@ class Deflation(_KPSVDFamily):
 
 class Lanczos(_KPSVDFamily):
     """Rank-2 approximation with both terms at once by Golub–Kahan (Lanczos)
-    bidiagonalisation of ``R(F_i)`` (PAPERS.md methods table, "Lanczos").
+    bidiagonalisation of ``R(F_l)`` (docs/papers.md methods table, "Lanczos").
 
     Parameters
     ----------
     batch : FactorBatch
     steps : int
         Bidiagonalisation steps per (re)start of the paper solver (2 in the papers'
-        code; at least 2). Steps beyond the rank of ``R(F_i)`` are clipped: a breakdown
+        code; at least 2). Steps beyond the rank of ``R(F_l)`` are clipped: a breakdown
         is an exact invariant subspace, not an error. Ignored by ``solver="exact"``,
         which grows the Krylov space of the Gram problem until the two leading Ritz
         triplets have residual ≤ 1e-12·σ₁ (or it is exhausted), and is the rank-2
         optimum whatever ``steps``.
     solver : {"exact", "paper"}
-        ``"paper"``: ``steps``-step bidiagonalisation of the matrix-free ``R(F_i)``,
+        ``"paper"``: ``steps``-step bidiagonalisation of the matrix-free ``R(F_l)``,
         SVD of the small bidiagonal, two triplets kept, restarts from ``v₁ + v₂`` while
         the residual is above ``tol`` (at most ``max_restarts``).
     warm_start : BlockDiagonalOperator, optional
@@ -530,7 +530,7 @@ class Lanczos(_KPSVDFamily):
     products : {"matrix-free", "gram"}, optional
         See :class:`KPSVD`. The default here is ``"matrix-free"``, the papers' own
         setting: the restarted two-step recurrence amplifies rounding errors in the
-        null space of ``R(F_i)`` (the bottom of its spectrum, where the second Ritz
+        null space of ``R(F_l)`` (the bottom of its spectrum, where the second Ritz
         pair drifts), which the Gram coordinates do not have; so the two
         representations agree in exact arithmetic but not in floating point over
         many restarts. ``"gram"`` is ``O(m²)`` per product instead of

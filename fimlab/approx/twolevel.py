@@ -4,16 +4,16 @@ The fine level is any block-diagonal approximation ``M = blockdiag(M_i)`` of the
 (KFAC, the KPSVD family, ...) applied as ``ζ_K = M⁻¹g = fine.solve(g, λ, rule)``. A coarse
 space is a ``c × P`` matrix ``R₀`` whose rows are each supported on one layer (``r_i``,
 shaped like ``W_i``) and scaled by their max-abs entry. With ``F_λ = F + λI`` (``F`` the
-Fisher of the same factor batch), PAPERS.md:
+Fisher of the same factor batch), docs/papers.md:
 
 - (T1) coarse matrix ``F_c = R₀ F_λ R₀ᵀ``, from the factor batch without forming ``F``:
-  ``F_c[p,q] = (1/m) Σ_{n,k} u_{p,nk} u_{q,nk} + λ⟨r_p, r_q⟩``, ``u_{p,nk} = g_{i,nk}ᵀ r_p ā_{i,n}``;
+  ``F_c[p,q] = (1/N) Σ_{n,k} u_{p,nk} u_{q,nk} + λ⟨r_p, r_q⟩``, ``u_{p,nk} = g_{i,nk}ᵀ r_p ā_{i,n}``;
 - (T2) additive form ``ζ = ζ_K + R₀ᵀ F_c⁻¹ R₀ g``;
 - (T3) residual (energy-minimising) form ``ζ = ζ_K + R₀ᵀβ*``, ``β* = F_c⁻¹R₀(g − F_λζ_K)``;
 - (T4) energy ``𝔈(β) = ‖ζ_K + R₀ᵀβ − F_λ⁻¹g‖²_{F_λ}``;
   ``𝔈(β*) − 𝔈(0) = −(R₀r)ᵀF_c⁻¹(R₀r) ≤ 0``.
 
-Coarse spaces (PAPERS.md table): :func:`nicolaides_space`, :func:`spectral_space`,
+Coarse spaces (docs/papers.md table): :func:`nicolaides_space`, :func:`spectral_space`,
 :func:`residual_space`, :func:`krylov_nicolaides_space`, :func:`krylov_residual_space`,
 and "previous" (Tselepidis et al.: Nicolaides vectors with the cross-layer factor
 approximation :func:`previous_coarse_matrix` of ``F_c``, additive form).
@@ -101,8 +101,8 @@ def _as_fisher(batch) -> FisherOperator:
 def coarse_matrix(R0: CoarseSpace, batch, damping: float):
     """(T1) ``F_c = R₀ F_λ R₀ᵀ`` from the factor batch, without forming ``F``.
 
-    ``F_c[p,q] = (1/m) Σ_{n,k} u_{p,nk} u_{q,nk} + λ⟨r_p, r_q⟩`` with
-    ``u_{p,nk} = g_{i,nk}ᵀ r_p ā_{i,n}`` (PAPERS.md T1): one pass over each layer's factor
+    ``F_c[p,q] = (1/N) Σ_{n,k} u_{p,nk} u_{q,nk} + λ⟨r_p, r_q⟩`` with
+    ``u_{p,nk} = g_{i,nk}ᵀ r_p ā_{i,n}`` (docs/papers.md T1): one pass over each layer's factor
     batch per row, ``O(m·K·P·c/L)`` flops, ``O(m·K·c)`` memory.
 
     Parameters
@@ -140,12 +140,12 @@ def coarse_matrix(R0: CoarseSpace, batch, damping: float):
 def previous_coarse_matrix(batch, damping: float):
     """The Tselepidis et al. approximation of ``F_c`` for the Nicolaides space.
 
-    ``F_c[i,j] ≈ sum(A_ij) · sum(G_ij) + λ n_i δ_ij`` (PAPERS.md coarse-space table) with the
+    ``F_c[i,j] ≈ sum(A_ij) · sum(G_ij) + λ n_i δ_ij`` (docs/papers.md coarse-space table) with the
     cross-layer factors ``A_ij = E[ā_i ā_jᵀ]`` and ``G_ij = E[Σ_k g_{i,k} g_{j,k}ᵀ]``;
-    ``sum(A_ij) = (1/m) Σ_n (1ᵀā_{i,n})(1ᵀā_{j,n})`` and likewise for ``G``, so only the
+    ``sum(A_ij) = (1/N) Σ_n (1ᵀā_{i,n})(1ᵀā_{j,n})`` and likewise for ``G``, so only the
     per-sample sums of each layer's factors are needed. ``n_i`` is the number of
     parameters of layer ``i`` (``λ⟨1_i, 1_i⟩``). The exact matrix (T1) is
-    ``(1/m) Σ_{n,k} (1ᵀā_i)(1ᵀā_j)(1ᵀg_i)(1ᵀg_j)``: the approximation factorises the
+    ``(1/N) Σ_{n,k} (1ᵀā_i)(1ᵀā_j)(1ᵀg_i)(1ᵀg_j)``: the approximation factorises the
     expectation of the product, as KFAC does on the diagonal blocks. Symmetric positive
     definite (a Hadamard product of two Gram matrices plus a positive diagonal).
 
@@ -234,7 +234,7 @@ class _CoarseInverse:
 # the two-level preconditioner
 # --------------------------------------------------------------------------------------
 class TwoLevel:
-    """Two-level correction of a block-diagonal fine level (PAPERS.md T1-T4).
+    """Two-level correction of a block-diagonal fine level (docs/papers.md T1-T4).
 
     Parameters
     ----------
@@ -252,7 +252,7 @@ class TwoLevel:
     damping : float
         ``λ`` of ``F_λ = F + λI``, also the fine level's damping.
     rule : {"factor", "pi", "exact"}
-        The fine level's damping rule (DESIGN.md); ``"factor"`` reproduces the papers.
+        The fine level's damping rule (docs/guide/conventions.rst); ``"factor"`` reproduces the papers.
     zero_rows : {"drop", "raise"}
         Zero rows of a coarse space (see the module's fallbacks).
     on_singular : {"pinv", "raise"}
@@ -452,7 +452,7 @@ class TwoLevel:
 
     @property
     def energy_gain(self) -> float:
-        """``𝔈(ζ) − 𝔈(ζ_K)`` of the last direction (PAPERS.md T4).
+        """``𝔈(ζ) − 𝔈(ζ_K)`` of the last direction (docs/papers.md T4).
 
         With ``d = ζ − ζ_K`` and ``e = ζ_K − F_λ⁻¹g`` (so ``F_λe = −r``):
         ``‖e + d‖²_{F_λ} − ‖e‖²_{F_λ} = −2dᵀr + dᵀF_λd`` — one Fisher product, no solve.

@@ -11,7 +11,7 @@ One idea per module; every name below is importable from ``fimlab.kron``.
 
 - :mod:`fimlab.kron.algebra` — vec/Kronecker algebra, damped inverses, PCG;
 - :mod:`fimlab.kron.rearrange` — the rearrangement ``R`` and the KPSVD of a dense matrix;
-- :mod:`fimlab.kron.rearranged` — matrix-free products with ``R(F_i)``;
+- :mod:`fimlab.kron.rearranged` — matrix-free products with ``R(F_l)``;
 - :mod:`fimlab.kron.krylov` — the Krylov solvers (power SVD, Golub–Kahan, restarted
   Lanczos for singular triplets and for symmetric eigenvalues); every Lanczos user of
   fimlab calls this module;
@@ -29,9 +29,9 @@ Contents
   :func:`psd_sign` — the rearrangement and the Kronecker product SVD of a dense matrix
   (R1, R2, R4), for tests and teaching;
 - :func:`rearranged_matvec`, :func:`rearranged_rmatvec`, :class:`RearrangedFisher` — the
-  products with ``R(F_i)`` of a factor-batch layer, matrix-free (R3);
+  products with ``R(F_l)`` of a factor-batch layer, matrix-free (R3);
 - :class:`RearrangedGram` — the exact route to the leading singular triplets of
-  ``R(F_i)`` through an ``m × m`` problem built from Gram matrices (Golub–Kahan in Gram
+  ``R(F_l)`` through an ``m × m`` problem built from Gram matrices (Golub–Kahan in Gram
   coefficients, or the dense eigenproblem; :func:`gram_of_rows`, :func:`weighted_gram`
   build the factors by symmetric rank-k updates);
 - :func:`power_svd`, :func:`golub_kahan`, :func:`lanczos_svd`, :func:`deflate` — the
@@ -99,7 +99,7 @@ __all__ = [
     "nearest_kronecker",
     "psd_sign",
     "KronSVD",
-    # matrix-free products with R(F_i) (R3) and the exact Gram route
+    # matrix-free products with R(F_l) (R3) and the exact Gram route
     "rearranged_matvec",
     "rearranged_rmatvec",
     "RearrangedFisher",

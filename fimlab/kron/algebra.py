@@ -179,9 +179,9 @@ def kron_sum_inverse(
     damping : float
         ``λ > 0``.
     rule : {"factor", "pi", "exact"}
-        - ``"factor"``: one term, ``(A+√λI)⁻¹ ⊗ (G+√λI)⁻¹`` (PAPERS.md K2); two terms,
+        - ``"factor"``: one term, ``(A+√λI)⁻¹ ⊗ (G+√λI)⁻¹`` (docs/papers.md K2); two terms,
           the inverse of ``X = (A₁+λI)⊗(G₁+λI) + A₂⊗G₂`` by (I1); three or more terms,
-          preconditioned CG on ``Σ A_r⊗G_r + λI`` (DESIGN.md).
+          preconditioned CG on ``Σ A_r⊗G_r + λI`` (docs/guide/conventions.rst).
         - ``"pi"``: factored Tikhonov ``(A+π√λI)⁻¹ ⊗ (G+√λ/π I)⁻¹`` (K3), one term only.
         - ``"exact"``: ``(Σ A_r⊗G_r + λI)⁻¹``: eigendecompositions for one term (K4),
           preconditioned CG (the leading term's exact damped inverse as preconditioner)

@@ -1,4 +1,4 @@
-"""The Gram route to the leading singular triplets of R(F_i)."""
+"""The Gram route to the leading singular triplets of R(F_l)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from .pairs import ConvergenceReport
 from .rearrange import psd_sign
 
 # =====================================================================================
-# The exact route: R(F_i) = (1/m) Uᵀ V and an m × m problem from Gram matrices
+# The exact route: R(F_l) = (1/N) Uᵀ V and an m × m problem from Gram matrices
 # =====================================================================================
 
 
@@ -98,7 +98,7 @@ def _squared_row_gram(X):
 
 
 class _GramSide:
-    """One side of ``R(F_i) = (1/m) Uᵀ V``: the Gram matrix ``M = U Uᵀ`` (``m × m``),
+    """One side of ``R(F_l) = (1/N) Uᵀ V``: the Gram matrix ``M = U Uᵀ`` (``m × m``),
     applied either as ``M`` or, when the rows are short (``d² ≤ m``), as ``E (Eᵀ X)``
     with the explicit rows ``E``; :meth:`factor` gives ``L`` with ``M = L Lᵀ``."""
 
@@ -172,8 +172,8 @@ def _top_eigh(B, k: int, xp):
 
 
 class _Core:
-    """The ``m × m`` core ``C = c0·I + X Yᵀ`` in ``R = Uᵀ C V``: ``I/m`` for ``R(F_i)``,
-    ``I/m − 11ᵀ/m²`` for ``R(F_i) − vec(A_K)vec(G_K)ᵀ``, ``I/m − w dᵀ/σ`` after deflating
+    """The ``m × m`` core ``C = c0·I + X Yᵀ`` in ``R = Uᵀ C V``: ``I/m`` for ``R(F_l)``,
+    ``I/m − 11ᵀ/m²`` for ``R(F_l) − vec(A_K)vec(G_K)ᵀ``, ``I/m − w dᵀ/σ`` after deflating
     a known triplet."""
 
     def __init__(self, c0: float, X=None, Y=None):
@@ -188,18 +188,18 @@ class _Core:
 
 
 class RearrangedGram:
-    """The exact leading singular triplets of ``R(F_i)`` without iterating over
-    ``d_a²``- or ``d_g²``-long vectors (PAPERS.md R3; the route of issue 3).
+    """The exact leading singular triplets of ``R(F_l)`` without iterating over
+    ``d_a²``- or ``d_g²``-long vectors (docs/papers.md R3; the route of issue 3).
 
-    ``R(F_i) = (1/m) Uᵀ V`` with rows ``U_n = vec(ā_n ā_nᵀ)`` and ``V_n = vec(G_n)``.
+    ``R(F_l) = (1/N) Uᵀ V`` with rows ``U_n = vec(ā_n ā_nᵀ)`` and ``V_n = vec(G_n)``.
     Its non-zero singular triplets are those of an ``m × m`` problem built from the Gram
     matrices ``M_U = U Uᵀ = (ĀĀᵀ)∘(ĀĀᵀ)`` and ``M_V = V Vᵀ = [⟨G_n, G_n'⟩] =
     [Σ_{k,k'} (g_nkᵀ g_n'k')²]``: with ``M_V = L Lᵀ`` (Cholesky, or thresholded eigh
     when ``M_V`` is numerically singular) and ``Z = C L`` (``C = I/m``),
     ``B = Zᵀ M_U Z`` has the eigenvalues ``σ_r²`` and eigenvectors ``q_r``; then
 
-        σ_r mat(u_r) = Āᵀ diag(w_r) Ā,     w_r = Z q_r
-        σ_r mat(v_r) = Σ_n d_rn G_n = gᵀ diag(d_r) g,   d_r = Cᵀ M_U w_r / σ_r
+        σ_r unvec(u_r) = Āᵀ diag(w_r) Ā,     w_r = Z q_r
+        σ_r unvec(v_r) = Σ_n d_rn G_n = gᵀ diag(d_r) g,   d_r = Cᵀ M_U w_r / σ_r
 
     (GEMMs; no division by small Gram eigenvalues) — the dense route, ``≈ 3m³`` flops
     whatever ``σ₂/σ₁`` is. The default route for ``m > 96`` is cheaper:
@@ -218,7 +218,7 @@ class RearrangedGram:
     g : array (m, K, d_g)
     rank_rtol : float, optional
         Singular values ``≤ rank_rtol·σ₁`` count as zero (the numerical rank of
-        ``R(F_i)``); default ``10·√(n·eps)``, ``n`` the size of the small problem (the
+        ``R(F_l)``); default ``10·√(n·eps)``, ``n`` the size of the small problem (the
         Gram route resolves singular values down to about ``√eps·σ₁``).
 
     Notes
@@ -294,7 +294,7 @@ class RearrangedGram:
         return _Core(1.0 / self.m, X, Y)
 
     def kfac_residual_core(self):
-        """``C = I/m − 11ᵀ/m²``: ``Uᵀ C V = R(F_i) − vec(A_K) vec(G_K)ᵀ`` with the KFAC
+        """``C = I/m − 11ᵀ/m²``: ``Uᵀ C V = R(F_l) − vec(A_K) vec(G_K)ᵀ`` with the KFAC
         factors ``A_K = Āᵀ Ā/m``, ``G_K = Σ_n G_n/m``."""
         xp = self.xp
         one = xp.ones((self.m, 1), dtype=xp.float64, device=device_of(self.a))
@@ -329,12 +329,12 @@ class RearrangedGram:
     method = "auto"
 
     def top(self, k: int, core: _Core | None = None, *, method: str | None = None):
-        """The ``k`` leading singular triplets of ``Uᵀ C V`` (default ``R(F_i)``).
+        """The ``k`` leading singular triplets of ``Uᵀ C V`` (default ``R(F_l)``).
 
         Returns ``(sigma, w, d)``: ``sigma`` a float64 NumPy array ``(k,)``
         (descending), and weights ``w, d`` of shape ``(m, k)`` with
-        ``σ_r mat(u_r) = Āᵀ diag(w_r) Ā`` and ``σ_r mat(v_r) = Σ_n d_rn G_n``. Singular
-        values at or below ``rank_rtol·σ₁(R(F_i))`` (and their weights) are returned as
+        ``σ_r unvec(u_r) = Āᵀ diag(w_r) Ā`` and ``σ_r unvec(v_r) = Σ_n d_rn G_n``. Singular
+        values at or below ``rank_rtol·σ₁(R(F_l))`` (and their weights) are returned as
         zeros.
 
         ``method="dense"`` solves the ``m × m`` eigenproblem (Cholesky of one Gram
@@ -512,13 +512,13 @@ class RearrangedGram:
 
     @property
     def sigma1(self) -> float:
-        """``σ₁(R(F_i)) = ‖R(F_i)‖₂``, the reference of the rank threshold."""
+        """``σ₁(R(F_l)) = ‖R(F_l)‖₂``, the reference of the rank threshold."""
         if getattr(self, "_sigma1", None) is None:
             self.top(1)
         return self._sigma1
 
     def numerical_rank(self, upto: int) -> int:
-        """The numerical rank of ``R(F_i)`` if it is below ``upto``, else ``upto``."""
+        """The numerical rank of ``R(F_l)`` if it is below ``upto``, else ``upto``."""
         s, _, _ = self.top(upto)
         return int(np.sum(s > 0))
 
@@ -543,7 +543,7 @@ class RearrangedGram:
         return sig, w * mask, d * mask, rep
 
     def coordinates(self, core: _Core | None = None) -> GramCoordinates:
-        """``Uᵀ C V`` (default ``R(F_i)``) as a small dense product pair in isometric
+        """``Uᵀ C V`` (default ``R(F_l)``) as a small dense product pair in isometric
         coordinates, for running the papers' iterative solvers cheaply (see
         :class:`GramCoordinates`)."""
         return GramCoordinates(self, core)
@@ -558,7 +558,7 @@ class RearrangedGram:
 
     # -- back to Kronecker factors -----------------------------------------------------
     def term(self, sigma: float, w, d):
-        """The Kronecker term ``σ mat(u) ⊗ mat(v)`` as balanced factors
+        """The Kronecker term ``σ unvec(u) ⊗ unvec(v)`` as balanced factors
         ``(A, G) = (Āᵀdiag(w)Ā/√σ, Σ_n d_n G_n/√σ)``, signed by :func:`psd_sign`, in the
         input dtype (zero factors for ``σ = 0``)."""
         xp = self.xp
@@ -578,7 +578,7 @@ class RearrangedGram:
 
 
 class GramCoordinates:
-    """``R = Uᵀ C V`` (``R(F_i)`` for ``C = I/m``) in isometric coordinates: the dense
+    """``R = Uᵀ C V`` (``R(F_l)`` for ``C = I/m``) in isometric coordinates: the dense
     ``r_U × r_V`` matrix ``R̃ = L_Uᵀ C L_V`` (``U Uᵀ = L_U L_Uᵀ``, ``V Vᵀ = L_V L_Vᵀ``),
     a product pair on which the papers' iterative solvers run exactly as on the
     matrix-free ``R`` — the map between the two is an isometry on the row and column

@@ -1,6 +1,6 @@
 """The Krylov solvers of fimlab — the one module every Lanczos/Golub–Kahan user calls.
 
-- singular triplets of a product pair (``R(F_i)`` and friends): :func:`power_svd`,
+- singular triplets of a product pair (``R(F_l)`` and friends): :func:`power_svd`,
   :func:`golub_kahan`, :func:`lanczos_svd` (restarted), :func:`deflate`, with a
   :class:`ConvergenceReport`; :func:`gram_golub_kahan`, the same Golub–Kahan loop in
   the coefficients of a Gram basis (used by :class:`fimlab.kron.RearrangedGram`);
@@ -73,7 +73,7 @@ def _random_vector(n, xp, dtype, rng, like=None, device=None):
 def power_svd(op, v0=None, *, tol: float = 1e-6, maxiter: int = 1000, rng=None,
               zero_tol: float = 0.0, warn: bool = True, name: str = "power SVD"):
     """Leading singular triplet of a product pair by power iteration (the papers' "power
-    SVD", PAPERS.md methods table).
+    SVD", docs/papers.md methods table).
 
     Alternates ``u = R v/‖R v‖``, ``v = Rᵀu/‖Rᵀu‖`` and stops when
     ``‖R v − σ u‖ ≤ tol·σ`` (``σ = ‖Rᵀu‖ = uᵀRv``; the other residual ``Rᵀu − σv`` is
@@ -349,7 +349,7 @@ def lanczos_svd(op, k: int = 2, steps: int | None = 2, v0=None, *, tol: float = 
                 max_restarts: int = 100, rng=None, zero_tol: float = 0.0,
                 warn: bool = True, name: str = "Lanczos SVD"):
     """Leading ``k`` singular triplets of a product pair by Golub–Kahan (Lanczos)
-    bidiagonalisation (PAPERS.md methods table, "Lanczos").
+    bidiagonalisation (docs/papers.md methods table, "Lanczos").
 
     Two modes:
 

@@ -118,7 +118,7 @@ def as_product_pair(op):
 
 class DeflatedProductPair:
     """``R − Σ_i s_i x_i y_iᵀ`` as a product pair, for known rank-one terms
-    (PAPERS.md methods table: Deflation deflates ``σ₁u₁v₁ᵀ``; KFAC-corrected deflates
+    (docs/papers.md methods table: Deflation deflates ``σ₁u₁v₁ᵀ``; KFAC-corrected deflates
     the KFAC term ``vec(A_K) vec(G_K)ᵀ``). The vectors need not be unit."""
 
     def __init__(self, op, terms: Sequence[tuple]):

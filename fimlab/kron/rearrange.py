@@ -31,7 +31,7 @@ def _check_grid(M, d_a: int, d_g: int, what: str = "M"):
 
 
 def rearrange(M, d_a: int, d_g: int):
-    """The rearrangement ``R(M)`` of Van Loan & Pitsianis (PAPERS.md R1).
+    """The rearrangement ``R(M)`` of Van Loan & Pitsianis (docs/papers.md R1).
 
     ``M`` (``d_a·d_g × d_a·d_g``) is seen as a ``d_a × d_a`` grid of ``d_g × d_g``
     blocks ``M_kl``; ``R(M)`` (``d_a² × d_g²``) has one row ``vec(M_kl)ᵀ`` per block,
@@ -66,7 +66,7 @@ def rearrange_inverse(Rm, d_a: int, d_g: int):
 
 
 def psd_sign(A, G):
-    """The sign rule of PAPERS.md (R4) for one Kronecker term ``A ⊗ G``.
+    """The sign rule of docs/papers.md (R4) for one Kronecker term ``A ⊗ G``.
 
     ``A ⊗ G = (−A) ⊗ (−G)``: return the pair with ``tr A ≥ 0`` (ties broken by the
     largest-magnitude entry of ``A`` being positive). For the leading term of a PSD
@@ -83,7 +83,7 @@ def psd_sign(A, G):
 
 
 class KronSVD(NamedTuple):
-    """A Kronecker product SVD ``M ≈ Σ_r sigma[r] · A[r] ⊗ G[r]`` (PAPERS.md R2), with
+    """A Kronecker product SVD ``M ≈ Σ_r sigma[r] · A[r] ⊗ G[r]`` (docs/papers.md R2), with
     ``‖A[r]‖_F = ‖G[r]‖_F = 1`` and ``sigma`` decreasing."""
 
     sigma: object
@@ -105,7 +105,7 @@ class KronSVD(NamedTuple):
 
 
 def kpsvd(M, d_a: int, d_g: int, rank: int | None = None, rtol: float | None = None):
-    """Truncated Kronecker product SVD of a dense matrix (PAPERS.md R2, Van Loan).
+    """Truncated Kronecker product SVD of a dense matrix (docs/papers.md R2, Van Loan).
 
     Parameters
     ----------
@@ -165,7 +165,7 @@ def kpsvd(M, d_a: int, d_g: int, rank: int | None = None, rtol: float | None = N
 
 
 def nearest_kronecker(M, d_a: int, d_g: int):
-    """``argmin_{A,G} ‖M − A ⊗ G‖_F`` (PAPERS.md R1): the leading KPSVD term, balanced
+    """``argmin_{A,G} ‖M − A ⊗ G‖_F`` (docs/papers.md R1): the leading KPSVD term, balanced
     (``‖A‖_F = ‖G‖_F``) and signed by :func:`psd_sign` (PSD factors for a PSD ``M``).
 
     Examples

@@ -1,4 +1,4 @@
-"""Matrix-free products with R(F_i) of a factor-batch layer."""
+"""Matrix-free products with R(F_l) of a factor-batch layer."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ from ..backend import (
 from ._checks import check_layer
 
 # =====================================================================================
-# Matrix-free products with R(F_i) for a factor-batch layer (R3)
+# Matrix-free products with R(F_l) for a factor-batch layer (R3)
 # =====================================================================================
 
 
 def rearranged_matvec(a, g, V):
-    """``R(F_i) vec(V)`` as a ``d_a × d_a`` matrix (PAPERS.md R3), never forming ``F_i``.
+    """``R(F_l) vec(V)`` as a ``d_a × d_a`` matrix (docs/papers.md R3), never forming ``F_l``.
 
-    ``F_i = (1/m) Σ_n (ā_n ā_nᵀ) ⊗ G_n`` with ``G_n = Σ_k g_nk g_nkᵀ``; then
-    ``R(F_i) vec(V) = vec((1/m) Σ_n w_n ā_n ā_nᵀ)`` with ``w_n = Σ_k g_nkᵀ V g_nk``:
+    ``F_l = (1/N) Σ_n (ā_n ā_nᵀ) ⊗ G_n`` with ``G_n = Σ_k g_nk g_nkᵀ``; then
+    ``R(F_l) vec(V) = vec((1/N) Σ_n w_n ā_n ā_nᵀ)`` with ``w_n = Σ_k g_nkᵀ V g_nk``:
     two GEMMs, ``O(m (K d_g² + d_a²))``.
 
     Parameters
@@ -45,8 +45,8 @@ def rearranged_matvec(a, g, V):
 
 
 def rearranged_rmatvec(a, g, U):
-    """``R(F_i)ᵀ vec(U)`` as a ``d_g × d_g`` matrix (PAPERS.md R3):
-    ``vec((1/m) Σ_n (ā_nᵀ U ā_n) G_n)``, ``O(m (d_a² + K d_g²))``.
+    """``R(F_l)ᵀ vec(U)`` as a ``d_g × d_g`` matrix (docs/papers.md R3):
+    ``vec((1/N) Σ_n (ā_nᵀ U ā_n) G_n)``, ``O(m (d_a² + K d_g²))``.
 
     ``U`` is ``(d_a, d_a)`` or a stack ``(c, d_a, d_a)``.
     """
@@ -62,11 +62,11 @@ def rearranged_rmatvec(a, g, U):
 
 
 class RearrangedFisher:
-    """``R(F_i)`` of one factor-batch layer as a product pair (PAPERS.md R3).
+    """``R(F_l)`` of one factor-batch layer as a product pair (docs/papers.md R3).
 
     ``shape = (d_a², d_g²)``; ``matvec(x)`` (``x = vec(V)``, length ``d_g²``) and
     ``rmatvec(y)`` (``y = vec(U)``, length ``d_a²``) cost ``O(m (d_a² + K d_g²))`` and
-    never form ``F_i`` or ``R(F_i)``; :meth:`to_dense` forms ``R(F_i) = (1/m) Σ_n
+    never form ``F_l`` or ``R(F_l)``; :meth:`to_dense` forms ``R(F_l) = (1/N) Σ_n
     vec(ā_n ā_nᵀ) vec(G_n)ᵀ`` for tests (memory-guarded).
 
     Examples
@@ -103,8 +103,8 @@ class RearrangedFisher:
         return vec(rearranged_rmatvec(self.a, self.g, U), self.xp)
 
     def to_dense(self, max_bytes: int | None = None):
-        """Dense ``R(F_i)`` (``d_a² × d_g²``), from the per-sample outer products."""
-        check_dense_memory(self.shape, self.dtype, max_bytes, "rearranged block R(F_i)",
+        """Dense ``R(F_l)`` (``d_a² × d_g²``), from the per-sample outer products."""
+        check_dense_memory(self.shape, self.dtype, max_bytes, "rearranged block R(F_l)",
                            "RearrangedFisher.matvec/rmatvec")
         xp, a, g, m = self.xp, self.a, self.g, self.m
         Ua = vec(a[:, :, None] * a[:, None, :], xp)  # (m, d_a²)

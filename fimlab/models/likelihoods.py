@@ -1,7 +1,7 @@
 """Likelihoods of the network output ``z``: loss, gradient, Fisher square root, sampling.
 
 Each likelihood gives, per sample, the vectors that the factor batch back-propagates
-(DESIGN.md table):
+(docs/guide/conventions.rst table):
 
 =============  ==========================  ==========================  ==================
 likelihood     loss −log p(y|z)            ``H^{1/2}`` columns (exact)  ``∇_z`` (MC / emp.)

@@ -3,7 +3,7 @@
 Layer ``l`` (0-based) computes ``s_l = W_l ā_l`` with ``ā_l = [a_{l−1}; 1]`` (bias in the
 last column of ``W_l``, shape ``(d_out, d_in + 1)``) and ``a_l = φ_l(s_l)``; the last layer
 has no activation: its output ``z`` goes to the likelihood. The parameter vector ``θ``
-concatenates ``vec(W_0), …, vec(W_{L−1})`` (column-major ``vec``; DESIGN.md).
+concatenates ``vec(W_0), …, vec(W_{L−1})`` (column-major ``vec``; docs/guide/conventions.rst).
 
 The model is written against the array namespace of its parameters (NumPy by default; a
 model created under ``fl.set_backend("cupy")`` lives on the GPU). Initialisation and
@@ -438,7 +438,7 @@ def factor_batch(
     mc_samples: int = 1,
     rng: np.random.Generator | int | None = None,
 ) -> FactorBatch:
-    """The factor batch of ``net`` on inputs ``X`` (DESIGN.md).
+    """The factor batch of ``net`` on inputs ``X`` (docs/guide/conventions.rst).
 
     Parameters
     ----------
@@ -477,8 +477,8 @@ def factor_batch(
     Notes
     -----
     Every Fisher-type matrix is ``F = (1/N) Σ_{n,k} j_nk j_nkᵀ`` with
-    ``j_nk = [ā_0,n ⊗ g_0,nk; …]`` (DESIGN.md); only the back-propagated vectors differ
-    between the three kinds. The diagonal blocks are PAPERS.md (F1), the off-diagonal
+    ``j_nk = [ā_0,n ⊗ g_0,nk; …]`` (docs/guide/conventions.rst); only the back-propagated vectors differ
+    between the three kinds. The diagonal blocks are docs/papers.md (F1), the off-diagonal
     ones (F2).
 
     Examples

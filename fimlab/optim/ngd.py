@@ -1,6 +1,6 @@
 """Natural-gradient descent with any approximation of the Fisher as its preconditioner.
 
-The training setup of both papers (PAPERS.md "The experiments"), each step an option:
+The training setup of both papers (docs/papers.md "The experiments"), each step an option:
 
 1. **Curvature batch.** Every ``stat_period`` iterations the first
    ``m = ⌈curvature_fraction · batch⌉`` samples of the mini-batch (batch/4 in the papers)
@@ -26,7 +26,7 @@ The training setup of both papers (PAPERS.md "The experiments"), each step an op
    the preconditioner is rebuilt from the statistics and frozen until the next refresh;
    its damped inverse is computed once and reused (cached by the operators).
 4. **Direction** ``ζ = (F̃ + λ)⁻¹ g`` by the operator's ``solve(g, λ, rule)`` with the damping
-   rules of DESIGN.md (``"factor"``: K2 / I1, the papers' choice; ``"pi"``: K3;
+   rules of docs/guide/conventions.rst (``"factor"``: K2 / I1, the papers' choice; ``"pi"``: K3;
    ``"exact"``: K4 / PCG). ``method="exact"`` is the exact natural gradient of the curvature
    batch by Woodbury (F3); ``method="block-exact"`` the exact block-diagonal Fisher. With
    ``two_level={...}`` the fine operator is wrapped in ``fimlab.TwoLevel`` (T2/T3).
@@ -142,7 +142,7 @@ def window_batch(batches, weights) -> FactorBatch:
 class NGD(Optimizer):
     """Natural-gradient descent preconditioned by any approximation of the Fisher.
 
-    See the module docstring for the algorithm (PAPERS.md "The experiments").
+    See the module docstring for the algorithm (docs/papers.md "The experiments").
 
     Parameters
     ----------
@@ -155,7 +155,7 @@ class NGD(Optimizer):
     damping : float
         ``λ > 0``.
     damping_rule : {"factor", "pi", "exact"}
-        DESIGN.md damping rules for Kronecker operators (ignored by the exact methods).
+        docs/guide/conventions.rst damping rules for Kronecker operators (ignored by the exact methods).
     solver : {"exact", "paper"}
         Passed to the approximation builder.
     approx_options : dict, optional
