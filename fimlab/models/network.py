@@ -302,10 +302,10 @@ def network_factor_batch(net: Network, X, y=None, fisher: str = "exact", mc_samp
     Examples
     --------
     >>> import numpy as np
-    >>> net = cuda_convnet(input_shape=(3, 12, 12), channels=(4, 4, 8), seed=0)
-    >>> b = network_factor_batch(net, np.zeros((2, 3, 12, 12)))
+    >>> net = cuda_convnet(input_shape=(3, 26, 26), channels=(4, 4, 8), seed=0)
+    >>> b = network_factor_batch(net, np.zeros((2, 3, 26, 26)))
     >>> [tuple(a.shape) for a in b.a]
-    [(2, 100, 28), (2, 4, 37), (2, 1, 17), (2, 9)]
+    [(2, 576, 28), (2, 36, 37), (2, 1, 17), (2, 9)]
     """
     if not isinstance(net, Network):
         raise TypeError(f"network_factor_batch needs a Network, got {type(net).__name__}")
