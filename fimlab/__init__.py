@@ -58,6 +58,7 @@ from .metrics import (
     spectral_error,
 )
 from .models import MLP, empirical_fisher, exact_fisher, factor_batch
+from .models.network import Network, cuda_convnet, deep_bn_linear, small_resnet
 from .operators import (
     BlockDiagonalOperator,
     CurvatureOperator,
@@ -95,4 +96,6 @@ __all__ = [
     "BackendError", "DataError", "DivergenceError",
     # training: optimizers, data (fimlab.datasets, fimlab.train)
     "NGD", "SGD", "Adam", "make_optimizer", "OptionError", "datasets",
+    # layered networks: convolution, pooling, batch norm (fimlab.models.network)
+    "Network", "cuda_convnet", "deep_bn_linear", "small_resnet",
 ]

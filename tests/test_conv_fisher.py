@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 
 import fimlab as fl
 from fimlab.approx.kfc import kfc_factors
-from fimlab.models.layers import Activation, BatchNorm, Conv2d, Flatten, Linear, MaxPool2d
+from fimlab.models.layers import (
+    Activation,
+    BatchNorm,
+    Conv2d,
+    Flatten,
+    Linear,
+    MaxPool2d,
+)
 from fimlab.models.network import Network, cuda_convnet, network_factor_batch
 
 
@@ -284,3 +291,33 @@ def test_positional_batch_on_array_backends(xp_backend):
     np.testing.assert_allclose(fl.backend.to_numpy(A), A_ref, atol=1e-12)
     np.testing.assert_allclose(fl.backend.to_numpy(G), G_ref, atol=1e-12)
     assert np.isclose(F.trace(), np.trace(F_ref))
+
+
+def test_train_mode_batch_is_the_batched_backward():
+    """Train mode (batch statistics): the vectors g are those of a batched backward, so
+    Σ_n row(n, k) = ∂/∂θ Σ_n v_nkᵀ z_n(θ) with z computed with batch statistics (checked
+    by central differences of that coupled function); and they differ from eval mode."""
+    rng = np.random.default_rng(8)
+    net = _conv_net()
+    X = rng.normal(size=(4, 2, 5, 5))
+    b = network_factor_batch(net, X, fisher="exact", train=True)
+    z = net.forward(X, train=True)
+    V = net.likelihood.sqrt_fisher(z)  # the vectors the batch used
+    U = b.jacobian_matrix().reshape(4, b.n_vectors, -1).sum(axis=0)  # (K, P_conv+lin)
+    theta = net.get_flat()
+    offs = np.cumsum([0] + [r * c for r, c in net.shapes])
+    idx = np.concatenate([np.arange(offs[i], offs[i + 1]) for i, k in enumerate(net.kinds())
+                          if k != "batchnorm"])
+    eps = 1e-6
+    for j in rng.choice(idx.size, size=12, replace=False):
+        e = np.zeros_like(theta)
+        e[idx[j]] = eps
+        net.set_flat(theta + e)
+        zp = net.forward(X, train=True)
+        net.set_flat(theta - e)
+        zm = net.forward(X, train=True)
+        net.set_flat(theta)
+        fd = np.einsum("nkc,nc->k", V, (zp - zm) / (2 * eps))
+        np.testing.assert_allclose(U[:, j], fd, rtol=1e-6, atol=1e-9)
+    b_eval = network_factor_batch(net, X, fisher="exact")
+    assert not np.allclose(b.jacobian_matrix(), b_eval.jacobian_matrix())
