@@ -21,7 +21,7 @@ from .operators import BlockDiagonalOperator, CurvatureOperator
 
 __all__ = ["FactorBatch", "FisherOperator", "FisherBlock"]
 
-from .batch import FactorBatch  # noqa: E402  (re-exported)
+from .batch import FactorBatch, c_order  # noqa: E402  (re-exported)
 
 #: Per-sample Jacobian chunks are built in pieces of at most this many bytes.
 _CHUNK_BYTES = 256 * 1024**2
@@ -126,7 +126,8 @@ class FisherOperator(CurvatureOperator):
                 # Σ_{n,t} ā_nt ⊗ (Σ_k g_nkt y_nk): (N·T, d_a)ᵀ @ (N·T, d_g·k)
                 T = b.positions[l]
                 gf = xp.reshape(b.g[l], (N, b.n_vectors, T * dg))
-                H = xp.reshape(xp.matrix_transpose(gf) @ Y, (N * T, dg * k))
+                gt = c_order(xp.matrix_transpose(gf), xp)  # (N, T·d_g, K)
+                H = xp.reshape(gt @ Y, (N * T, dg * k))
                 af = xp.reshape(b.a[l], (N * T, da))
                 outs.append(xp.reshape(xp.matrix_transpose(af) @ H, (da * dg, k)))
                 continue

@@ -62,10 +62,11 @@ def test_rearranged_conv_products_vs_explicit(N, K, T, da, dg, seed):
     np.testing.assert_allclose(Pa @ R_full, R_full @ Pg, atol=1e-10)
     x, y = rng.normal(size=dg * dg), rng.normal(size=da * da)
     for sym, R_ref in ((False, R_full), (True, R_full @ Pg)):
-        R = RearrangedConvFisher(a, g, symmetric=sym)
-        np.testing.assert_allclose(R.to_dense(), R_ref, atol=1e-10)
-        np.testing.assert_allclose(R.matvec(x), R_ref @ x, atol=1e-10)
-        np.testing.assert_allclose(R.rmatvec(y), R_ref.T @ y, atol=1e-10)
+        for route in ("samples", "positions"):
+            R = RearrangedConvFisher(a, g, symmetric=sym, route=route)
+            np.testing.assert_allclose(R.to_dense(), R_ref, atol=1e-10)
+            np.testing.assert_allclose(R.matvec(x), R_ref @ x, atol=1e-10)
+            np.testing.assert_allclose(R.rmatvec(y), R_ref.T @ y, atol=1e-10)
     if T == 1:  # a dense layer: no antisymmetric part
         np.testing.assert_allclose(R_full @ (np.eye(dg * dg) - Pg), 0, atol=1e-10)
 
@@ -147,3 +148,5 @@ def test_conv_rank_errors_and_zero_block():
     assert np.all(fl.KPSVD(bz).blocks[0].to_dense() == 0)
     with pytest.raises(fl.ShapeError):
         RearrangedConvFisher(a[:, 0], g)
+    with pytest.raises(fl.ShapeError, match="route"):
+        RearrangedConvFisher(a, g, route="fast")

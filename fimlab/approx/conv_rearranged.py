@@ -32,7 +32,8 @@ import numpy as np
 
 from .._errors import ShapeError
 from .._validation import check_dense_memory
-from ..backend import array_namespace, is_numpy_namespace, to_numpy, vec
+from ..backend import array_namespace, device_of, is_numpy_namespace, to_numpy, vec
+from ..batch import c_order
 
 __all__ = ["RearrangedConvFisher", "conv_top_triplets", "DENSE_MAX_ENTRIES"]
 
@@ -52,10 +53,17 @@ class RearrangedConvFisher:
     symmetric : bool
         The symmetric part ``R_s`` (default; see the module notes) or all of ``R(F_l)``.
 
+    route : {"auto", "samples", "positions"}
+        How products are computed (same result): ``"samples"``, batched GEMMs on the
+        per-sample matrices ``M_nk = J_nkᵀ`` (held, ``N·K·d_a·d_g`` numbers,
+        memory-guarded), ``O(N·K·(d_a d_g² + d_a² d_g))`` per product; ``"positions"``,
+        through the ``T × T`` matrices ``Σ_k G_nk V G_nkᵀ`` and ``A_n U A_nᵀ`` (rows
+        ``ā_nt``, ``g_nkt``), ``O(N·(K T d_g² + K T² d_g + T² d_a + T d_a²))``; ``"auto"``
+        takes the cheaper when ``N·K·T²`` numbers fit in 256 MiB.
+
     Notes
     -----
-    Products cost ``O(N·K·(d_a d_g² + d_a² d_g))`` in batched GEMMs on the per-sample
-    gradient matrices ``M_nk = J_nkᵀ`` (held, ``N·K·d_a·d_g`` numbers, memory-guarded).
+    ``R(F_l)`` is never formed (:meth:`to_dense` is for tests and small blocks).
 
     Examples
     --------
@@ -69,46 +77,89 @@ class RearrangedConvFisher:
     True
     """
 
-    def __init__(self, a, g, max_bytes: int | None = None, symmetric: bool = True):
+    def __init__(self, a, g, max_bytes: int | None = None, symmetric: bool = True,
+                 route: str = "auto"):
         self.symmetric = bool(symmetric)
         if a.ndim != 3 or g.ndim != 4 or g.shape[2] != a.shape[1] or g.shape[0] != a.shape[0]:
             raise ShapeError(f"a conv block needs a (N, T, d_a) and g (N, K, T, d_g), got "
                              f"{tuple(a.shape)} and {tuple(g.shape)}")
+        if route not in ("auto", "samples", "positions"):
+            raise ShapeError(f"route must be 'auto', 'samples' or 'positions', got {route!r}")
         xp = array_namespace(a, g)
         self.xp, self.dtype = xp, a.dtype
         N, T, da = (int(s) for s in a.shape)
         K, dg = int(g.shape[1]), int(g.shape[3])
         self.m, self.K, self.T, self.d_a, self.d_g = N, K, T, da, dg
-        check_dense_memory((N * K, da * dg), a.dtype, max_bytes,
-                           "per-sample gradient matrices of a conv block",
-                           "a smaller curvature batch (FactorBatch.subset)")
-        # M_nk = J_nkᵀ = Σ_t ā_nt g_nktᵀ: (N, 1, d_a, T) @ (N, K, T, d_g)
-        M = xp.matmul(xp.matrix_transpose(a)[:, None, ...], g)
-        self.M = xp.reshape(M, (N * K, da, dg))
+        self.a, self.g = a, g
         self.shape = (da * da, dg * dg)
+        # flops per product: on the per-sample matrices M_nk, or position by position
+        # through the T × T matrices G_nk V G_nkᵀ and A_n U A_nᵀ (cheaper when T is small
+        # against d_a, d_g; needs N·K·T² numbers)
+        cost_s = N * K * (da * dg * dg + da * da * dg)
+        cost_p = N * (K * T * dg * dg + K * T * T * dg + T * T * da + T * da * da)
+        fits = N * K * T * T * 8 <= 256 * 1024**2
+        if route == "auto":
+            route = "positions" if cost_p < cost_s and fits else "samples"
+        self.route = route
+        self.M = None
+        if route == "samples":
+            check_dense_memory((N * K, da * dg), a.dtype, max_bytes,
+                               "per-sample gradient matrices of a conv block",
+                               "a smaller curvature batch (FactorBatch.subset)")
+            # M_nk = J_nkᵀ = Σ_t ā_nt g_nktᵀ: (N, 1, d_a, T) @ (N, K, T, d_g)
+            M = xp.matmul(c_order(xp.matrix_transpose(a), xp)[:, None, ...], g)
+            self.M = xp.reshape(M, (N * K, da, dg))
+            # (d_a, N·K, d_g) in C order: both products become 2-D GEMMs
+            self._Mp = c_order(xp.permute_dims(self.M, (1, 0, 2)), xp)
+        else:
+            # G_nkᵀ stacked along k: (N, K·d_g, T); ā_ntᵀ: (N, d_a, T)
+            self._gT = c_order(xp.reshape(c_order(xp.permute_dims(g, (0, 1, 3, 2)), xp),
+                                          (N, K * dg, T)), xp)
+            self._aT = c_order(xp.matrix_transpose(a), xp)
+
+    def _sym(self, V):
+        xp = self.xp
+        return 0.5 * (V + xp.matrix_transpose(V)) if self.symmetric else V
 
     def matvec(self, x):
         if x.shape != (self.shape[1],):
             raise ShapeError(f"matvec needs a vector of length {self.shape[1]}, got "
                              f"shape {tuple(x.shape)}")
         xp = self.xp
-        V = xp.matrix_transpose(xp.reshape(x, (self.d_g, self.d_g)))
-        if self.symmetric:
-            V = 0.5 * (V + xp.matrix_transpose(V))
-        out = xp.sum((self.M @ V) @ xp.matrix_transpose(self.M), axis=0) / self.m
-        return vec(out, xp)
+        N, K, T, da, dg = self.m, self.K, self.T, self.d_a, self.d_g
+        V = self._sym(xp.matrix_transpose(xp.reshape(x, (dg, dg))))
+        if self.route == "samples":  # Σ_i M_i V M_iᵀ = [M_i V]_i [M_i]_iᵀ
+            MV = xp.reshape(xp.reshape(self._Mp, (da * N * K, dg)) @ V, (da, N * K * dg))
+            out = MV @ xp.matrix_transpose(xp.reshape(self._Mp, (da, N * K * dg)))
+        else:  # Σ_n A_nᵀ (Σ_k G_nk V G_nkᵀ) A_n
+            GV = xp.reshape(xp.reshape(self.g, (N * K * T, dg)) @ V, (N, K, T, dg))
+            GV = c_order(xp.reshape(c_order(xp.permute_dims(GV, (0, 2, 1, 3)), xp),
+                                    (N, T, K * dg)), xp)
+            S = GV @ self._gT  # (N, T, T)
+            B = S @ self.a  # (N, T, d_a)
+            af = xp.reshape(self.a, (N * T, da))
+            out = xp.matrix_transpose(af) @ xp.reshape(B, (N * T, da))
+        return vec(out / N, xp)
 
     def rmatvec(self, y):
         if y.shape != (self.shape[0],):
             raise ShapeError(f"rmatvec needs a vector of length {self.shape[0]}, got "
                              f"shape {tuple(y.shape)}")
         xp = self.xp
-        U = xp.matrix_transpose(xp.reshape(y, (self.d_a, self.d_a)))
-        if self.symmetric:
-            U = 0.5 * (U + xp.matrix_transpose(U))
-        Mt = xp.matrix_transpose(self.M)
-        out = xp.sum((Mt @ U) @ self.M, axis=0) / self.m
-        return vec(out, xp)
+        N, K, T, da, dg = self.m, self.K, self.T, self.d_a, self.d_g
+        U = self._sym(xp.matrix_transpose(xp.reshape(y, (da, da))))
+        if self.route == "samples":  # Σ_i M_iᵀ U M_i
+            UM = U @ xp.reshape(self._Mp, (da, N * K * dg))
+            Mf = xp.reshape(self._Mp, (da * N * K, dg))
+            out = xp.matrix_transpose(Mf) @ xp.reshape(UM, (da * N * K, dg))
+        else:  # Σ_{n,k} G_nkᵀ (A_n U A_nᵀ) G_nk
+            aU = xp.reshape(xp.reshape(self.a, (N * T, da)) @ U, (N, T, da))
+            Q = aU @ self._aT  # (N, T, T): A_n U A_nᵀ
+            QG = Q[:, None, ...] @ self.g  # (N, K, T, d_g): Q_n G_nk
+            n = N * K * T
+            gf = xp.reshape(self.g, (n, dg))
+            out = xp.matrix_transpose(gf) @ xp.reshape(QG, (n, dg))
+        return vec(out / N, xp)
 
     def to_dense(self, max_bytes: int | None = None):
         """Dense ``R(F_l) = (1/N) Σ M_nk ⊗ M_nk`` (memory-guarded)."""
@@ -117,14 +168,17 @@ class RearrangedConvFisher:
         xp = self.xp
         da, dg = self.d_a, self.d_g
         if is_numpy_namespace(xp):
-            R = np.einsum("iab,icd->cadb", self.M, self.M, optimize=True)
+            M = self.M
+            if M is None:
+                M = np.matmul(np.swapaxes(self.a, 1, 2)[:, None], self.g).reshape(-1, da, dg)
+            R = np.einsum("iab,icd->cadb", M, M, optimize=True)
             if self.symmetric:  # R P_g: average each column with its transposed twin
                 R = 0.5 * (R + R.transpose(0, 1, 3, 2))
             return R.reshape(da * da, dg * dg) / self.m
         # other namespaces: R e_j column by column (tests and small blocks only)
         cols = []
         for j in range(dg * dg):
-            e = xp.zeros((dg * dg,), dtype=self.dtype, device=getattr(self.M, "device", None))
+            e = xp.zeros((dg * dg,), dtype=self.dtype, device=device_of(self.a))
             e = xp.where(xp.arange(dg * dg) == j, xp.ones_like(e), e)
             cols.append(self.matvec(e))
         return xp.stack(cols, axis=1)

@@ -108,6 +108,26 @@ class Network:
         for lay in self.param_layers:
             lay.init(rng, str(dtype))
         self._dtype = np.dtype(str(dtype))
+        #: training mode: :meth:`loss_and_gradient` (hence the optimizers) use batch
+        #: statistics and update the running ones, as a PyTorch module in ``train()``
+        self.training = False
+
+    def train(self, mode: bool = True) -> Network:
+        """Set :attr:`training` (the optimizers' loss and gradient use batch statistics
+        and update the running statistics); returns the network."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> Network:
+        return self.train(False)
+
+    @property
+    def xp(self):
+        return np
+
+    def flatten(self, mats):
+        """Concatenate the column-major ``vec`` of matrices shaped like the blocks."""
+        return np.concatenate([np.asarray(M).ravel(order="F") for M in mats])
 
     # -- parameters ----------------------------------------------------------------------
     @property
@@ -219,9 +239,14 @@ class Network:
         """Mean negative log-likelihood."""
         return self.likelihood.loss(self.forward(X, train), self._targets(y, len(X)))
 
-    def loss_and_gradient(self, X, y, train: bool = False):
+    def loss_and_gradient(self, X, y, train: bool | None = None):
         """``(loss, [∂loss/∂block])`` of the mean loss (through the batch statistics in
-        train mode)."""
+        train mode). ``train=None``: :attr:`training`, and then the running statistics are
+        updated with ``X`` too (one more forward pass), as PyTorch does in training."""
+        if train is None:
+            train = self.training
+            if train:
+                self.update_running_stats(X)
         z, caches = self._forward(X, train)
         y = self._targets(y, z.shape[0])
         loss = self.likelihood.loss(z, y)
@@ -231,7 +256,7 @@ class Network:
         return loss, [lay.grad(c, g).sum(axis=(0, 1)) / N
                       for lay, (c, g) in zip(self.param_layers, recs)]
 
-    def gradient(self, X, y, train: bool = False) -> list:
+    def gradient(self, X, y, train: bool | None = None) -> list:
         return self.loss_and_gradient(X, y, train)[1]
 
     def per_sample_jacobians(self, X, vectors, train: bool = False, max_bytes=None):
