@@ -9,16 +9,16 @@ from __future__ import annotations
 import numpy as np
 
 import fimlab as fl
-from fimlab.train import _load_dataset, _make_optimizer, resolve_config
+from fimlab.train_config import build_optimizer, load_dataset, resolve_config
 
 
 def main() -> None:
     for bench in ("digits", "curves-small"):
         for method in ("KFAC", "KFAC-corrected"):
             c = resolve_config({"benchmark": bench, "method": method})
-            X = _load_dataset(c).X_train
+            X = load_dataset(c).X_train
             net = fl.MLP(c["architecture"], activation="relu", likelihood="bernoulli", seed=0)
-            opt = _make_optimizer(c, net)
+            opt = build_optimizer(c, net)
             rng = np.random.default_rng(0)
             nus = []
             for _ in range(60):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 import fimlab as fl
-from fimlab.train import _load_dataset, _make_optimizer, resolve_config
+from fimlab.train_config import build_optimizer, load_dataset, resolve_config
 
 
 def main() -> None:
@@ -26,10 +26,10 @@ def main() -> None:
                 c = resolve_config({"benchmark": "digits", "method": "KFAC", "two_level": tl,
                                     "damping": 0.01, "lr": 1.0, "ema": ema,
                                     "curvature_fraction": frac})
-                X = _load_dataset(c).X_train
+                X = load_dataset(c).X_train
                 net = fl.MLP(c["architecture"], activation="relu", likelihood="bernoulli",
                              seed=0)
-                opt = _make_optimizer(c, net)
+                opt = build_optimizer(c, net)
                 nus = []
                 for it in range(42):
                     Xb = X[(it % 14) * 100:(it % 14 + 1) * 100]

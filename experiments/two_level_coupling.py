@@ -37,7 +37,7 @@ import numpy as np
 
 import fimlab as fl
 from fimlab.approx import APPROXIMATIONS, build_approximation
-from fimlab.study import _Adam, measure_directions
+from fimlab.study import measure_directions
 
 CASES = ("deep-linear", "deep-tanh", "autoencoder", "mlp")
 
@@ -67,12 +67,12 @@ def run_case(name: str, args) -> list[dict]:
     net, X, y = make_case(name, args.depth, args.seed)
     rng = np.random.default_rng([args.seed, 1])
     mc_rng = np.random.default_rng([args.seed, 2])
-    adam = _Adam(net.params, args.lr)
+    adam = fl.Adam(net, args.lr)
     m = args.batch_size
     for _ in range(args.adam_steps):
         idx = rng.choice(X.shape[0], m, replace=False)
         _, grads = net.loss_and_gradient(X[idx], y[idx])
-        net.params = adam.step(net.params, grads)
+        adam.step_with_gradient(grads)
     rows = []
     for k in range(args.batches):
         idx = rng.choice(X.shape[0], m, replace=False)

@@ -114,6 +114,29 @@ class FisherOperator(CurvatureOperator):
             out = u if out is None else out + u
         return out
 
+    def jacobian_rows(self, X, layers=None):
+        """Products with the per-sample Jacobian rows: ``U X``, shaped ``(N, K, k)``.
+
+        ``F = UᵀU/N`` where the row ``(n, k)`` of ``U`` is the Jacobian row of sample
+        ``n``, vector ``k`` (the Kronecker vector ``ā_n ⊗ g_{nk}`` per layer). ``X`` has
+        ``P`` rows (all layers) or the rows of the one layer in ``layers``; ``layers``
+        restricts the sum to those layers (default: all).
+
+        Examples
+        --------
+        >>> import numpy as np, fimlab as fl
+        >>> rng = np.random.default_rng(0)
+        >>> b = fl.FactorBatch([rng.normal(size=(5, 3))], [rng.normal(size=(5, 2, 2))])
+        >>> F = fl.FisherOperator(b)
+        >>> X = rng.normal(size=(6, 2))
+        >>> U = F.jacobian_rows(X)
+        >>> U.shape
+        (5, 2, 2)
+        >>> bool(np.allclose(np.einsum("nkp,nkq->pq", U, U) / 5, X.T @ F.to_dense() @ X))
+        True
+        """
+        return self._U(X, layers=layers)
+
     def _Ut(self, Y, layers=None):
         """``Uᵀ Y`` for ``Y`` of shape ``(N, K, k)``, stacked over ``layers``."""
         b, xp = self.batch, self.xp

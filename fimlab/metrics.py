@@ -348,8 +348,8 @@ _ALGORITHMS = ("lanczos", "dense")
 
 
 def _spectrum(F, approx, damping, rule, algorithm, steps, tol, seed, max_bytes, which):
-    from ._lanczos import lanczos
     from ._validation import check_damping, check_dense_memory
+    from .kron.krylov import lanczos
 
     lam = check_damping(damping)
     check_choice(algorithm, _ALGORITHMS, "spectrum algorithm")
@@ -365,7 +365,7 @@ def _spectrum(F, approx, damping, rule, algorithm, steps, tol, seed, max_bytes, 
     if algorithm == "dense":
         check_dense_memory((P, P), dtype, max_bytes, "preconditioned Fisher",
                            "algorithm='lanczos'")
-        I = xp.eye(P, dtype=dtype, device=F._device())
+        I = xp.eye(P, dtype=dtype, device=F.device)
         Fl = F.to_dense(max_bytes=max_bytes) + lam * I
         Pm = apply(I)
         Pm = 0.5 * (Pm + xp.matrix_transpose(Pm))
@@ -377,7 +377,7 @@ def _spectrum(F, approx, damping, rule, algorithm, steps, tol, seed, max_bytes, 
         return F.matvec(v) + lam * v
 
     res = lanczos(lambda v, Mv: apply(as_mat(Mv))[:, 0], P, xp=xp, dtype=dtype,
-                  device=F._device(),
+                  device=F.device,
                   M=Fl_apply, which=which, tol=tol, max_steps=steps, seed=seed,
                   what="preconditioned spectrum")
     return res.values, res
@@ -474,8 +474,8 @@ def preconditioner_distance(F, approx, damping: float, *, norm: str = "2",
     >>> round(fl.preconditioner_distance(F, lambda X: 0.25 * X, 1.0), 6)
     0.5
     """
-    from ._lanczos import lanczos
     from ._validation import check_damping, check_dense_memory
+    from .kron.krylov import lanczos
 
     check_choice(norm, _NORMS, "norm")
     if norm == "energy":
@@ -490,7 +490,7 @@ def preconditioner_distance(F, approx, damping: float, *, norm: str = "2",
     P, xp, dtype = F.shape[0], F.xp, F.dtype
     if algorithm == "dense":
         check_dense_memory((P, P), dtype, max_bytes, "I − F̃_λ⁻¹F_λ", "algorithm='lanczos'")
-        I = xp.eye(P, dtype=dtype, device=F._device())
+        I = xp.eye(P, dtype=dtype, device=F.device)
         E = I - apply(F.to_dense(max_bytes=max_bytes) + lam * I)
         return float(xp.linalg.matrix_norm(E, ord=2))
 
@@ -500,7 +500,7 @@ def preconditioner_distance(F, approx, damping: float, *, norm: str = "2",
         Z = apply(Y)
         return (Y - (F.matmat(Z) + lam * Z))[:, 0]
 
-    res = lanczos(EtE, P, xp=xp, dtype=dtype, device=F._device(), which="largest", tol=tol, max_steps=steps,
+    res = lanczos(EtE, P, xp=xp, dtype=dtype, device=F.device, which="largest", tol=tol, max_steps=steps,
                   seed=seed, what="‖I − F̃_λ⁻¹F_λ‖₂")
     return math.sqrt(max(float(res.values[-1]), 0.0))
 
@@ -509,7 +509,8 @@ def preconditioner_distance(F, approx, damping: float, *, norm: str = "2",
 def _lanczos_extreme(op, n: int, dtype, xp, *, tol: float, maxiter: int, seed: int,
                      max_bytes, device=None):
     """Largest ``|λ|`` of the symmetric operator ``op`` (a function ``X -> op @ X`` on
-    ``(n, 1)`` arrays) by Lanczos with full reorthogonalisation.
+    ``(n, 1)`` arrays) by the symmetric Lanczos of :func:`fimlab.kron.krylov.lanczos`
+    (full reorthogonalisation).
 
     Stops when the Ritz value of largest magnitude has residual ``|β_k s_k| ≤ tol·|θ|``
     (its error is then below ``tol·|θ|``, and usually far below: ``r²/gap``), when the
@@ -523,42 +524,24 @@ def _lanczos_extreme(op, n: int, dtype, xp, *, tol: float, maxiter: int, seed: i
 
     from ._errors import ConvergenceWarning
     from ._validation import check_dense_memory
-    from .backend import from_host
+    from .kron.krylov import lanczos
 
     m = max(1, min(int(maxiter), n))
     check_dense_memory((m + 1, n), dtype, max_bytes, "Lanczos basis",
                        "spectral_error(..., maxiter=smaller)")
-    q = np.random.default_rng(seed).standard_normal(n)
-    q = xp.astype(from_host(q / np.linalg.norm(q), xp, device=device), dtype)
-    Qb = xp.zeros((m + 1, n), dtype=dtype, device=device)  # the basis, one vector per row
-    Qb[0, :] = q
-    alphas, betas = [], []
-    theta, res = 0.0, float("inf")
-    for k in range(m):
-        qk = Qb[k, :]
-        w = op(xp.reshape(qk, (n, 1)))[:, 0]
-        a = float(xp.sum(w * qk))
-        alphas.append(a)
-        w = w - a * qk - (betas[-1] * Qb[k - 1, :] if betas else 0.0)
-        Qk = Qb[: k + 1, :]
-        for _ in range(2):  # full reorthogonalisation, twice is enough
-            w = w - (Qk @ w) @ Qk
-        b = float(xp.linalg.vector_norm(w))
-        T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-        ev, S = np.linalg.eigh(T)
-        j = int(np.argmax(np.abs(ev)))
-        theta = float(abs(ev[j]))
-        res = abs(b * S[-1, j])
-        if b <= 1e-14 * max(theta, 1e-300) * math.sqrt(n) or res <= tol * max(theta, 1e-300):
-            return theta, {"iterations": k + 1, "residual": res, "converged": True}
-        betas.append(b)
-        Qb[k + 1, :] = w / b
-    warnings.warn(
-        f"Lanczos did not reach tol={tol:g} in {m} steps (residual {res:.3g} of |θ| = "
-        f"{theta:.6g}); raise maxiter for a tighter estimate",
-        ConvergenceWarning, stacklevel=3,
-    )
-    return theta, {"iterations": m, "residual": res, "converged": False}
+    res = lanczos(lambda v, Mv: op(xp.reshape(v, (n, 1)))[:, 0], n, xp=xp, dtype=dtype,
+                  device=device, which="magnitude", tol=tol, max_steps=m, seed=seed,
+                  warn=False)
+    j = int(np.argmax(np.abs(res.values)))
+    theta, r = float(abs(res.values[j])), float(res.residuals[j])
+    info = {"iterations": res.steps, "residual": r, "converged": res.converged}
+    if not res.converged:
+        warnings.warn(
+            f"Lanczos did not reach tol={tol:g} in {m} steps (residual {r:.3g} of |θ| = "
+            f"{theta:.6g}); raise maxiter for a tighter estimate",
+            ConvergenceWarning, stacklevel=3,
+        )
+    return theta, info
 
 
 def _fisher_spectral_norm(Fb, xp):
@@ -636,12 +619,12 @@ def spectral_error(F, Ft, block: int | None = None, method: str = "auto", *,
         n = Fb.shape[0]
         D = SumOperator(Fb, -1.0 * Ftb)
         kw = dict(tol=tol, maxiter=maxiter, seed=seed, max_bytes=max_bytes,
-                  device=Fb._device())
-        dnorm, _ = _lanczos_extreme(D._matmat, n, Fb.dtype, xp, **kw)
+                  device=Fb.device)
+        dnorm, _ = _lanczos_extreme(D.matmat, n, Fb.dtype, xp, **kw)
         if isinstance(Fb, (FisherOperator, FisherBlock)):
             fnorm = _fisher_spectral_norm(Fb, xp)
         else:
-            fnorm, _ = _lanczos_extreme(Fb._matmat, n, Fb.dtype, xp, **kw)
+            fnorm, _ = _lanczos_extreme(Fb.matmat, n, Fb.dtype, xp, **kw)
         if fnorm <= 0:
             raise ShapeError("the reference matrix is zero: the relative error is undefined")
         return dnorm / fnorm

@@ -16,16 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from . import kron as _kron
 from ._errors import BackendError, DampingError, ShapeError
 from ._validation import check_damping, check_dense_memory, check_finite
 from .backend import (
     array_namespace,
     device_of,
     is_numpy_namespace,
+    kron,
     library_name,
     same_namespace,
 )
+from .kron.algebra import kron_matmat, kron_sum_inner, kron_sum_inverse, pcg
 
 __all__ = [
     "CurvatureOperator",
@@ -163,6 +164,12 @@ class CurvatureOperator:
     def _device(self):
         return None
 
+    @property
+    def device(self):
+        """The device the operator's arrays live on (``None``: the library's default,
+        e.g. NumPy's CPU); operands must live there too."""
+        return self._device()
+
     # -- solves -------------------------------------------------------------------
     def solve(self, v, damping, rule: str = "exact", **kwargs):
         """``(F + λI)⁻¹ v`` by conjugate gradients (generic fallback; subclasses with
@@ -174,7 +181,7 @@ class CurvatureOperator:
                 f"((F + λI)⁻¹ by conjugate gradients) applies, got rule={rule!r}"
             )
         self._check_operand(v, (1, 2))
-        x, info = _kron.pcg(lambda X: self._matmat(X) + lam * X, v, None, xp=self.xp, **kwargs)
+        x, info = pcg(lambda X: self._matmat(X) + lam * X, v, None, xp=self.xp, **kwargs)
         self.last_solve_info = info
         return x
 
@@ -369,7 +376,7 @@ class KroneckerOperator(CurvatureOperator):
     def _matmat(self, X):
         out = None
         for A, G in self.terms:
-            Y = _kron.kron_matmat(A, G, X)
+            Y = kron_matmat(A, G, X)
             out = Y if out is None else out + Y
         return out
 
@@ -377,13 +384,13 @@ class KroneckerOperator(CurvatureOperator):
         check_dense_memory(self.shape, self.dtype, max_bytes, "Kronecker block", "matvec/matmat")
         out = None
         for A, G in self.terms:
-            K = _kron.kron(A, G)
+            K = kron(A, G)
             out = K if out is None else out + K
         return out
 
     def frobenius_norm_sq(self) -> float:
         """``‖Σ_r A_r ⊗ G_r‖²_F = Σ_{r,s} ⟨A_r, A_s⟩⟨G_r, G_s⟩`` (no dense product)."""
-        return _kron.kron_sum_inner(self.terms, self.terms)
+        return kron_sum_inner(self.terms, self.terms)
 
     def trace(self) -> float:
         """``tr(Σ A_r ⊗ G_r) = Σ tr(A_r) tr(G_r)``."""
@@ -412,7 +419,7 @@ class KroneckerOperator(CurvatureOperator):
         key = (lam, rule, tuple(sorted(kwargs.items())))
         inv = self._inverse_cache.get(key)
         if inv is None:
-            inv = _kron.kron_sum_inverse(self.terms, lam, rule, **kwargs)
+            inv = kron_sum_inverse(self.terms, lam, rule, **kwargs)
             if len(self._inverse_cache) >= 4:
                 self._inverse_cache.pop(next(iter(self._inverse_cache)))
             self._inverse_cache[key] = inv

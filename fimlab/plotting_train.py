@@ -44,7 +44,7 @@ def plot_training(results: list[dict], path, title: str | None = None) -> Path:
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharey="row")
     used: dict = {}
     for label, rs in groups.items():
-        from .train import display_name
+        from .train_config import display_name
 
         color = _color(label, display_name(rs[0]["method"]), used)
         ok = [r for r in rs if r["status"] != "diverged"]

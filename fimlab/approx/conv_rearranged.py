@@ -193,7 +193,8 @@ def conv_top_triplets(R, k: int, deflation=(), *, tol: float = 1e-10, rng=None,
 
     Returns ``(sigma, U, V, report)`` as :func:`fimlab.kron.lanczos_svd`.
     """
-    from .. import kron as _kron
+    from ..kron.krylov import lanczos_svd
+    from ..kron.pairs import ConvergenceReport, deflate
 
     xp = R.xp
     if R.shape[0] * R.shape[1] <= DENSE_MAX_ENTRIES and is_numpy_namespace(xp):
@@ -210,8 +211,8 @@ def conv_top_triplets(R, k: int, deflation=(), *, tol: float = 1e-10, rng=None,
             if S[j] > tiny:
                 sig[j], U[:, j], V[:, j] = S[j], Uf[:, j], Vt[j]
         rank = int(np.sum(sig > 0))
-        rep = _kron.ConvergenceReport("dense-svd", rank=rank, breakdown=rank < k,
+        rep = ConvergenceReport("dense-svd", rank=rank, breakdown=rank < k,
                                       sigma=tuple(float(s) for s in sig))
         return sig, U, V, rep
-    op = _kron.deflate(R, deflation) if deflation else R
-    return _kron.lanczos_svd(op, k=k, steps=None, tol=tol, rng=rng, name=name)
+    op = deflate(R, deflation) if deflation else R
+    return lanczos_svd(op, k=k, steps=None, tol=tol, rng=rng, name=name)

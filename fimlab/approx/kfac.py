@@ -42,7 +42,7 @@ def kfac_factors(a, g):
     ([[2.5, 1.5], [1.5, 1.0]], [[5.0]])
     """
     from ..backend import array_namespace
-    from ..kron import gram_of_rows
+    from ..kron.gram import gram_of_rows
 
     xp = array_namespace(a, g)
     if a.ndim == 3:  # a layer with positions (convolution): KFC

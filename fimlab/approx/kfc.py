@@ -52,7 +52,7 @@ def kfc_factors(a, g):
     >>> A.tolist(), G.tolist()
     ([[1.0, 1.0], [1.0, 1.0]], [[5.0]])
     """
-    from ..kron import gram_of_rows
+    from ..kron.gram import gram_of_rows
 
     xp = array_namespace(a, g)
     if a.ndim != 3 or g.ndim != 4 or g.shape[2] != a.shape[1] or g.shape[0] != a.shape[0]:

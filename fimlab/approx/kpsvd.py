@@ -65,11 +65,16 @@ import time
 
 import numpy as np
 
-from .. import kron as _kron
 from .._errors import ShapeError
 from .._validation import check_choice
-from ..backend import array_namespace, asarray_on, device_of, vec
+from ..backend import array_namespace, asarray_on, device_of, unvec, vec
 from ..batch import FactorBatch
+from ..kron._checks import check_solver_params
+from ..kron.gram import GramCoordinates, RearrangedGram
+from ..kron.krylov import lanczos_svd, power_svd
+from ..kron.pairs import ConvergenceReport, deflate
+from ..kron.rearrange import psd_sign
+from ..kron.rearranged import RearrangedFisher
 from ..operators import BlockDiagonalOperator, KroneckerOperator
 from .kfac import kfac_factors
 
@@ -100,12 +105,12 @@ class _MatrixFreeSpace:
 
             self.R = RearrangedConvFisher(a, g)
         else:
-            self.R = _kron.RearrangedFisher(a, g)
+            self.R = RearrangedFisher(a, g)
         self.d_a, self.d_g = self.R.d_a, self.R.d_g
         self.AK, self.GK = kfac_factors(a, g)
         op = self.R
         if kfac_residual:
-            op = _kron.deflate(self.R, [(1.0, vec(self.AK, self.xp), vec(self.GK, self.xp))])
+            op = deflate(self.R, [(1.0, vec(self.AK, self.xp), vec(self.GK, self.xp))])
         self.op = op
         self.shape = op.shape
         self.matvec, self.rmatvec = op.matvec, op.rmatvec
@@ -136,11 +141,11 @@ class _MatrixFreeSpace:
             return (xp.zeros((d_a, d_a), dtype=u.dtype, device=dev),
                     xp.zeros((d_g, d_g), dtype=u.dtype, device=dev))
         sq = math.sqrt(sigma)
-        A = _kron.unvec(u, d_a, d_a, xp) * sq
-        G = _kron.unvec(v, d_g, d_g, xp) * sq
+        A = unvec(u, d_a, d_a, xp) * sq
+        G = unvec(v, d_g, d_g, xp) * sq
         A = 0.5 * (A + xp.matrix_transpose(A))
         G = 0.5 * (G + xp.matrix_transpose(G))
-        return _kron.psd_sign(A, G)
+        return psd_sign(A, G)
 
 
 class _KPSVDFamily(BlockDiagonalOperator):
@@ -163,7 +168,7 @@ class _KPSVDFamily(BlockDiagonalOperator):
         self.products = check_choice(products if products is not None
                                      else self.default_products, PRODUCTS,
                                      "product representation")
-        _kron._check_solver_params(tol=tol, maxiter=maxiter, max_restarts=max_restarts)
+        check_solver_params(tol=tol, maxiter=maxiter, max_restarts=max_restarts)
         self.tol, self.maxiter, self.max_restarts = float(tol), maxiter, max_restarts
         self.seed, self.rank_rtol = seed, rank_rtol
         self.batch = batch
@@ -237,11 +242,11 @@ class _KPSVDFamily(BlockDiagonalOperator):
         if self.products == "gram" and a.ndim == 2:
             gram = self._gram(a, g)
             core = gram.kfac_residual_core() if kfac_residual else None
-            return _kron.GramCoordinates(gram, core)
+            return GramCoordinates(gram, core)
         return _MatrixFreeSpace(a, g, kfac_residual)
 
     def _gram(self, a, g):
-        return _kron.RearrangedGram(a, g, rank_rtol=self.rank_rtol)
+        return RearrangedGram(a, g, rank_rtol=self.rank_rtol)
 
     def _zero_tol(self, scale: float) -> float:
         """Paper solver: singular values below this count as zero (the deflated
@@ -372,7 +377,7 @@ class KPSVD(_KPSVDFamily):
         terms = [(xp.zeros((a.shape[-1], a.shape[-1]), dtype=a.dtype, device=dev),
                   xp.zeros((g.shape[-1], g.shape[-1]), dtype=a.dtype, device=dev))
                  for _ in range(self.rank)]
-        return terms, _kron.ConvergenceReport(method, rank=0, sigma=(0.0,) * self.rank)
+        return terms, ConvergenceReport(method, rank=0, sigma=(0.0,) * self.rank)
 
     def _exact(self, a, g):
         gram = self._gram(a, g)
@@ -382,7 +387,7 @@ class KPSVD(_KPSVDFamily):
             return self._zero_block(a, g, "gram")
         if nrank < self.rank:
             raise self._rank_error(nrank, a, g)
-        rep = _kron.ConvergenceReport("gram", rank=nrank, sigma=tuple(float(x) for x in s))
+        rep = ConvergenceReport("gram", rank=nrank, sigma=tuple(float(x) for x in s))
         return gram.terms(s, w, d), rep
 
     def _paper(self, a, g, warm, rng):
@@ -393,9 +398,9 @@ class KPSVD(_KPSVDFamily):
                 v0 = sp.right(warm[j][1])
             else:
                 v0 = sp.right_kfac() if j == 0 else None
-            target = sp if j == 0 else _kron.deflate(sp, triplets)
+            target = sp if j == 0 else deflate(sp, triplets)
             zt = self._zero_tol(triplets[0][0]) if triplets else 0.0
-            s, u, v, rep = _kron.power_svd(
+            s, u, v, rep = power_svd(
                 target, v0, tol=self.tol, maxiter=self.maxiter, rng=rng, zero_tol=zt,
                 name=self._name(f"power SVD of term {j + 1}"),
             )
@@ -407,7 +412,7 @@ class KPSVD(_KPSVDFamily):
             triplets.append((s, u, v))
             terms.append(sp.term(s, u, v))
         sig = [t[0] for t in triplets]
-        return terms, _kron.ConvergenceReport.combine("power", parts, sig, len(sig))
+        return terms, ConvergenceReport.combine("power", parts, sig, len(sig))
 
 
 class KFACCorrected(_KPSVDFamily):
@@ -450,7 +455,7 @@ class KFACCorrected(_KPSVDFamily):
         AK, GK = kfac_factors(a, g)
         gram = self._gram(a, g)
         s, w, d = gram.top(1, gram.kfac_residual_core())
-        rep = _kron.ConvergenceReport("gram", rank=int(s[0] > 0), breakdown=bool(s[0] <= 0),
+        rep = ConvergenceReport("gram", rank=int(s[0] > 0), breakdown=bool(s[0] <= 0),
                                       sigma=(float(s[0]),))
         return [(AK, GK), gram.term(float(s[0]), w[:, 0], d[:, 0])], rep
 
@@ -460,7 +465,7 @@ class KFACCorrected(_KPSVDFamily):
         scale = float(xp.linalg.vector_norm(AK)) * float(xp.linalg.vector_norm(GK))
         sp = self._space(a, g, kfac_residual=True)
         v0 = sp.right(warm[1][1]) if warm is not None and len(warm) > 1 else None
-        s, u, v, rep = _kron.power_svd(
+        s, u, v, rep = power_svd(
             sp, v0, tol=self.tol, maxiter=self.maxiter, rng=rng,
             zero_tol=self._zero_tol(scale),
             name=self._name("power SVD of the KFAC residual"),
@@ -510,26 +515,26 @@ class Deflation(_KPSVDFamily):
         s, w, d = gram.top(2)
         sig = (float(s[0]), float(s[1]))
         rank = int(sig[0] > 0) + int(sig[1] > 0)
-        rep = _kron.ConvergenceReport("gram", rank=rank, breakdown=rank < 2, sigma=sig)
+        rep = ConvergenceReport("gram", rank=rank, breakdown=rank < 2, sigma=sig)
         return [gram.term(sig[0], w[:, 0], d[:, 0]),
                 gram.term(sig[1], w[:, 1], d[:, 1])], rep
 
     def _paper(self, a, g, warm, rng):
         sp = self._space(a, g)
         v0 = sp.right(warm[0][1]) if warm is not None else sp.right_kfac()
-        s1, u1, v1, r1 = _kron.power_svd(sp, v0, tol=self.tol, maxiter=self.maxiter,
+        s1, u1, v1, r1 = power_svd(sp, v0, tol=self.tol, maxiter=self.maxiter,
                                          rng=rng, name=self._name("power SVD of term 1"))
         v0 = sp.right(warm[1][1]) if warm is not None and len(warm) > 1 else None
         if s1 > 0:
-            s2, u2, v2, r2 = _kron.power_svd(
-                _kron.deflate(sp, [(s1, u1, v1)]), v0, tol=self.tol, maxiter=self.maxiter,
+            s2, u2, v2, r2 = power_svd(
+                deflate(sp, [(s1, u1, v1)]), v0, tol=self.tol, maxiter=self.maxiter,
                 rng=rng, zero_tol=self._zero_tol(s1),
                 name=self._name("power SVD of term 2 (deflated)"),
             )
         else:
-            s2, u2, v2, r2 = 0.0, u1, v1, _kron.ConvergenceReport("power", breakdown=True)
+            s2, u2, v2, r2 = 0.0, u1, v1, ConvergenceReport("power", breakdown=True)
         rank = int(s1 > 0) + int(s2 > 0)
-        rep = _kron.ConvergenceReport.combine("power", [r1, r2], (s1, s2), rank)
+        rep = ConvergenceReport.combine("power", [r1, r2], (s1, s2), rank)
         rep.breakdown = rep.breakdown or rank < 2
         return [sp.term(s1, u1, v1), sp.term(s2, u2, v2)], rep
 
@@ -609,7 +614,7 @@ class Lanczos(_KPSVDFamily):
             v0 = v0 if vk is None else v0 + vk
         if v0 is not None and float(xp.linalg.vector_norm(v0)) == 0.0:
             v0 = None  # cancelled: a random start
-        s, U, V, rep = _kron.lanczos_svd(
+        s, U, V, rep = lanczos_svd(
             sp, k=2, steps=self.steps, v0=v0, tol=self.tol, max_restarts=self.max_restarts,
             rng=rng, zero_tol=(self.rank_rtol or 1e-8) * scale,
             name=self._name(f"Lanczos ({self.steps} steps, restarts from v1+v2)"),

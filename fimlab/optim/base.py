@@ -84,14 +84,36 @@ class Optimizer:
             were before this step).
         """
         net = self.net
-        xp = net.xp
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             loss, grads = net.loss_and_gradient(X, y)
             if not math.isfinite(loss):
                 raise DivergenceError(
                     f"the mini-batch loss became {loss} (optimizer iteration {self.t})")
+        self.step_with_gradient(grads, X, y)
+        return float(loss)
+
+    def step_with_gradient(self, grads, X=None, y=None) -> None:
+        """One iteration from a gradient the caller already computed (e.g. one it also
+        measures curvature on): ``grads`` is the per-layer list of
+        ``net.loss_and_gradient`` or the flat gradient. ``X, y`` (the mini-batch) are
+        needed by the natural-gradient optimizers only.
+
+        Examples
+        --------
+        >>> import numpy as np, fimlab as fl
+        >>> net = fl.MLP([4, 6, 4], activation="tanh", likelihood="gaussian", seed=0)
+        >>> X = np.random.default_rng(0).normal(size=(32, 4))
+        >>> opt = fl.Adam(net, lr=1e-2)
+        >>> loss, grads = net.loss_and_gradient(X, X)
+        >>> opt.step_with_gradient(grads)
+        >>> opt.t, net.loss(X, X) < loss
+        (1, True)
+        """
+        net = self.net
+        xp = net.xp
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             theta = net.get_flat()
-            g = net.flatten(grads)
+            g = net.flatten(grads) if isinstance(grads, (list, tuple)) else grads
             new = self._update(theta, g, X, y)
             if not bool(xp.all(xp.isfinite(new))):
                 raise DivergenceError(
@@ -99,7 +121,6 @@ class Optimizer:
                     f"{self.t})")
         net.set_flat(new)
         self.t += 1
-        return float(loss)
 
     def _update(self, theta, g, X, y):  # pragma: no cover - abstract
         raise NotImplementedError

@@ -55,7 +55,7 @@ from .._errors import UnknownNameError
 from .._validation import check_choice, check_damping
 from ..backend import array_namespace
 from ..batch import FactorBatch
-from ..kron import DAMPING_RULES
+from ..kron.algebra import DAMPING_RULES
 from ..operators import BlockDiagonalOperator, KroneckerOperator
 from .base import Optimizer, OptionError, check_nonneg, check_positive
 
