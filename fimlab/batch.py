@@ -18,7 +18,7 @@ from .backend import array_namespace, asarray_on, device_of, to_numpy
 __all__ = ["FactorBatch"]
 
 
-def c_order(x, xp):
+def c_order(x, xp):  # xp: NumPy-only branch (C order for BLAS)
     """``x`` in C order for NumPy (a stacked ``matmul`` with a transposed operand takes
     NumPy's non-BLAS loop: measured 50x slower), unchanged for other namespaces."""
     from .backend import is_numpy_namespace

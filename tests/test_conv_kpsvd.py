@@ -150,3 +150,24 @@ def test_conv_rank_errors_and_zero_block():
         RearrangedConvFisher(a[:, 0], g)
     with pytest.raises(fl.ShapeError, match="route"):
         RearrangedConvFisher(a, g, route="fast")
+
+
+def test_conv_kpsvd_on_array_backends(xp_backend):
+    """R(F_l) products, its dense form and the exact KPSVD of a conv block on NumPy /
+    array_api_strict (Golub–Kahan route off NumPy) against the NumPy result."""
+    from fimlab.backend import to_numpy
+
+    rng = np.random.default_rng(5)
+    a, g = rng.normal(size=(3, 4, 3)), rng.normal(size=(3, 2, 4, 2))
+    R_np = RearrangedConvFisher(a, g).to_dense()
+    ax, gx = xp_backend.asarray(a), xp_backend.asarray(g)
+    for route in ("samples", "positions"):
+        R = RearrangedConvFisher(ax, gx, route=route)
+        np.testing.assert_allclose(to_numpy(R.to_dense()), R_np, atol=1e-12)
+        x = rng.normal(size=4)
+        np.testing.assert_allclose(to_numpy(R.matvec(xp_backend.asarray(x))), R_np @ x,
+                                   atol=1e-12)
+    b_np = fl.FactorBatch([a], [g])
+    b = fl.FactorBatch([ax], [gx])
+    np.testing.assert_allclose(to_numpy(fl.KPSVD(b).blocks[0].to_dense()),
+                               fl.KPSVD(b_np).blocks[0].to_dense(), atol=1e-8)

@@ -166,22 +166,22 @@ class RearrangedConvFisher:
         check_dense_memory(self.shape, self.dtype, max_bytes, "rearranged conv block R(F_l)",
                            "RearrangedConvFisher.matvec/rmatvec")
         xp = self.xp
-        da, dg = self.d_a, self.d_g
+        dg = self.d_g
         if is_numpy_namespace(xp):
-            M = self.M
-            if M is None:
-                M = np.matmul(np.swapaxes(self.a, 1, 2)[:, None], self.g).reshape(-1, da, dg)
-            R = np.einsum("iab,icd->cadb", M, M, optimize=True)
-            if self.symmetric:  # R P_g: average each column with its transposed twin
-                R = 0.5 * (R + R.transpose(0, 1, 3, 2))
-            return R.reshape(da * da, dg * dg) / self.m
+            return self._dense_numpy()
         # other namespaces: R e_j column by column (tests and small blocks only)
-        cols = []
-        for j in range(dg * dg):
-            e = xp.zeros((dg * dg,), dtype=self.dtype, device=device_of(self.a))
-            e = xp.where(xp.arange(dg * dg) == j, xp.ones_like(e), e)
-            cols.append(self.matvec(e))
-        return xp.stack(cols, axis=1)
+        E = xp.eye(dg * dg, dtype=self.dtype, device=device_of(self.a))
+        return xp.stack([self.matvec(E[:, j]) for j in range(dg * dg)], axis=1)
+
+    def _dense_numpy(self):  # xp: NumPy-only branch (one einsum over the samples)
+        da, dg = self.d_a, self.d_g
+        M = self.M
+        if M is None:
+            M = np.matmul(np.swapaxes(self.a, 1, 2)[:, None], self.g).reshape(-1, da, dg)
+        R = np.einsum("iab,icd->cadb", M, M, optimize=True)
+        if self.symmetric:  # R P_g: average each column with its transposed twin
+            R = 0.5 * (R + R.transpose(0, 1, 3, 2))
+        return R.reshape(da * da, dg * dg) / self.m
 
 
 def conv_top_triplets(R, k: int, deflation=(), *, tol: float = 1e-10, rng=None,
@@ -194,25 +194,29 @@ def conv_top_triplets(R, k: int, deflation=(), *, tol: float = 1e-10, rng=None,
     Returns ``(sigma, U, V, report)`` as :func:`fimlab.kron.lanczos_svd`.
     """
     from ..kron.krylov import lanczos_svd
-    from ..kron.pairs import ConvergenceReport, deflate
+    from ..kron.pairs import deflate
 
-    xp = R.xp
-    if R.shape[0] * R.shape[1] <= DENSE_MAX_ENTRIES and is_numpy_namespace(xp):
-        D = R.to_dense()
-        for s, x, y in deflation:
-            D = D - s * np.outer(to_numpy(x), to_numpy(y))
-        Uf, S, Vt = np.linalg.svd(D, full_matrices=False)
-        kk = min(k, S.size)
-        sig = np.zeros(k)
-        U = np.zeros((R.shape[0], k), dtype=D.dtype)
-        V = np.zeros((R.shape[1], k), dtype=D.dtype)
-        tiny = S[0] * max(R.shape) * np.finfo(D.dtype).eps if S.size else 0.0
-        for j in range(kk):
-            if S[j] > tiny:
-                sig[j], U[:, j], V[:, j] = S[j], Uf[:, j], Vt[j]
-        rank = int(np.sum(sig > 0))
-        rep = ConvergenceReport("dense-svd", rank=rank, breakdown=rank < k,
-                                      sigma=tuple(float(s) for s in sig))
-        return sig, U, V, rep
+    if R.shape[0] * R.shape[1] <= DENSE_MAX_ENTRIES and is_numpy_namespace(R.xp):
+        return _dense_top(R, k, deflation)
     op = deflate(R, deflation) if deflation else R
     return lanczos_svd(op, k=k, steps=None, tol=tol, rng=rng, name=name)
+
+
+def _dense_top(R, k, deflation):  # xp: NumPy-only branch (dense LAPACK SVD)
+    from ..kron.pairs import ConvergenceReport
+
+    D = R.to_dense()
+    for s, x, y in deflation:
+        D = D - s * np.outer(to_numpy(x), to_numpy(y))
+    Uf, S, Vt = np.linalg.svd(D, full_matrices=False)
+    sig = np.zeros(k)
+    U = np.zeros((R.shape[0], k), dtype=D.dtype)
+    V = np.zeros((R.shape[1], k), dtype=D.dtype)
+    tiny = S[0] * max(R.shape) * np.finfo(D.dtype).eps if S.size else 0.0
+    for j in range(min(k, S.size)):
+        if S[j] > tiny:
+            sig[j], U[:, j], V[:, j] = S[j], Uf[:, j], Vt[j]
+    rank = int(np.sum(sig > 0))
+    rep = ConvergenceReport("dense-svd", rank=rank, breakdown=rank < k,
+                            sigma=tuple(float(v) for v in sig))
+    return sig, U, V, rep

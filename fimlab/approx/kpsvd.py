@@ -273,7 +273,7 @@ class _KPSVDFamily(BlockDiagonalOperator):
         defl = [(1.0, vec(sp.AK, xp), vec(sp.GK, xp))] if residual else []
         s, U, V, rep = conv_top_triplets(sp.R, k, defl, rng=rng,
                                          name=f"{self.method}, conv block {self._layer}")
-        nrank = int(np.sum(np.asarray(s) > 0))
+        nrank = int(np.sum(np.asarray(s) > 0))  # xp: sigma is a host array
         if not residual and nrank == 0 and hasattr(self, "_zero_block"):
             return self._zero_block(a, g, rep.method)
         if not residual and nrank < k and hasattr(self, "_rank_error"):
