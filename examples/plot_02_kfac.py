@@ -35,8 +35,8 @@ import sys
 
 import matplotlib.pyplot as plt
 import numpy as np
-from threadpoolctl import threadpool_limits
 from matplotlib.colors import SymLogNorm
+from threadpoolctl import threadpool_limits
 
 import fimlab as fl
 

@@ -38,12 +38,12 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import fimlab as fl
+from fimlab.datasets import load_digits
+from fimlab.optim import NGD, SGD, Adam
 
 # Small matrices: one BLAS thread is faster than several (a tutorial run as a script
 # with two OpenBLAS threads took 10x longer on a busy 2-core machine).
 threadpool_limits(1)
-from fimlab.datasets import load_digits
-from fimlab.optim import NGD, SGD, Adam
 
 FAST = os.environ.get("FIMLAB_FAST", "0") not in ("", "0")
 EPOCHS = 2 if FAST else 15

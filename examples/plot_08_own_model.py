@@ -28,12 +28,12 @@ import numpy as np
 import optax
 import torch
 from flax import linen as lnn
+from sklearn.datasets import load_digits
 from torch import nn
 
 import fimlab as fl
 import fimlab.jax as flj
 import fimlab.torch as flt
-from sklearn.datasets import load_digits
 
 FAST = bool(os.environ.get("FIMLAB_FAST"))
 ITERS = 30 if FAST else 400

@@ -62,6 +62,7 @@ from .metrics import (
     spectral_error,
 )
 from .models import MLP, empirical_fisher, exact_fisher, factor_batch
+from .models.network import Network, cuda_convnet, deep_bn_linear, small_resnet
 from .operators import (
     BlockDiagonalOperator,
     CurvatureOperator,
@@ -102,6 +103,8 @@ __all__ = [
     # the validation layer and the memory budget
     "InputTypeError", "OutputExistsError", "BadIndexError",
     "get_memory_budget", "set_memory_budget", "memory_budget", "check_memory",
+    # layered networks: convolution, pooling, batch norm (fimlab.models.network)
+    "Network", "cuda_convnet", "deep_bn_linear", "small_resnet",
 ]
 # comparators (issue 17): eigenvalue-corrected, diagonal, block-exact, low-rank; spectra
 from . import spectral  # noqa: E402

@@ -18,16 +18,31 @@ from .backend import array_namespace, asarray_on, device_of, to_numpy
 __all__ = ["FactorBatch"]
 
 
+def c_order(x, xp):  # xp: NumPy-only branch (C order for BLAS)
+    """``x`` in C order for NumPy (a stacked ``matmul`` with a transposed operand takes
+    NumPy's non-BLAS loop: measured 50x slower), unchanged for other namespaces."""
+    from .backend import is_numpy_namespace
+
+    if is_numpy_namespace(xp):
+        import numpy as np
+
+        return np.ascontiguousarray(x)
+    return x
+
+
 class FactorBatch:
     """Per-layer inputs ``ā`` and back-propagated vectors ``g`` of a batch of samples.
 
     Parameters
     ----------
     a : sequence of arrays
-        ``a[l]`` of shape ``(N, d_in_l + 1)``: bias-augmented input of layer ``l``.
+        ``a[l]`` of shape ``(N, d_in_l + 1)``: bias-augmented input of layer ``l``. For a
+        layer applied at ``T`` positions (a convolution), ``(N, T, d_a)``: the unfolded
+        input patches ``ā_{n,t}`` (bias entry included).
     g : sequence of arrays
         ``g[l]`` of shape ``(N, K, d_out_l)``: the ``K`` vectors back-propagated to the
-        pre-activation of layer ``l`` for each sample (docs/guide/conventions.rst table).
+        pre-activation of layer ``l`` for each sample (docs/guide/conventions.rst table). For a positional layer
+        ``(N, K, T, d_out)``: the vectors ``g_{n,k,t}`` at every position.
     fisher : str, optional
         A label of what ``g`` holds (``"exact"``, ``"mc"``, ``"empirical"``); informative.
 
@@ -35,6 +50,11 @@ class FactorBatch:
     -----
     The arrays keep their namespace and device (NumPy, CuPy, ``array_api_strict``): no
     conversion happens here. Shapes, dtypes and finiteness are checked.
+
+    A positional layer's per-sample gradient matrices are ``J_nk = Σ_t g_nkt ā_ntᵀ``
+    (``d_g × d_a``; the parameter block is ``vec([W | b])``), and its Fisher block is
+    ``(1/N) Σ_{n,k} vec(J_nk) vec(J_nk)ᵀ``: the rows :meth:`jacobian` returns. A dense
+    layer is the case ``T = 1`` and keeps its 2-D ``a`` and 3-D ``g``.
 
     Examples
     --------
@@ -61,18 +81,26 @@ class FactorBatch:
             )
         xp = array_namespace(*a, *g)
         N = a[0].shape[0] if a[0].ndim >= 1 else None
-        K = g[0].shape[1] if g[0].ndim == 3 else None
+        K = g[0].shape[1] if g[0].ndim >= 3 else None
         dtype = a[0].dtype
+        positions = []
         for l, (al, gl) in enumerate(zip(a, g)):
-            if al.ndim != 2:
+            if al.ndim not in (2, 3):
                 raise ShapeError(
-                    f"a[{l}] must have shape (N, d_in+1), got {tuple(al.shape)}"
+                    f"a[{l}] must have shape (N, d_in+1), or (N, T, d_a) for a layer with T "
+                    f"positions (convolution), got {tuple(al.shape)}"
                 )
-            if gl.ndim != 3:
+            if gl.ndim != al.ndim + 1:
                 raise ShapeError(
-                    f"g[{l}] must have shape (N, K, d_out), got {tuple(gl.shape)}; for one "
-                    "vector per sample use g[:, None, :]"
+                    f"g[{l}] must have shape (N, K, d_out) (or (N, K, T, d_out) when a[{l}] "
+                    f"is (N, T, d_a)), got {tuple(gl.shape)} with a[{l}] of shape "
+                    f"{tuple(al.shape)}; for one vector per sample use g[:, None, ...]"
                 )
+            if al.ndim == 3 and gl.shape[2] != al.shape[1]:
+                raise ShapeError(
+                    f"layer {l}: a has {al.shape[1]} positions and g has {gl.shape[2]}"
+                )
+            positions.append(int(al.shape[1]) if al.ndim == 3 else 1)
             if al.shape[0] != N or gl.shape[0] != N:
                 raise ShapeError(
                     f"layer {l}: a has {al.shape[0]} samples and g has {gl.shape[0]}, layer 0 "
@@ -110,8 +138,12 @@ class FactorBatch:
         self.n_samples = int(N)
         self.n_vectors = int(K)
         self.n_layers = len(a)
-        self.d_a = [int(al.shape[1]) for al in a]
-        self.d_g = [int(gl.shape[2]) for gl in g]
+        self.d_a = [int(al.shape[-1]) for al in a]
+        self.d_g = [int(gl.shape[-1]) for gl in g]
+        #: ``T_l``: positions of layer ``l`` (1 for a dense layer)
+        self.positions = positions
+        #: whether layer ``l`` carries a position axis (``a`` 3-D, ``g`` 4-D)
+        self.positional = [al.ndim == 3 for al in a]
         self.block_sizes = [da * dg for da, dg in zip(self.d_a, self.d_g)]
         self.offsets = [0]
         for s in self.block_sizes:
@@ -179,12 +211,17 @@ class FactorBatch:
     # -- dense per-sample Jacobians (tests, teaching, dense assembly) -------------------
     def jacobian(self, l: int, start: int = 0, stop: int | None = None):
         """Rows ``j_nk`` of layer ``l`` for samples ``start:stop``: shape ``(n·K, d_a·d_g)``,
-        row ``(n, k)`` equal to ``ā_n ⊗ g_nk`` (column-major vec of ``g_nk ā_nᵀ``)."""
+        row ``(n, k)`` equal to ``ā_n ⊗ g_nk`` (column-major vec of ``g_nk ā_nᵀ``); for a
+        positional layer ``vec(J_nk)``, ``J_nk = Σ_t g_nkt ā_ntᵀ`` (one batched GEMM)."""
         xp = self.xp
         a = self.a[l][start:stop, ...]
         g = self.g[l][start:stop, ...]
         n = a.shape[0]
-        J = a[:, None, :, None] * g[:, :, None, :]  # (n, K, d_a, d_g)
+        if self.positional[l]:
+            # (n, 1, d_a, T) @ (n, K, T, d_g) -> (n, K, d_a, d_g): J_nkᵀ
+            J = xp.matmul(c_order(xp.matrix_transpose(a), xp)[:, None, ...], g)
+        else:
+            J = a[:, None, :, None] * g[:, :, None, :]  # (n, K, d_a, d_g)
         return xp.reshape(J, (n * self.n_vectors, self.d_a[l] * self.d_g[l]))
 
     def jacobian_matrix(self, start: int = 0, stop: int | None = None, max_bytes=None):
@@ -209,6 +246,9 @@ class FactorBatch:
             n, K = stop - start, self.n_vectors
             U = np.empty((n * K, self.n_params), dtype=self.dtype)
             for l in range(self.n_layers):
+                if self.positional[l]:
+                    U[:, self.offsets[l]:self.offsets[l + 1]] = self.jacobian(l, start, stop)
+                    continue
                 _kernels.outer_rows(self.a[l][start:stop], self.g[l][start:stop], U,
                                     self.offsets[l])
             return U
@@ -216,12 +256,22 @@ class FactorBatch:
 
     def gram(self, l: int | None = None):
         """Gram matrix ``U Uᵀ`` of the rows ``j_nk`` (``N·K × N·K``), of layer ``l`` or of
-        the whole network: ``(ā_nᵀ ā_n')·(g_nkᵀ g_n'k')`` summed over layers."""
+        the whole network: ``(ā_nᵀ ā_n')·(g_nkᵀ g_n'k')`` summed over layers (for a
+        positional layer ``⟨J_nk, J_n'k'⟩_F`` from its rows)."""
         xp = self.xp
         N, K = self.n_samples, self.n_vectors
         layers = range(self.n_layers) if l is None else [l]
         out = None
         for i in layers:
+            if self.positional[i]:
+                # ⟨J_nk, J_n'k'⟩ from the rows vec(J_nk) (memory-guarded)
+                check_dense_memory((N * K, self.block_sizes[i]), self.dtype, None,
+                                   f"per-sample Jacobian rows of layer {i}",
+                                   "a smaller batch (FactorBatch.subset)")
+                Ji = self.jacobian(i)
+                term = Ji @ xp.matrix_transpose(Ji)
+                out = term if out is None else out + term
+                continue
             Ga = self.a[i] @ xp.matrix_transpose(self.a[i])  # (N, N)
             gf = xp.reshape(self.g[i], (N * K, self.d_g[i]))
             Gg = xp.reshape(gf @ xp.matrix_transpose(gf), (N, K, N, K))

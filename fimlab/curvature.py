@@ -21,7 +21,7 @@ from .operators import BlockDiagonalOperator, CurvatureOperator
 
 __all__ = ["FactorBatch", "FisherOperator", "FisherBlock"]
 
-from .batch import FactorBatch  # noqa: E402  (re-exported)
+from .batch import FactorBatch, c_order  # noqa: E402  (re-exported)
 
 #: Per-sample Jacobian chunks are built in pieces of at most this many bytes.
 _CHUNK_BYTES = 256 * 1024**2
@@ -101,6 +101,13 @@ class FisherOperator(CurvatureOperator):
         for l in layers:
             Xl = parts[l] if parts is not None else X
             da, dg = b.d_a[l], b.d_g[l]
+            if b.positional[l]:
+                # u_nk = Σ_t g_nktᵀ V ā_nt: (N, T, d_a) @ (d_a, d_g·k) -> (N, T·d_g, k)
+                T = b.positions[l]
+                Z = xp.reshape(b.a[l] @ xp.reshape(Xl, (da, dg * k)), (N, T * dg, k))
+                u = xp.reshape(b.g[l], (N, b.n_vectors, T * dg)) @ Z  # (N, K, k)
+                out = u if out is None else out + u
+                continue
             # grid layout: Xl -> (d_a, d_g*k); a (N, d_a) @ it -> (N, d_g, k)
             Z = xp.reshape(b.a[l] @ xp.reshape(Xl, (da, dg * k)), (N, dg, k))
             u = b.g[l] @ Z  # (N, K, k)
@@ -154,6 +161,15 @@ class FisherOperator(CurvatureOperator):
         outs = []
         for l in layers:
             da, dg = b.d_a[l], b.d_g[l]
+            if b.positional[l]:
+                # Σ_{n,t} ā_nt ⊗ (Σ_k g_nkt y_nk): (N·T, d_a)ᵀ @ (N·T, d_g·k)
+                T = b.positions[l]
+                gf = xp.reshape(b.g[l], (N, b.n_vectors, T * dg))
+                gt = c_order(xp.matrix_transpose(gf), xp)  # (N, T·d_g, K)
+                H = xp.reshape(gt @ Y, (N * T, dg * k))
+                af = xp.reshape(b.a[l], (N * T, da))
+                outs.append(xp.reshape(xp.matrix_transpose(af) @ H, (da * dg, k)))
+                continue
             H = xp.matrix_transpose(b.g[l]) @ Y  # (N, d_g, k)
             outs.append(xp.reshape(xp.matrix_transpose(b.a[l]) @ xp.reshape(H, (N, dg * k)),
                                    (da * dg, k)))
@@ -236,10 +252,17 @@ class FisherOperator(CurvatureOperator):
                                    "(rescale the inputs of the network)")
 
     def trace(self) -> float:
-        """``tr F = (1/N) Σ_{n,k} ‖ā_n‖² ‖g_nk‖²``."""
+        """``tr F = (1/N) Σ_{n,k} ‖ā_n‖² ‖g_nk‖²`` (``‖J_nk‖²_F`` for positional layers)."""
         b, xp = self.batch, self.xp
         t = 0.0
         for l in range(b.n_layers):
+            if b.positional[l]:  # Σ ‖J_nk‖²_F over sample chunks of the rows
+                row_bytes = nbytes_of((b.n_vectors, b.block_sizes[l]), self.dtype)
+                chunk = max(1, _CHUNK_BYTES // max(row_bytes, 1))
+                for s in range(0, b.n_samples, chunk):
+                    J = b.jacobian(l, s, min(s + chunk, b.n_samples))
+                    t += float(xp.sum(J * J))
+                continue
             an = xp.sum(b.a[l] * b.a[l], axis=1)
             gn = xp.sum(b.g[l] * b.g[l], axis=2)
             t += float(xp.sum(an[:, None] * gn))
@@ -423,6 +446,9 @@ class FisherBlock(CurvatureOperator):
 
         xp = self.xp
         N = self.batch.n_samples
+        if self.batch.positional[self.l]:  # ‖J Jᵀ‖²_F / N² from the rows' Gram matrix
+            Gm = self.batch.gram(self.l)
+            return float(xp.sum(Gm * Gm)) / N**2
         Ga = self.a @ xp.matrix_transpose(self.a)
         GG = _kernels.second_moment_gram(self.g)  # ⟨G_n, G_n'⟩, chunked (no NK × NK)
         return float(xp.sum(Ga * Ga * GG)) / N**2
@@ -433,6 +459,13 @@ class FisherBlock(CurvatureOperator):
 
         xp = self.xp
         N, K = self.batch.n_samples, self.batch.n_vectors
+        if self.batch.positional[self.l]:
+            # vec(J)ᵀ (A ⊗ G) vec(J) = ⟨A M, M G⟩ with M = J_nkᵀ (d_a × d_g)
+            M = xp.reshape(self.batch.jacobian(self.l), (N * K, self.d_a, self.d_g))
+            total = 0.0
+            for A, G in terms:
+                total += float(xp.sum((A @ M) * (M @ G)))
+            return total / N
         gf = xp.reshape(self.g, (N * K, self.d_g))
         qa = xp.empty((N,), dtype=self.dtype, device=self._device())
         qg = xp.empty((N,), dtype=self.dtype, device=self._device())
@@ -444,7 +477,12 @@ class FisherBlock(CurvatureOperator):
         return total / N
 
     def kfac_factors(self):
-        """KFAC factors of this block (docs/papers.md K1): ``A = E[ā āᵀ]``, ``G = E[Σ_k g gᵀ]``."""
+        """KFAC factors of this block (docs/papers.md K1): ``A = E[ā āᵀ]``, ``G = E[Σ_k g gᵀ]``
+        (the KFC factors of :func:`fimlab.approx.kfc.kfc_factors` for a positional layer)."""
+        if self.batch.positional[self.l]:
+            from .approx.kfc import kfc_factors
+
+            return kfc_factors(self.a, self.g)
         xp = self.xp
         N, K = self.batch.n_samples, self.batch.n_vectors
         A = xp.matrix_transpose(self.a) @ self.a / N

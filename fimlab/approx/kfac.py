@@ -30,6 +30,9 @@ def kfac_factors(a, g):
     G : array, shape (d_g, d_g)
         ``(1/N) Σ_n Σ_k g_nk g_nkᵀ``.
 
+    For a convolution layer (``a`` of shape ``(N, T, d_a)``, ``g`` ``(N, K, T, d_g)``)
+    the KFC factors of :func:`fimlab.approx.kfc.kfc_factors`.
+
     Examples
     --------
     >>> import numpy as np
@@ -42,6 +45,10 @@ def kfac_factors(a, g):
     from ..kron.gram import gram_of_rows
 
     xp = array_namespace(a, g)
+    if a.ndim == 3:  # a layer with positions (convolution): KFC
+        from .kfc import kfc_factors
+
+        return kfc_factors(a, g)
     N, K, dg = g.shape
     # symmetric rank-k updates with 1/N folded in (BLAS syrk for NumPy: half the flops
     # of a GEMM, no scaling pass)

@@ -100,7 +100,12 @@ class _MatrixFreeSpace:
     def __init__(self, a, g, kfac_residual: bool = False):
         self.xp = array_namespace(a, g)
         self.a = a
-        self.R = RearrangedFisher(a, g)
+        if a.ndim == 3:  # a convolution block: R(F_l) = (1/N) Σ M_nk ⊗ M_nk
+            from .conv_rearranged import RearrangedConvFisher
+
+            self.R = RearrangedConvFisher(a, g)
+        else:
+            self.R = RearrangedFisher(a, g)
         self.d_a, self.d_g = self.R.d_a, self.R.d_g
         self.AK, self.GK = kfac_factors(a, g)
         op = self.R
@@ -182,7 +187,9 @@ class _KPSVDFamily(BlockDiagonalOperator):
             t0 = time.perf_counter()
             self._layer = l
             a, g = batch.a[l], batch.g[l]
-            if self.solver == "exact":
+            if self.solver == "exact" and a.ndim == 3:
+                terms, rep = self._exact_conv(a, g, rng)
+            elif self.solver == "exact":
                 terms, rep = self._exact(a, g)
             else:
                 terms, rep = self._paper(a, g, warm[l] if warm else None, rng)
@@ -238,8 +245,9 @@ class _KPSVDFamily(BlockDiagonalOperator):
     def _space(self, a, g, kfac_residual: bool = False):
         """Where the paper solver iterates (``products``): the matrix-free ``R(F_l)``
         or its isometric Gram coordinates; with ``kfac_residual``, the operator
-        ``R(F_l) − vec(A_K)vec(G_K)ᵀ``."""
-        if self.products == "gram":
+        ``R(F_l) − vec(A_K)vec(G_K)ᵀ``. Convolution blocks always iterate on the
+        matrix-free products (no ``m × m`` Gram problem represents them)."""
+        if self.products == "gram" and a.ndim == 2:
             gram = self._gram(a, g)
             core = gram.kfac_residual_core() if kfac_residual else None
             return GramCoordinates(gram, core)
@@ -256,6 +264,33 @@ class _KPSVDFamily(BlockDiagonalOperator):
 
     def _exact(self, a, g):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    #: exact route on convolution blocks: (triplets wanted, of the KFAC residual?)
+    def _conv_spec(self):
+        return 2, False
+
+    def _exact_conv(self, a, g, rng):
+        """Exact solver on a convolution block: the leading triplets of ``R(F_l)`` (or of
+        ``R(F_l) − vec(A_K)vec(G_K)ᵀ`` for KFAC-corrected) by a dense SVD or Golub–Kahan
+        on the matrix-free products (:func:`fimlab.approx.conv_rearranged.conv_top_triplets`)."""
+        from .conv_rearranged import conv_top_triplets
+
+        xp = array_namespace(a, g)
+        sp = _MatrixFreeSpace(a, g)
+        k, residual = self._conv_spec()
+        defl = [(1.0, vec(sp.AK, xp), vec(sp.GK, xp))] if residual else []
+        s, U, V, rep = conv_top_triplets(sp.R, k, defl, rng=rng,
+                                         name=f"{self.method}, conv block {self._layer}")
+        nrank = int(np.sum(np.asarray(s) > 0))  # xp: sigma is a host array
+        if not residual and nrank == 0 and hasattr(self, "_zero_block"):
+            return self._zero_block(a, g, rep.method)
+        if not residual and nrank < k and hasattr(self, "_rank_error"):
+            raise self._rank_error(nrank, a, g)
+        terms = [sp.term(float(s[j]), U[:, j], V[:, j]) for j in range(k)]
+        if residual:
+            terms = [(sp.AK, sp.GK)] + terms
+        rep.breakdown = rep.breakdown or nrank < k
+        return terms, rep
 
     def _paper(self, a, g, warm, rng):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -321,6 +356,9 @@ class KPSVD(_KPSVDFamily):
 
     method = "KPSVD"
 
+    def _conv_spec(self):
+        return self.rank, False
+
     def __init__(self, batch: FactorBatch, rank: int = 1, solver: str = "exact", *,
                  warm_start=None, tol: float = 1e-6, maxiter: int = 1000, seed: int = 0,
                  rank_rtol: float | None = None, products: str | None = None):
@@ -330,8 +368,10 @@ class KPSVD(_KPSVDFamily):
                          maxiter=maxiter, seed=seed, rank_rtol=rank_rtol, products=products)
 
     def _rank_error(self, nrank: int, a, g):
-        m, d_a, d_g = a.shape[0], a.shape[1], g.shape[2]
+        m, d_a, d_g = a.shape[0], a.shape[-1], g.shape[-1]
         bound = min(m, d_a * (d_a + 1) // 2, d_g * (d_g + 1) // 2)
+        if a.ndim == 3:  # a conv block: each sample adds up to rank(J_nk)² terms
+            bound = min(d_a * (d_a + 1) // 2, d_g * (d_g + 1) // 2)
         return ShapeError(
             f"KPSVD(rank={self.rank}): block {self._layer} has R(F_l) of numerical rank "
             f"{nrank} (at most min(m, d_a(d_a+1)/2, d_g(d_g+1)/2) = {bound} for m={m}, "
@@ -342,8 +382,8 @@ class KPSVD(_KPSVDFamily):
         """``F_l = 0`` (e.g. a layer whose back-propagated vectors all vanish): every sum
         of Kronecker products is best at zero, as Deflation and the others return."""
         xp, dev = array_namespace(a, g), device_of(a)
-        terms = [(xp.zeros((a.shape[1], a.shape[1]), dtype=a.dtype, device=dev),
-                  xp.zeros((g.shape[2], g.shape[2]), dtype=a.dtype, device=dev))
+        terms = [(xp.zeros((a.shape[-1], a.shape[-1]), dtype=a.dtype, device=dev),
+                  xp.zeros((g.shape[-1], g.shape[-1]), dtype=a.dtype, device=dev))
                  for _ in range(self.rank)]
         return terms, ConvergenceReport(method, rank=0, sigma=(0.0,) * self.rank)
 
@@ -409,6 +449,9 @@ class KFACCorrected(_KPSVDFamily):
     """
 
     method = "KFAC-corrected"
+
+    def _conv_spec(self):
+        return 1, True
 
     def __init__(self, batch: FactorBatch, solver: str = "exact", *, warm_start=None,
                  tol: float = 1e-6, maxiter: int = 1000, seed: int = 0,

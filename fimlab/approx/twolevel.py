@@ -160,6 +160,12 @@ def previous_coarse_matrix(batch, damping: float):
     """
     lam = check_damping(damping)
     b = _as_fisher(batch).batch
+    if any(getattr(b, "positional", ())):
+        raise ShapeError(
+            "the 'previous' coarse matrix (cross-layer factor sums) is defined for dense "
+            "layers only; this batch has convolution layers (positions): use "
+            "coarse_matrix(R0, batch, damping), the exact R0 (F + λI) R0ᵀ"
+        )
     xp = b.xp
     N, K = b.n_samples, b.n_vectors
     Sa = xp.stack([xp.sum(a, axis=1) for a in b.a], axis=0)  # (L, N)

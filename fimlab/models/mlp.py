@@ -442,7 +442,9 @@ def factor_batch(
 
     Parameters
     ----------
-    net : MLP
+    net : MLP or Network
+        A :class:`fimlab.Network` (convolution, pooling, batch norm) goes to
+        :func:`fimlab.models.network.network_factor_batch` (eval mode).
     X : array, shape (N, d_0)
     y : array, optional
         Targets, required for ``fisher="empirical"``: class indices ``(N,)`` (categorical),
@@ -494,7 +496,13 @@ def factor_batch(
     [3, 4, 1]
     """
     if not isinstance(net, MLP):
-        raise TypeError(f"factor_batch needs an fl.MLP, got {type(net).__name__}")
+        from .network import Network, network_factor_batch
+
+        if isinstance(net, Network):  # conv / batch-norm networks
+            return network_factor_batch(net, X, y, fisher=fisher, mc_samples=mc_samples,
+                                        rng=rng)
+        raise TypeError(f"factor_batch needs an fl.MLP or an fl.Network, got "
+                        f"{type(net).__name__}")
     check_choice(fisher, FISHER_TYPES, "Fisher type")
     X = net._check_X(X)
     abar, s_list, h_list = net._forward(X)

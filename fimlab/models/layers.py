@@ -1,0 +1,570 @@
+"""NumPy layers for networks beyond MLPs: convolution, pooling, batch norm, dense, activations.
+
+Every layer maps a batch ``h`` of shape ``(N, *in_shape)`` to ``(N, *out_shape)`` in
+:meth:`Layer.forward` (returning the output and a cache), and back-propagates ``K`` vectors
+per sample, ``g`` of shape ``(N, K, *out_shape)``, to ``(N, K, *in_shape)`` in
+:meth:`Layer.backward` (the transposed Jacobian of the layer applied to each vector).
+Images are ``(N, C, H, W)`` (PyTorch's layout).
+
+Layers with parameters hold one matrix each (the network's parameter block):
+
+* :class:`Linear`: ``[W | b]`` of shape ``(d_out, d_in + 1)``, bias last;
+* :class:`Conv2d`: ``[W | b]`` of shape ``(c_out, c_in·k_h·k_w + 1)`` with
+  ``W = weight.reshape(c_out, c_in·k_h·k_w)`` (PyTorch's weight layout and unfold order),
+  so that the parameter vector means the same in NumPy and PyTorch;
+* :class:`BatchNorm`: ``[γ | β]`` of shape ``(C, 2)`` (scale, shift).
+
+The convolution unfolds its input into patches ``ā_{n,t}`` (bias entry 1 appended) with a
+strided view (no Python loop over output positions) and runs one GEMM; its output at
+position ``t`` is ``W̄ ā_{n,t}``. Layers compute in NumPy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._errors import ShapeError, UnknownNameError
+
+__all__ = [
+    "Layer", "Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "Flatten", "BatchNorm",
+    "Activation", "ReLU", "Tanh", "Sigmoid", "Identity", "Residual", "Sequential",
+]
+
+
+def _pair(v, name):
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ShapeError(f"{name} must be an int or a pair of ints, got {v!r}")
+        out = (int(v[0]), int(v[1]))
+    else:
+        out = (int(v), int(v))
+    return out
+
+
+def _torch_uniform(rng, shape, fan_in):
+    """PyTorch's default initialisation of ``nn.Linear``/``nn.Conv2d``: ``U(±1/√fan_in)``."""
+    bound = 1.0 / np.sqrt(fan_in)
+    return rng.uniform(-bound, bound, size=shape)
+
+
+class Layer:
+    """Base class. ``params`` is ``None`` or one 2-D matrix (the layer's parameter block)."""
+
+    params = None
+    kind = "none"
+
+    def out_shape(self, in_shape):
+        return tuple(in_shape)
+
+    def init(self, rng, dtype):  # noqa: B027  (layers without parameters do nothing)
+        pass
+
+    def forward(self, h, train: bool = False):
+        raise NotImplementedError
+
+    def backward(self, cache, g):
+        raise NotImplementedError
+
+    def grad(self, cache, g):
+        """Gradient of the layer's block for vectors ``g`` ``(N, K, *out_shape)``: the
+        per-vector gradient matrices ``(N, K, *params.shape)``."""
+        raise NotImplementedError
+
+
+# -- dense ----------------------------------------------------------------------------------
+class Linear(Layer):
+    """``s = W ā`` with ``ā = [h; 1]`` (bias last). Input ``(N, d_in)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lin = Linear(3, 2); lin.init(np.random.default_rng(0), "float64")
+    >>> lin.params.shape
+    (2, 4)
+    >>> lin.forward(np.ones((5, 3)))[0].shape
+    (5, 2)
+    """
+
+    kind = "linear"
+
+    def __init__(self, d_in: int, d_out: int):
+        self.d_in, self.d_out = int(d_in), int(d_out)
+        if self.d_in < 1 or self.d_out < 1:
+            raise ShapeError(f"Linear sizes must be >= 1, got {d_in}, {d_out}")
+
+    def out_shape(self, in_shape):
+        if tuple(in_shape) != (self.d_in,):
+            raise ShapeError(f"Linear({self.d_in}, {self.d_out}) needs inputs of shape "
+                             f"({self.d_in},), got {tuple(in_shape)}")
+        return (self.d_out,)
+
+    def init(self, rng, dtype):
+        W = np.empty((self.d_out, self.d_in + 1))
+        W[:, :-1] = _torch_uniform(rng, (self.d_out, self.d_in), self.d_in)
+        W[:, -1] = _torch_uniform(rng, (self.d_out,), self.d_in)
+        self.params = W.astype(dtype)
+
+    def forward(self, h, train=False):
+        ab = np.concatenate([h, np.ones((h.shape[0], 1), dtype=h.dtype)], axis=1)
+        return ab @ self.params.T, ab
+
+    def backward(self, cache, g):
+        return g @ self.params[:, :-1]
+
+    def factors(self, cache, g):
+        """``ā`` ``(N, d_in+1)`` and ``g`` ``(N, K, d_out)`` of the factor batch."""
+        return cache, g
+
+    def grad(self, cache, g):
+        return g[..., :, None] * cache[:, None, None, :]
+
+
+# -- convolution ----------------------------------------------------------------------------
+def unfold(x, kernel_size, stride=1, padding=0, dilation=1):
+    """Patches of ``x`` ``(N, C, H, W)``: shape ``(N, T, C·k_h·k_w)`` in PyTorch's unfold
+    order (channel slowest, then kernel row, kernel column), ``T = H_out·W_out`` positions
+    in row-major order. A strided view plus one copy; no loop over positions.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> unfold(x, 2, stride=2)[0].tolist()
+    [[0.0, 1.0, 4.0, 5.0], [2.0, 3.0, 6.0, 7.0], [8.0, 9.0, 12.0, 13.0], [10.0, 11.0, 14.0, 15.0]]
+    """
+    kh, kw = _pair(kernel_size, "kernel_size")
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    dh, dw = _pair(dilation, "dilation")
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    N, C, H, W = x.shape
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    if H < eh or W < ew:
+        raise ShapeError(f"input of spatial size {H}x{W} (padded) is smaller than the "
+                         f"kernel's extent {eh}x{ew}")
+    v = np.lib.stride_tricks.sliding_window_view(x, (eh, ew), axis=(2, 3))
+    v = v[:, :, ::sh, ::sw, ::dh, ::dw]  # (N, C, Ho, Wo, kh, kw)
+    Ho, Wo = v.shape[2], v.shape[3]
+    return np.ascontiguousarray(v.transpose(0, 2, 3, 1, 4, 5)).reshape(N, Ho * Wo, C * kh * kw)
+
+
+def fold(cols, in_shape, kernel_size, stride=1, padding=0, dilation=1):
+    """Adjoint of :func:`unfold`: ``cols`` ``(M, T, C·k_h·k_w)`` summed back into images
+    ``(M, C, H, W)`` (one strided add per kernel offset, none per position)."""
+    kh, kw = _pair(kernel_size, "kernel_size")
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    dh, dw = _pair(dilation, "dilation")
+    C, H, W = in_shape
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    Ho = (Hp - (dh * (kh - 1) + 1)) // sh + 1
+    Wo = (Wp - (dw * (kw - 1) + 1)) // sw + 1
+    M = cols.shape[0]
+    c = cols.reshape(M, Ho, Wo, C, kh, kw)
+    out = np.zeros((M, C, Hp, Wp), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dh, j * dw
+            out[:, :, r0:r0 + sh * (Ho - 1) + 1:sh, c0:c0 + sw * (Wo - 1) + 1:sw] += \
+                c[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+    return out[:, :, ph:ph + H, pw:pw + W]
+
+
+class Conv2d(Layer):
+    """2-D convolution (cross-correlation, as PyTorch) with stride, padding and dilation.
+
+    Parameters
+    ----------
+    c_in, c_out : int
+        Input and output channels.
+    kernel_size, stride, padding, dilation : int or (int, int)
+    groups : int
+        Only ``1`` is supported (grouped and depthwise convolutions raise).
+
+    Notes
+    -----
+    The parameter block is ``[W | b]`` of shape ``(c_out, c_in·k_h·k_w + 1)``; the output
+    at position ``t`` is ``[W | b] ā_{n,t}`` with ``ā_{n,t}`` the unfolded patch and a 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> conv = Conv2d(3, 4, 3, padding=1); conv.init(np.random.default_rng(0), "float64")
+    >>> conv.params.shape
+    (4, 28)
+    >>> conv.forward(np.ones((2, 3, 5, 5)))[0].shape
+    (2, 4, 5, 5)
+    """
+
+    kind = "conv"
+
+    def __init__(self, c_in, c_out, kernel_size, stride=1, padding=0, dilation=1, groups=1):
+        if int(groups) != 1:
+            raise ShapeError(f"Conv2d supports groups=1 only (got groups={groups}); grouped "
+                             "and depthwise convolutions have no Kronecker-factored block here")
+        self.c_in, self.c_out = int(c_in), int(c_out)
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.padding = _pair(padding, "padding")
+        self.dilation = _pair(dilation, "dilation")
+        if min(self.kernel_size + self.stride + self.dilation) < 1 or min(self.padding) < 0:
+            raise ShapeError("kernel_size, stride, dilation must be >= 1 and padding >= 0")
+        self.d_in = self.c_in * self.kernel_size[0] * self.kernel_size[1]
+
+    def _conf(self):
+        return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
+                    dilation=self.dilation)
+
+    def out_shape(self, in_shape):
+        if len(in_shape) != 3 or in_shape[0] != self.c_in:
+            raise ShapeError(f"Conv2d({self.c_in}, {self.c_out}) needs inputs (C={self.c_in}, "
+                             f"H, W), got {tuple(in_shape)}")
+        _, H, W = in_shape
+        hw = []
+        for s, k, st, p, d in zip((H, W), self.kernel_size, self.stride, self.padding,
+                                  self.dilation):
+            o = (s + 2 * p - d * (k - 1) - 1) // st + 1
+            if o < 1:
+                raise ShapeError(f"Conv2d: input {H}x{W} too small for kernel "
+                                 f"{self.kernel_size}, padding {self.padding}, dilation "
+                                 f"{self.dilation}")
+            hw.append(o)
+        return (self.c_out, hw[0], hw[1])
+
+    def init(self, rng, dtype):
+        W = np.empty((self.c_out, self.d_in + 1))
+        W[:, :-1] = _torch_uniform(rng, (self.c_out, self.d_in), self.d_in)
+        W[:, -1] = _torch_uniform(rng, (self.c_out,), self.d_in)
+        self.params = W.astype(dtype)
+
+    def forward(self, h, train=False):
+        N = h.shape[0]
+        C, H, W = self.out_shape(h.shape[1:])
+        p = unfold(h, **self._conf())  # (N, T, d_in)
+        ab = np.concatenate([p, np.ones(p.shape[:2] + (1,), dtype=p.dtype)], axis=2)
+        s = ab @ self.params.T  # (N, T, c_out): one GEMM
+        out = s.transpose(0, 2, 1).reshape(N, C, H, W)
+        return out, (ab, tuple(h.shape[1:]))
+
+    def backward(self, cache, g):
+        _, in_shape = cache
+        N, K = g.shape[:2]
+        gt = self._positions(g)  # (N, K, T, c_out)
+        cols = gt.reshape(N * K, gt.shape[2], self.c_out) @ self.params[:, :-1]
+        x = fold(cols, in_shape, **self._conf())
+        return x.reshape((N, K) + in_shape)
+
+    def _positions(self, g):
+        N, K, C = g.shape[:3]
+        return g.reshape(N, K, C, -1).transpose(0, 1, 3, 2)
+
+    def factors(self, cache, g):
+        """Patches ``ā`` ``(N, T, d_in+1)`` and ``g`` ``(N, K, T, c_out)``."""
+        return cache[0], np.ascontiguousarray(self._positions(g))
+
+    def grad(self, cache, g):
+        return np.einsum("nktc,ntd->nkcd", self._positions(g), cache[0])
+
+
+# -- pooling -------------------------------------------------------------------------------
+class _Pool2d(Layer):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
+        self.padding = _pair(padding, "padding")
+        if min(self.kernel_size + self.stride) < 1 or min(self.padding) < 0:
+            raise ShapeError("pooling kernel_size and stride must be >= 1, padding >= 0")
+
+    def out_shape(self, in_shape):
+        if len(in_shape) != 3:
+            raise ShapeError(f"pooling needs (C, H, W) inputs, got {tuple(in_shape)}")
+        C, H, W = in_shape
+        o = [(s + 2 * p - k) // st + 1 for s, k, st, p in
+             zip((H, W), self.kernel_size, self.stride, self.padding)]
+        if min(o) < 1:
+            raise ShapeError(f"pooling: input {H}x{W} smaller than kernel {self.kernel_size}")
+        return (C, o[0], o[1])
+
+    def _windows(self, h, pad_value):
+        ph, pw = self.padding
+        if ph or pw:
+            h = np.pad(h, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
+        v = np.lib.stride_tricks.sliding_window_view(h, self.kernel_size, axis=(2, 3))
+        return v[:, :, ::self.stride[0], ::self.stride[1]]  # (N, C, Ho, Wo, kh, kw)
+
+    def _scatter(self, w, g, in_shape):
+        """Sum ``g[..., i, j]`` weights back to the (padded) input, one add per offset."""
+        M = g.shape[0]
+        C, H, W = in_shape
+        ph, pw = self.padding
+        sh, sw = self.stride
+        Ho, Wo = g.shape[2], g.shape[3]
+        out = np.zeros((M, C, H + 2 * ph, W + 2 * pw), dtype=g.dtype)
+        kh, kw = self.kernel_size
+        for i in range(kh):
+            for j in range(kw):
+                out[:, :, i:i + sh * (Ho - 1) + 1:sh, j:j + sw * (Wo - 1) + 1:sw] += \
+                    g * w[..., i, j]
+        return out[:, :, ph:ph + H, pw:pw + W]
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling (PyTorch's defaults: ``stride = kernel_size``, padding with ``−∞``).
+    Ties go to the first maximum in the window (row-major), as PyTorch's CPU kernel.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> MaxPool2d(2).forward(np.arange(16.0).reshape(1, 1, 4, 4))[0][0, 0].tolist()
+    [[5.0, 7.0], [13.0, 15.0]]
+    """
+
+    def forward(self, h, train=False):
+        self.out_shape(h.shape[1:])
+        v = self._windows(h, -np.inf)
+        N, C, Ho, Wo, kh, kw = v.shape
+        flat = v.reshape(N, C, Ho, Wo, kh * kw)
+        idx = np.argmax(flat, axis=-1)
+        out = np.take_along_axis(flat, idx[..., None], axis=-1)[..., 0]
+        mask = (np.arange(kh * kw) == idx[..., None]).reshape(N, C, Ho, Wo, kh, kw)
+        return out, (mask.astype(h.dtype), tuple(h.shape[1:]))
+
+    def backward(self, cache, g):
+        mask, in_shape = cache
+        N, K = g.shape[:2]
+        gm = g.reshape((N * K,) + g.shape[2:])
+        w = np.repeat(mask, K, axis=0)
+        return self._scatter(w, gm, in_shape).reshape((N, K) + in_shape)
+
+
+class AvgPool2d(_Pool2d):
+    """Average pooling (zero padding counted in the average, PyTorch's default).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> AvgPool2d(2).forward(np.arange(16.0).reshape(1, 1, 4, 4))[0][0, 0].tolist()
+    [[2.5, 4.5], [10.5, 12.5]]
+    """
+
+    def forward(self, h, train=False):
+        self.out_shape(h.shape[1:])
+        v = self._windows(h, 0.0)
+        return v.mean(axis=(-2, -1)), tuple(h.shape[1:])
+
+    def backward(self, cache, g):
+        in_shape = cache
+        N, K = g.shape[:2]
+        kh, kw = self.kernel_size
+        w = np.full((1, 1, 1, 1, kh, kw), 1.0 / (kh * kw), dtype=g.dtype)
+        gm = g.reshape((N * K,) + g.shape[2:])
+        return self._scatter(w, gm, in_shape).reshape((N, K) + in_shape)
+
+
+class Flatten(Layer):
+    """``(N, C, H, W) → (N, C·H·W)`` (C order, as ``torch.flatten(x, 1)``)."""
+
+    def out_shape(self, in_shape):
+        return (int(np.prod(in_shape)),)
+
+    def forward(self, h, train=False):
+        return h.reshape(h.shape[0], -1), tuple(h.shape[1:])
+
+    def backward(self, cache, g):
+        return g.reshape(g.shape[:2] + cache)
+
+
+# -- batch normalisation -----------------------------------------------------------------
+class BatchNorm(Layer):
+    """Batch normalisation over the channel axis 1 of ``(N, C)`` or ``(N, C, H, W)``.
+
+    ``y = γ x̂ + β`` with ``x̂ = (x − μ)/√(σ² + ε)``. Train mode (``train=True``): ``μ, σ²``
+    are the batch mean and (biased) variance over samples (and positions), so samples are
+    coupled and :meth:`backward` back-propagates through the batch statistics (for each of
+    the ``K`` vector sets separately). Eval mode: the running statistics, a per-sample
+    affine map. :meth:`update_running` updates them as PyTorch does (momentum, unbiased
+    variance).
+
+    Parameters
+    ----------
+    C : int
+        Channels (features).
+    eps, momentum : float
+        As ``torch.nn.BatchNorm1d/2d``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> bn = BatchNorm(3); bn.init(None, "float64")
+    >>> bn.params.tolist()        # [γ | β]
+    [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]
+    >>> y, _ = bn.forward(np.arange(6.0).reshape(2, 3), train=True)
+    >>> np.round(y, 3).tolist()
+    [[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]
+    """
+
+    kind = "batchnorm"
+
+    def __init__(self, C: int, eps: float = 1e-5, momentum: float = 0.1):
+        self.C, self.eps, self.momentum = int(C), float(eps), float(momentum)
+
+    def out_shape(self, in_shape):
+        if len(in_shape) not in (1, 3) or in_shape[0] != self.C:
+            raise ShapeError(f"BatchNorm({self.C}) needs inputs (C,) or (C, H, W) with "
+                             f"C = {self.C}, got {tuple(in_shape)}")
+        return tuple(in_shape)
+
+    def init(self, rng, dtype):
+        P = np.zeros((self.C, 2))
+        P[:, 0] = 1.0
+        self.params = P.astype(dtype)
+        self.running_mean = np.zeros(self.C, dtype=dtype)
+        self.running_var = np.ones(self.C, dtype=dtype)
+
+    @staticmethod
+    def _axes(h):
+        return (0,) if h.ndim == 2 else (0, 2, 3)
+
+    def _bc(self, v, ndim):
+        return v.reshape((1, self.C) + (1,) * (ndim - 2))
+
+    def forward(self, h, train=False):
+        self.out_shape(h.shape[1:])
+        if train:
+            ax = self._axes(h)
+            mu = h.mean(axis=ax)
+            var = h.var(axis=ax)
+        else:
+            mu, var = self.running_mean, self.running_var
+        inv = 1.0 / np.sqrt(var + self.eps)
+        xh = (h - self._bc(mu, h.ndim)) * self._bc(inv, h.ndim)
+        gam, bet = self.params[:, 0], self.params[:, 1]
+        out = xh * self._bc(gam, h.ndim) + self._bc(bet, h.ndim)
+        return out, (xh, inv, bool(train))
+
+    def update_running(self, h):
+        """Update the running statistics with the batch ``h`` (PyTorch's rule)."""
+        ax = self._axes(h)
+        m = h.size // self.C
+        mu, var = h.mean(axis=ax), h.var(axis=ax)
+        mom = self.momentum
+        self.running_mean = (1 - mom) * self.running_mean + mom * mu
+        self.running_var = (1 - mom) * self.running_var + mom * var * m / max(m - 1, 1)
+
+    def backward(self, cache, g):
+        xh, inv, train = cache
+        nd = xh.ndim + 1  # g has the K axis
+        scale = (self.params[:, 0] * inv).reshape((1, 1, self.C) + (1,) * (nd - 3))
+        if not train:
+            return g * scale
+        # batch statistics: dx = γ/σ (g − mean(g) − x̂ mean(g x̂)), means over the samples
+        # (and positions) of each of the K vector sets
+        ax = (0,) if nd == 3 else (0, 3, 4)
+        x = xh[:, None]
+        mg = g.mean(axis=ax, keepdims=True)
+        mgx = (g * x).mean(axis=ax, keepdims=True)
+        return scale * (g - mg - x * mgx)
+
+    def grad(self, cache, g):
+        xh = cache[0]
+        sp = tuple(range(3, g.ndim))
+        dg = (g * xh[:, None]).sum(axis=sp) if sp else g * xh[:, None]
+        db = g.sum(axis=sp) if sp else g
+        return np.stack([dg, db], axis=-1)  # (N, K, C, 2)
+
+
+# -- activations -------------------------------------------------------------------------------
+class Activation(Layer):
+    """Elementwise nonlinearity ``relu``, ``tanh``, ``sigmoid`` or ``linear``."""
+
+    def __init__(self, name: str):
+        if name not in ("relu", "tanh", "sigmoid", "linear"):
+            raise UnknownNameError(f"unknown activation {name!r}; choose relu, tanh, "
+                                   "sigmoid or linear")
+        self.name = name
+
+    def forward(self, h, train=False):
+        if self.name == "relu":
+            out = np.maximum(h, 0)
+            return out, (h > 0).astype(h.dtype)
+        if self.name == "tanh":
+            out = np.tanh(h)
+            return out, 1.0 - out * out
+        if self.name == "sigmoid":
+            e = np.exp(-np.abs(h))
+            out = np.where(h >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+            return out, out * (1.0 - out)
+        return h, None
+
+    def backward(self, cache, g):
+        return g if cache is None else g * cache[:, None]
+
+
+def ReLU():
+    return Activation("relu")
+
+
+def Tanh():
+    return Activation("tanh")
+
+
+def Sigmoid():
+    return Activation("sigmoid")
+
+
+def Identity():
+    return Activation("linear")
+
+
+# -- containers -----------------------------------------------------------------------------
+class Sequential(Layer):
+    """Layers applied in order (used inside :class:`Residual`; networks are
+    :class:`fimlab.models.network.Network`)."""
+
+    def __init__(self, *layers):
+        self.layers = list(layers)
+
+    def out_shape(self, in_shape):
+        for lay in self.layers:
+            in_shape = lay.out_shape(in_shape)
+        return in_shape
+
+    def forward(self, h, train=False):
+        caches = []
+        for lay in self.layers:
+            h, c = lay.forward(h, train)
+            caches.append(c)
+        return h, caches
+
+    def backward(self, cache, g, record=None):
+        for lay, c in zip(reversed(self.layers), reversed(cache)):
+            if record is not None and lay.params is not None:
+                record[id(lay)] = (c, g)
+            if isinstance(lay, (Sequential, Residual)):
+                g = lay.backward(c, g, record)
+            else:
+                g = lay.backward(c, g)
+        return g
+
+
+class Residual(Layer):
+    """``y = h + body(h)`` (identity shortcut; body's output shape must equal its input's)."""
+
+    def __init__(self, *layers):
+        self.body = Sequential(*layers)
+        self.layers = self.body.layers
+
+    def out_shape(self, in_shape):
+        o = self.body.out_shape(in_shape)
+        if tuple(o) != tuple(in_shape):
+            raise ShapeError(f"Residual body maps {tuple(in_shape)} to {tuple(o)}; an "
+                             "identity shortcut needs equal shapes")
+        return o
+
+    def forward(self, h, train=False):
+        y, c = self.body.forward(h, train)
+        return h + y, c
+
+    def backward(self, cache, g, record=None):
+        return g + self.body.backward(cache, g, record)

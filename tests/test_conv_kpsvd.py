@@ -1,0 +1,173 @@
+"""The KPSVD family on convolution blocks, against an SVD of the explicit R(F_l)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fimlab as fl
+from fimlab.approx import conv_rearranged
+from fimlab.approx.conv_rearranged import RearrangedConvFisher
+from fimlab.kron import rearrange, rearrange_inverse
+from fimlab.models.network import cuda_convnet, network_factor_batch
+
+
+def explicit_F(a, g):
+    """(1/N) Σ vec(J) vec(J)ᵀ by loops (independent of the package's Jacobian code)."""
+    N, T, da = a.shape
+    K, dg = g.shape[1], g.shape[3]
+    F = np.zeros((da * dg, da * dg))
+    for n in range(N):
+        for k in range(K):
+            J = sum(np.outer(g[n, k, t], a[n, t]) for t in range(T))
+            j = J.ravel(order="F")
+            F += np.outer(j, j)
+    return F / N
+
+
+def conv_batch(rng, N=4, K=2, T=3, da=3, dg=2):
+    a = rng.normal(size=(N, T, da))
+    g = rng.normal(size=(N, K, T, dg))
+    return fl.FactorBatch([a, rng.normal(size=(N, 3))], [g, rng.normal(size=(N, K, 2))])
+
+
+def sym_projector(d):
+    """P with P vec(V) = vec((V + Vᵀ)/2), explicitly."""
+    P = np.zeros((d * d, d * d))
+    for i in range(d):
+        for j in range(d):
+            P[i + d * j, i + d * j] += 0.5
+            P[i + d * j, j + d * i] += 0.5
+    return P
+
+
+def best_rank(F, da, dg, r):
+    """Best sum of r Kronecker products with symmetric factors: SVD of R(F) P_g."""
+    R = rearrange(F, da, dg) @ sym_projector(dg)
+    U, S, Vt = np.linalg.svd(R)
+    return rearrange_inverse((U[:, :r] * S[:r]) @ Vt[:r], da, dg), S
+
+
+@settings(max_examples=15)
+@given(N=st.integers(1, 4), K=st.integers(1, 2), T=st.integers(1, 4), da=st.integers(1, 3),
+       dg=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_rearranged_conv_products_vs_explicit(N, K, T, da, dg, seed):
+    rng = np.random.default_rng(seed)
+    a, g = rng.normal(size=(N, T, da)), rng.normal(size=(N, K, T, dg))
+    R_full = rearrange(explicit_F(a, g), da, dg)
+    Pa, Pg = sym_projector(da), sym_projector(dg)
+    # R(F) commutes with transposing both factors: P_a R = R P_g
+    np.testing.assert_allclose(Pa @ R_full, R_full @ Pg, atol=1e-10)
+    x, y = rng.normal(size=dg * dg), rng.normal(size=da * da)
+    for sym, R_ref in ((False, R_full), (True, R_full @ Pg)):
+        for route in ("samples", "positions"):
+            R = RearrangedConvFisher(a, g, symmetric=sym, route=route)
+            np.testing.assert_allclose(R.to_dense(), R_ref, atol=1e-10)
+            np.testing.assert_allclose(R.matvec(x), R_ref @ x, atol=1e-10)
+            np.testing.assert_allclose(R.rmatvec(y), R_ref.T @ y, atol=1e-10)
+    if T == 1:  # a dense layer: no antisymmetric part
+        np.testing.assert_allclose(R_full @ (np.eye(dg * dg) - Pg), 0, atol=1e-10)
+
+
+def test_conv_block_has_an_antisymmetric_part():
+    """Why the symmetric restriction matters: with T > 1, R(F) has a non-zero
+    antisymmetric part (A ⊗ G with A, G antisymmetric)."""
+    rng = np.random.default_rng(0)
+    a, g = rng.normal(size=(3, 4, 3)), rng.normal(size=(3, 1, 4, 3))
+    R = rearrange(explicit_F(a, g), 3, 3)
+    assert np.linalg.norm(R @ (np.eye(9) - sym_projector(3))) > 1e-3
+
+
+@pytest.mark.parametrize("route", ["dense", "golub-kahan"])
+def test_kpsvd_family_on_conv_block_vs_explicit_svd(route, monkeypatch):
+    if route == "golub-kahan":
+        monkeypatch.setattr(conv_rearranged, "DENSE_MAX_ENTRIES", 0)
+    rng = np.random.default_rng(1)
+    b = conv_batch(rng)
+    a, g = b.a[0], b.g[0]
+    F0 = explicit_F(a, g)
+    s0 = slice(0, b.block_sizes[0])
+    for r in (1, 2, 3):
+        ref, S = best_rank(F0, 3, 2, r)
+        np.testing.assert_allclose(fl.KPSVD(b, rank=r).blocks[0].to_dense(), ref, atol=1e-8)
+    ref2, _ = best_rank(F0, 3, 2, 2)
+    for op in (fl.Deflation(b), fl.Lanczos(b)):
+        np.testing.assert_allclose(op.blocks[0].to_dense(), ref2, atol=1e-8)
+    # KFAC-corrected: KFAC + the best rank-one term of the residual
+    AK, GK = fl.KFAC(b).factors[0]
+    Rres = rearrange(F0 - np.kron(AK, GK), 3, 2) @ sym_projector(2)
+    U, S, Vt = np.linalg.svd(Rres)
+    ref_c = np.kron(AK, GK) + rearrange_inverse(S[0] * np.outer(U[:, 0], Vt[0]), 3, 2)
+    np.testing.assert_allclose(fl.KFACCorrected(b).blocks[0].to_dense(), ref_c, atol=1e-8)
+    assert fl.FisherOperator(b).block(0) == pytest.approx(F0[s0, s0])
+
+
+def test_error_orderings_on_conv_blocks():
+    """E1 orderings of the family on every conv block of a small cuda-convnet (exact
+    Fisher): rank-2 ≤ rank-1 ≤ KFAC, KFAC-corrected ≤ KFAC, Deflation = Lanczos = rank 2;
+    the Gram-identity E1 equals the dense one."""
+    rng = np.random.default_rng(2)
+    net = cuda_convnet(input_shape=(3, 26, 26), channels=(3, 3, 4), seed=0)
+    b = network_factor_batch(net, rng.normal(size=(6, 3, 26, 26)))
+    F = fl.FisherOperator(b)
+    ops = {"kfac": fl.KFAC(b), "k1": fl.KPSVD(b), "k2": fl.KPSVD(b, rank=2),
+           "corr": fl.KFACCorrected(b), "defl": fl.Deflation(b), "lz": fl.Lanczos(b)}
+    for l in range(b.n_layers):
+        e = {k: fl.relative_frobenius_error(F, op, block=l) for k, op in ops.items()}
+        e_dense = fl.relative_frobenius_error(F, ops["k1"], block=l, method="dense")
+        assert e["k1"] == pytest.approx(e_dense, rel=1e-8, abs=1e-10)
+        tol = 1e-9
+        assert e["k2"] <= e["k1"] + tol <= e["kfac"] + 2 * tol
+        assert e["corr"] <= e["kfac"] + tol
+        assert e["defl"] == pytest.approx(e["k2"], abs=1e-8)
+        assert e["lz"] == pytest.approx(e["k2"], abs=1e-8)
+    assert b.positional[:3] == [True, True, True]
+
+
+def test_paper_solver_on_conv_block_matches_exact():
+    rng = np.random.default_rng(3)
+    b = conv_batch(rng, N=5, T=4)
+    ex = fl.KPSVD(b).blocks[0].to_dense()
+    pa = fl.KPSVD(b, solver="paper", tol=1e-10, products="gram").blocks[0].to_dense()
+    np.testing.assert_allclose(pa, ex, atol=1e-6)
+    c_ex = fl.KFACCorrected(b).blocks[0].to_dense()
+    c_pa = fl.KFACCorrected(b, solver="paper", tol=1e-10).blocks[0].to_dense()
+    np.testing.assert_allclose(c_pa, c_ex, atol=1e-6)
+
+
+def test_conv_rank_errors_and_zero_block():
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(2, 3, 2))
+    g = rng.normal(size=(2, 1, 3, 1))  # d_g = 1: R(F) has rank 1
+    b = fl.FactorBatch([a], [g])
+    with pytest.raises(fl.ShapeError, match="rank"):
+        fl.KPSVD(b, rank=2)
+    bz = fl.FactorBatch([a], [np.zeros((2, 1, 3, 2))])
+    assert np.all(fl.KPSVD(bz).blocks[0].to_dense() == 0)
+    with pytest.raises(fl.ShapeError):
+        RearrangedConvFisher(a[:, 0], g)
+    with pytest.raises(fl.ShapeError, match="route"):
+        RearrangedConvFisher(a, g, route="fast")
+
+
+def test_conv_kpsvd_on_array_backends(xp_backend):
+    """R(F_l) products, its dense form and the exact KPSVD of a conv block on NumPy /
+    array_api_strict (Golub–Kahan route off NumPy) against the NumPy result."""
+    from fimlab.backend import to_numpy
+
+    rng = np.random.default_rng(5)
+    a, g = rng.normal(size=(3, 4, 3)), rng.normal(size=(3, 2, 4, 2))
+    R_np = RearrangedConvFisher(a, g).to_dense()
+    ax, gx = xp_backend.asarray(a), xp_backend.asarray(g)
+    for route in ("samples", "positions"):
+        R = RearrangedConvFisher(ax, gx, route=route)
+        np.testing.assert_allclose(to_numpy(R.to_dense()), R_np, atol=1e-12)
+        x = rng.normal(size=4)
+        np.testing.assert_allclose(to_numpy(R.matvec(xp_backend.asarray(x))), R_np @ x,
+                                   atol=1e-12)
+    b_np = fl.FactorBatch([a], [g])
+    b = fl.FactorBatch([ax], [gx])
+    np.testing.assert_allclose(to_numpy(fl.KPSVD(b).blocks[0].to_dense()),
+                               fl.KPSVD(b_np).blocks[0].to_dense(), atol=1e-8)
