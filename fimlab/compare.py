@@ -35,7 +35,7 @@ import numpy as np
 from ._errors import ConvergenceWarning, ShapeError, UnknownNameError
 from ._validation import check_choice
 
-__all__ = ["compare", "ComparisonTable"]
+__all__ = ["compare", "ComparisonTable", "method_pairs"]
 
 COLUMNS = ["method", "solver", "block", "block_size", "e1", "e2", "build_time_s",
            "converged"]
@@ -172,7 +172,19 @@ def _approx_block_svals(block, max_size: int):
     return np.sort(np.abs(np.linalg.eigvalsh(0.5 * (D + D.T))))[::-1]
 
 
-def _pairs(methods, solver) -> list[tuple[str, str]]:
+def method_pairs(methods, solver) -> list[tuple[str, str]]:
+    """The ``(method, solver)`` pairs that :func:`compare` builds, checked.
+
+    ``methods`` as in :func:`compare`; ``solver`` one of ``"exact"``, ``"paper"``,
+    ``"both"``. Closed-form methods (KFAC, EKFAC, the diagonal, block-exact and low-rank
+    Fishers) get one pair whatever ``solver`` says.
+
+    Examples
+    --------
+    >>> from fimlab.compare import method_pairs
+    >>> method_pairs("KFAC,KPSVD", "both")
+    [('KFAC', 'exact'), ('KPSVD', 'exact'), ('KPSVD', 'paper')]
+    """
     from .approx import APPROXIMATIONS, CLOSED_FORM
 
     check_choice(solver, ("exact", "paper", "both"), "solver")
@@ -267,7 +279,7 @@ def compare(batch, methods: Sequence | str | None = None, *, solver: str = "exac
     from .curvature import FisherOperator
     from .metrics import relative_frobenius_error
 
-    pairs = _pairs(methods, solver)
+    pairs = method_pairs(methods, solver)
     options = dict(options or {})
     warm_start = warm_start or {}
     L = batch.n_layers

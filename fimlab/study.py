@@ -220,11 +220,11 @@ class StudyResult:
 
 def _method_list(c: dict) -> list[tuple[str, str]]:
     from .approx import APPROXIMATIONS, STUDY_DEFAULT
-    from .compare import _pairs
+    from .compare import method_pairs
 
     names = list(c["methods"]) if c["methods"] else [m for m in STUDY_DEFAULT
                                                        if m in APPROXIMATIONS]
-    return _pairs(names, c["solver"])
+    return method_pairs(names, c["solver"])
 
 
 def run_study(config: dict | None = None, out_dir: str | os.PathLike | None = None,

@@ -165,6 +165,12 @@ def _V(c, k=3):
     return np.random.default_rng(11).normal(size=(c.batch.n_params, k))
 
 
+def _Y(c, k=3):
+    """Values on the rows: shape ``(N, K, k)``."""
+    b = c.batch
+    return np.random.default_rng(12).normal(size=(b.n_samples, b.n_vectors, k))
+
+
 def _spd_pair(d, seed):
     r = np.random.default_rng(seed)
     X = r.normal(size=(d, d))
@@ -443,6 +449,14 @@ REGISTRY: list[Entry] = [
                c.op.jacobian_rows(_V(c)[c.sl(l)], layers=[l]).reshape(-1, 3)
                for l in range(c.batch.n_layers))},
           lambda c: c.J @ _V(c)),
+    Entry("jacobian-rows-transpose", ("FisherOperator.jacobian_rows_transpose",),
+          {"jacobian_rows_transpose(Y)": lambda c: c.op.jacobian_rows_transpose(_Y(c)),
+           "per layer, stacked": lambda c: np.concatenate(
+               [c.op.jacobian_rows_transpose(_Y(c), layers=[l])
+                for l in range(c.batch.n_layers)]),
+           "jacobian_matrix().T @ Y": lambda c: c.batch.jacobian_matrix().T
+           @ _Y(c).reshape(-1, 3)},
+          lambda c: c.J.T @ _Y(c).reshape(-1, 3)),
     Entry("fisher-off-diagonal-blocks", ("FisherOperator.block",),
           {"block(i, j)": _off_diag, "to_dense()[si, sj]": _off_diag_dense}, _off_diag_def),
     Entry("fisher-block-diagonal-dense", ("FisherOperator.block_diagonal", "BlockDiagonalOperator.to_dense"),

@@ -525,7 +525,14 @@ def _draw_net_spec(draw, sizes, activation, likelihood, min_layers: int = 1):
     if len(sz) < 2 or any(not isinstance(s, (int, np.integer)) or s < 1 for s in sz):
         raise InvalidArgument(f"layer_sizes must list >= 2 positive sizes, got {sz!r}")
     act = draw(st.sampled_from(ACTIVATIONS)) if activation is None else _resolve(draw, activation)
-    lik = draw(st.sampled_from(LIKELIHOODS)) if likelihood is None else _resolve(draw, likelihood)
+    # a categorical likelihood needs >= 2 classes (one class has an identically zero Fisher)
+    liks = [x for x in LIKELIHOODS if x != "categorical" or sz[-1] >= 2 or sizes is None]
+    lik = draw(st.sampled_from(liks)) if likelihood is None else _resolve(draw, likelihood)
+    if lik == "categorical" and sz[-1] < 2:
+        if sizes is not None:
+            raise InvalidArgument(f"a categorical likelihood needs >= 2 outputs, got "
+                                  f"layer_sizes {sz!r}")
+        sz = sz[:-1] + [2]
     return [int(s) for s in sz], act, lik
 
 
