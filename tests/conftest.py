@@ -3,14 +3,32 @@
 from __future__ import annotations
 
 import os
+import sys
 
-import numpy as np
-import pytest
-from hypothesis import HealthCheck, settings
+# FIMLAB_WITHOUT_EXTRAS=1: run the suite as on a fresh machine without the optional
+# frameworks — importing them fails as if they were not installed (their tests skip), so
+# CI proves the core needs neither PyTorch nor JAX even where they are installed.
+EXTRAS = ("torch", "jax", "jaxlib", "flax", "equinox", "optax", "curvlinops", "backpack")
+if os.environ.get("FIMLAB_WITHOUT_EXTRAS", "") not in ("", "0"):
+    class _BlockExtras:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in EXTRAS:
+                raise ModuleNotFoundError(f"No module named {name!r} (FIMLAB_WITHOUT_EXTRAS)",
+                                          name=name)
+            return None
+
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in EXTRAS)
+    if loaded:  # pragma: no cover - a plugin imported one before this file
+        raise RuntimeError(f"FIMLAB_WITHOUT_EXTRAS: already imported: {loaded[:5]}")
+    sys.meta_path.insert(0, _BlockExtras())
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 # The shared cases and tolerances live in the public fimlab.testing (issue 14); re-exported
 # here so that ``from conftest import SMALL_NETS, make_targets, rtol_for`` keeps working.
-from fimlab.testing import SMALL_NETS, make_targets, rtol_for  # noqa: F401
+from fimlab.testing import SMALL_NETS, make_targets, rtol_for  # noqa: F401, E402
 
 # Deterministic in CI, randomised locally (FIMLAB_HYPOTHESIS=random).
 settings.register_profile(
