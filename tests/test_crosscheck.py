@@ -26,6 +26,7 @@ from fimlab._kernels import numpy_impl
 from fimlab.approx import KFAC, KPSVD, Deflation, KFACCorrected, Lanczos, kfac_factors
 from fimlab.curvature import FisherBlock, FisherOperator
 from fimlab.operators import BlockDiagonalOperator, DenseOperator, KroneckerOperator
+from fimlab.testing.oracles import block_diagonal
 
 import naive
 
@@ -146,15 +147,7 @@ def _kfac_corrected_def(c, l):
     return np.kron(A, G) + s[0] * np.kron(_mat(U[:, 0], b.d_a[l]), _mat(Vt[0], b.d_g[l]))
 
 
-def _blockdiag(mats):
-    P = sum(m.shape[0] for m in mats)
-    out = np.zeros((P, P))
-    o = 0
-    for m in mats:
-        n = m.shape[0]
-        out[o:o + n, o:o + n] = m
-        o += n
-    return out
+_blockdiag = block_diagonal  # fimlab.testing.oracles
 
 
 def _dense_of(op):

@@ -5,22 +5,14 @@ import pytest
 import scipy.sparse.linalg as spla
 
 import fimlab as fl
-from fimlab.testing import SMALL_NETS, make_targets
+from fimlab.testing import SMALL_NETS, make_targets, small_net
 from fimlab.testing.oracles import (
     output_hessians,
     output_jacobians,
     per_sample_loss_gradients,
 )
 
-
-def _net(i):
-    sizes, act, lik = SMALL_NETS[i]
-    net = fl.MLP(sizes, activation=act, likelihood=lik, seed=i)
-    # non-zero biases: with zero biases a ReLU layer fed all-zero inputs sits exactly on
-    # the kink, where finite differences see the average of the two one-sided slopes
-    theta = net.get_flat()
-    net.set_flat(theta + 0.1 * np.random.default_rng(i).normal(size=theta.size))
-    return net
+_net = small_net  # SMALL_NETS[i] with perturbed (non-zero) biases
 
 
 @pytest.mark.parametrize("i", range(len(SMALL_NETS)))

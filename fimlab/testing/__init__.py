@@ -15,7 +15,7 @@ property-test a new approximation the same way:
 - :mod:`fimlab.testing.assertions` — :func:`assert_operator_close` and
   :func:`default_tolerances`.
 - :mod:`fimlab.testing.cases` — fixed tiny networks (:data:`SMALL_NETS`) and
-  :func:`make_targets`.
+  :func:`make_targets`, :func:`small_net`.
 
 Importing :mod:`fimlab.testing` needs neither Hypothesis nor pytest.
 
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from . import assertions, cases, oracles
 from .assertions import Tolerances, assert_operator_close, default_tolerances, rtol_for
-from .cases import ACTIVATIONS, LIKELIHOODS, SMALL_NETS, make_targets
+from .cases import ACTIVATIONS, LIKELIHOODS, SMALL_NETS, make_targets, small_net
 from .oracles import (
     block_diagonal,
     dense_damped_inverse,
@@ -59,7 +59,7 @@ __all__ = [
     "block_diagonal", "fd_gradient", "output_jacobians", "output_hessians",
     "per_sample_loss_gradients",
     # fixed cases
-    "SMALL_NETS", "LIKELIHOODS", "ACTIVATIONS", "make_targets",
+    "SMALL_NETS", "LIKELIHOODS", "ACTIVATIONS", "make_targets", "small_net",
     # modules
     "assertions", "oracles", "cases",
 ]

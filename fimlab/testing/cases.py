@@ -21,7 +21,7 @@ import numpy as np
 
 from .._errors import UnknownNameError
 
-__all__ = ["SMALL_NETS", "LIKELIHOODS", "ACTIVATIONS", "make_targets"]
+__all__ = ["SMALL_NETS", "LIKELIHOODS", "ACTIVATIONS", "make_targets", "small_net"]
 
 #: small MLP cases: (layer sizes, activation, likelihood); every activation and
 #: likelihood appears at least once
@@ -76,3 +76,27 @@ def make_targets(likelihood: str, N: int, C: int, rng) -> np.ndarray:
     raise UnknownNameError(
         f"unknown likelihood {likelihood!r}; expected one of {', '.join(LIKELIHOODS)}"
     )
+
+
+def small_net(i: int, perturb: float = 0.1):
+    """The MLP of case ``SMALL_NETS[i]`` (seed ``i``) with every parameter moved by
+    ``perturb`` times a standard normal draw (seed ``i``).
+
+    The perturbation gives non-zero biases: with zero biases a ReLU layer fed all-zero
+    inputs sits exactly on its kink, where finite differences see the average of the two
+    one-sided slopes.
+
+    Examples
+    --------
+    >>> from fimlab.testing import small_net
+    >>> net = small_net(1)
+    >>> net.layer_sizes, net.activations[0]
+    ([3, 4, 4, 2], 'relu')
+    """
+    import fimlab as fl
+
+    sizes, act, lik = SMALL_NETS[i]
+    net = fl.MLP(sizes, activation=act, likelihood=lik, seed=i)
+    theta = net.get_flat()
+    net.set_flat(theta + perturb * np.random.default_rng(i).normal(size=theta.size))
+    return net
