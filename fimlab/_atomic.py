@@ -10,6 +10,9 @@
   ``BadZipFile``, never a resume from half a state.
 - :func:`refuse_finished_results`: an output folder that holds finished results is not
   written over without ``resume``.
+- :func:`set_aside_partial_results`: the files of an unfinished (interrupted or failed)
+  run in a folder are moved into ``partial-<k>/`` beside it before a fresh start, not
+  overwritten.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 from ._errors import DataError, OutputExistsError
 
 __all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "refuse_finished_results",
-           "CHECKPOINT_FORMAT"]
+           "set_aside_partial_results", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = 2
 _STATE_KEY = "__state__"
@@ -129,3 +132,42 @@ def refuse_finished_results(folder: str | os.PathLike, what: str = "run",
             f"{str(folder)!r} already holds the results of a finished {what} (result.json, "
             f"status {status!r}); nothing was overwritten. Pass {hint} to keep them and "
             "continue, or choose another output folder")
+
+
+#: the files a run writes into its output folder (what :func:`set_aside_partial_results`
+#: moves); anything else in the folder is the user's and is left where it is
+RUN_FILES = ("result.json", "checkpoint.npz", "checkpoint.json", "iterations.csv",
+             "epochs.csv")
+
+
+def set_aside_partial_results(folder: str | os.PathLike) -> Path | None:
+    """Move the files of an unfinished run in ``folder`` into ``folder/partial-<k>/``.
+
+    Called before a run starts afresh (no ``resume``) in a folder where an earlier run was
+    interrupted or failed: its checkpoint and partial histories are kept, not overwritten.
+    Returns the new folder, or ``None`` when there was nothing to move. A folder holding
+    a *finished* run is refused by :func:`refuse_finished_results` before this is called.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "iterations.csv").write_text("iteration,loss\\n0,1.0\\n")
+    >>> set_aside_partial_results(d).name, sorted(p.name for p in d.iterdir())
+    ('partial-1', ['partial-1'])
+    >>> set_aside_partial_results(d) is None
+    True
+    """
+    folder = Path(folder)
+    found = [folder / f for f in RUN_FILES if (folder / f).is_file()]
+    if not found:
+        return None
+    k = 1
+    while (folder / f"partial-{k}").exists():
+        k += 1
+    dest = folder / f"partial-{k}"
+    dest.mkdir()
+    for f in found:
+        os.replace(f, dest / f.name)
+    _fsync_dir(folder)
+    return dest

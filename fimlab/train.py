@@ -47,6 +47,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -183,9 +184,15 @@ def run_training(config: dict, out_dir: str | os.PathLike | None = None,
     it0 = 0
     perm = None
     if out is not None and not c["resume"]:
-        from ._atomic import refuse_finished_results
+        from ._atomic import refuse_finished_results, set_aside_partial_results
 
         refuse_finished_results(out, "training run", "resume=True (--resume)")
+        moved = set_aside_partial_results(out)  # an interrupted run's files: keep them
+        if moved is not None:
+            warnings.warn(f"{str(out)!r} held the files of an unfinished run; they were "
+                          f"moved to {str(moved)!r} and this run starts afresh (pass "
+                          "resume=True / --resume to continue the unfinished run instead)",
+                          UserWarning, stacklevel=2)
     if c["resume"] and out is not None and (out / "checkpoint.npz").is_file():
         state = load_checkpoint(out, c)
         net.set_flat(net.flatten([asarray_on(W, ref) for W in state["params"]]))

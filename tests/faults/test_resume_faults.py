@@ -112,6 +112,23 @@ def test_finished_results_are_not_overwritten(tmp_path):
     assert json.loads(before)["final_train_loss"] == res["final_train_loss"]
 
 
+def test_a_fresh_start_sets_an_interrupted_run_aside(tmp_path, uninterrupted):
+    """Rerun without ``resume`` where a run was killed: the unfinished run's checkpoint and
+    histories move to ``partial-1/`` (byte for byte), with a warning; nothing is lost."""
+    proc = _killed_run(tmp_path, "SIGKILL", KILL_AT[0])
+    assert proc.returncode != 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert "checkpoint.npz" in before
+    with pytest.warns(UserWarning, match="partial-1"):
+        fresh = run_training(TINY, tmp_path)
+    assert _curve(fresh) == uninterrupted
+    kept = tmp_path / "partial-1"
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == before
+    # and the kept run can still be continued where it stopped
+    resumed = run_training({**TINY, "resume": True}, kept)
+    assert _curve(resumed) == uninterrupted
+
+
 def test_train_cli_refuses_a_finished_out_folder(tmp_path):
     args = ["train", "--benchmark", "synthetic", "--methods", "sgd", "--epochs", "1",
             "--n-train", "64", "--batch-size", "32", "--out", tmp_path, "--no-plot",
