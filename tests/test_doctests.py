@@ -2,7 +2,9 @@
 
 Every module of the package is imported and ``doctest.testmod`` runs its examples with
 ``NORMALIZE_WHITESPACE | ELLIPSIS``. A module that cannot be imported fails the test
-(an optional dependency that is missing is reported as such, not hidden). The ``>>>``
+(an optional dependency that is missing is reported as such, not hidden) — except the
+front-ends ``fimlab.torch`` and ``fimlab.jax``, skipped when their framework is not
+installed (they exist to need it). The ``>>>``
 examples of the user-guide pages (``docs/**/*.rst``) run the same way, so the guide's
 code cannot go stale.
 """
@@ -24,10 +26,30 @@ MODULES = sorted(
     if not m.name.rsplit(".", 1)[-1].startswith("__")
 )
 FLAGS = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
+#: the front-ends and the framework each one needs
+FRAMEWORKS = {"fimlab.torch": "torch", "fimlab.jax": "jax"}
+
+
+def _framework(name):
+    return next((fw for mod, fw in FRAMEWORKS.items()
+                 if name == mod or name.startswith(mod + ".")), None)
+
+
+def _importable(name) -> bool:
+    fw = _framework(name)
+    if fw is None:
+        return True
+    try:
+        importlib.import_module(fw)
+    except ImportError:
+        return False
+    return True
 
 
 @pytest.mark.parametrize("name", ["fimlab", *MODULES])
 def test_docstring_examples(name):
+    if _framework(name):
+        pytest.importorskip(_framework(name))
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=FLAGS, verbose=False, report=True)
     assert result.failed == 0, f"{result.failed} doctest(s) failed in {name}, see above"
@@ -64,7 +86,8 @@ def test_public_api_has_examples_to_run():
     """The public classes and functions carry doctest examples (and they are collected)."""
     finder = doctest.DocTestFinder()
     n_examples = sum(
-        len(t.examples) for name in MODULES for t in finder.find(importlib.import_module(name))
+        len(t.examples) for name in MODULES if _importable(name)
+        for t in finder.find(importlib.import_module(name))
     )
     assert n_examples >= 10, f"only {n_examples} docstring examples found in fimlab"
 
