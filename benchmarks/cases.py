@@ -768,7 +768,7 @@ def section_comparators(ctx: Context) -> list:
     fns = {"fimlab": lambda: fl.EKFAC(fl.factor_batch(mlp, Xm, ym, fisher="mc", rng=0))}
     if ctx.peers_ok("torch", "curvlinops"):
         tw = peers.TorchTwin(mlp, Xm, ym, ctx.threads)
-        ctx.add_peer(fns, "curvlinops EKFAC", tw.curvlinops_ekfac("mc"), "EKFAC (peers)")
+        ctx.add_peer(fns, "curvlinops EKFAC", lambda: tw.curvlinops_ekfac("mc"), "EKFAC (peers)")
     else:
         ctx.skip("EKFAC (peers)", ctx.peers["message"])
     ts = ctx.time(fns)

@@ -443,3 +443,19 @@ def test_eigencorrected_kpsvd_paper_solver_warm_start():
     E0 = build_approximation("EigenCorrected(KPSVD)", b, solver="paper")
     E1 = build_approximation("EigenCorrected(KPSVD)", b, solver="paper", warm_start=E0)
     np.testing.assert_allclose(E1.to_dense(), E0.to_dense(), atol=1e-6)
+
+
+def test_bench_comparators_section_times_the_curvlinops_peer(tmp_path):
+    """The peer row is timed, not skipped (a wrong callable once turned it into a skip)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("curvlinops")
+    import json
+
+    from benchmarks.suite import run_suite
+
+    run_suite(mode="tiny", sections=["comparators"], use_peers=True, out=tmp_path / "b.json",
+              log=lambda *a: None)
+    data = json.loads((tmp_path / "b.json").read_text())
+    peer = [r for r in data["rows"] if r["section"] == "EKFAC vs peers"
+            and r["impl"] == "curvlinops EKFAC"]
+    assert len(peer) == 1 and peer[0]["ratio"] > 0
