@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ._errors import ShapeError
 from ._validation import check_choice
 from .backend import array_namespace, device_of
@@ -114,6 +116,11 @@ def _inner_terms(F, Ft):
 def frobenius_terms(F, Ft) -> tuple[float, float, float]:
     """``(‖F‖², ⟨F, F̃⟩, ‖F̃‖²)`` by Gram identities (Fisher vs Kronecker-structured, or
     an approximation with ``fisher_inner``)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # each term is checked below
+        return _frobenius_terms(F, Ft)
+
+
+def _frobenius_terms(F, Ft) -> tuple[float, float, float]:
     from ._validation import check_finite_scalar
 
     terms = _inner_terms(F, Ft)

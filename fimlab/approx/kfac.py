@@ -7,6 +7,8 @@ docs/papers.md (K1): ``F_l ≈ A_l ⊗ G_l`` with ``A_l = (1/N) Σ_n ā_n ā_n�
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..batch import FactorBatch
 from ..operators import BlockDiagonalOperator, KroneckerOperator
 
@@ -52,8 +54,9 @@ def kfac_factors(a, g):
     N, K, dg = g.shape
     # symmetric rank-k updates with 1/N folded in (BLAS syrk for NumPy: half the flops
     # of a GEMM, no scaling pass)
-    A = gram_of_rows(a, 1.0 / N)
-    G = gram_of_rows(xp.reshape(g, (N * K, dg)), 1.0 / N)
+    with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+        A = gram_of_rows(a, 1.0 / N)
+        G = gram_of_rows(xp.reshape(g, (N * K, dg)), 1.0 / N)
     from .._validation import check_finite_result
 
     hint = ("it overflowed from a finite factor batch: the inputs of the network are too "

@@ -505,7 +505,8 @@ def factor_batch(
                         f"{type(net).__name__}")
     check_choice(fisher, FISHER_TYPES, "Fisher type")
     X = net._check_X(X)
-    abar, s_list, h_list = net._forward(X)
+    with np.errstate(over="ignore", invalid="ignore"):  # checked just below, by layer
+        abar, s_list, h_list = net._forward(X)
     _check_forward_finite(abar, h_list)
     z = h_list[-1]
     N = X.shape[0]

@@ -181,3 +181,21 @@ def test_product_overflow_is_named(tiny):
     with pytest.raises(fl.NonFiniteError, match="F @ v with KroneckerOperator"), \
             np.errstate(all="ignore"):
         K @ np.ones(4)
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e150, 1e80])
+def test_overflow_from_finite_inputs_is_one_clear_error_and_no_numpy_warning(scale):
+    """Inputs that overflow inside the forward pass, the KFAC factors or the Frobenius
+    terms: the user sees the fimlab error naming where, not NumPy RuntimeWarnings first
+    (warnings are errors here, so one would fail the test)."""
+    import warnings
+
+    net = fl.MLP([5, 4, 3], seed=0, activation="relu")
+    X = np.full((6, 5), scale)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(fl.NonFiniteError, match="overflow|too large") as info:
+            b = fl.factor_batch(net, X, y, fisher="exact")
+            fl.relative_frobenius_error(fl.FisherOperator(b), fl.KFAC(b))
+    assert "rescale" in str(info.value)
