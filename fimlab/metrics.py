@@ -542,7 +542,8 @@ _NORMS = ("2", "energy")
 def preconditioner_distance(F, approx, damping: float, *, norm: str = "2",
                             rule: str = "factor", algorithm: str = "lanczos",
                             steps: int | None = None, tol: float = 1e-8, seed: int = 0,
-                            max_bytes: int | None = None) -> float:
+                            max_bytes: int | None = None, max_seconds: float | None = None,
+                            progress: bool | None = None) -> float:
     """(E4) ``‖I − F̃_λ⁻¹F_λ‖`` for a method that is a symmetric linear map.
 
     Parameters
@@ -554,6 +555,9 @@ def preconditioner_distance(F, approx, damping: float, *, norm: str = "2",
         ``"energy"``: the ``F_λ``-norm, ``max_i |1 − μ_i|`` over the spectrum of
         :func:`preconditioned_spectrum` — the contraction factor of the preconditioned
         Richardson iteration in the energy norm of (E5).
+    max_seconds, progress
+        Time budget and progress bar of the Lanczos run, as in
+        :func:`preconditioned_spectrum`.
     Other parameters as in :func:`preconditioned_spectrum`.
 
     Examples
@@ -569,7 +573,8 @@ def preconditioner_distance(F, approx, damping: float, *, norm: str = "2",
     check_choice(norm, _NORMS, "norm")
     if norm == "energy":
         vals = preconditioned_spectrum(F, approx, damping, rule=rule, algorithm=algorithm,
-                                       steps=steps, tol=tol, seed=seed, max_bytes=max_bytes)
+                                       steps=steps, tol=tol, seed=seed, max_bytes=max_bytes,
+                                       max_seconds=max_seconds, progress=progress)
         return max(abs(1.0 - float(vals[0])), abs(1.0 - float(vals[-1])))
     lam = check_damping(damping)
     check_choice(algorithm, _ALGORITHMS, "spectrum algorithm")
@@ -589,14 +594,22 @@ def preconditioner_distance(F, approx, damping: float, *, norm: str = "2",
         Z = apply(Y)
         return (Y - (F.matmat(Z) + lam * Z))[:, 0]
 
-    res = lanczos(EtE, P, xp=xp, dtype=dtype, device=F.device, which="largest", tol=tol, max_steps=steps,
-                  seed=seed, what="‖I − F̃_λ⁻¹F_λ‖₂")
+    from ._progress import StepBudget
+
+    cap = min(P, 300) if steps is None else max(1, min(int(steps), P))
+    op = StepBudget(EtE, "‖I − F̃_λ⁻¹F_λ‖₂ (Lanczos)", cap, max_seconds, progress)
+    try:
+        res = lanczos(op, P, xp=xp, dtype=dtype, device=F.device, which="largest", tol=tol,
+                      max_steps=steps, seed=seed, what="‖I − F̃_λ⁻¹F_λ‖₂")
+    finally:
+        op.close()
     return math.sqrt(max(float(res.values[-1]), 0.0))
 
 
 # -- (E3) relative spectral error, matrix-free ------------------------------------------------
 def _lanczos_extreme(op, n: int, dtype, xp, *, tol: float, maxiter: int, seed: int,
-                     max_bytes, device=None):
+                     max_bytes, device=None, max_seconds=None, progress=None,
+                     what: str = "spectral error (Lanczos)"):
     """Largest ``|λ|`` of the symmetric operator ``op`` (a function ``X -> op @ X`` on
     ``(n, 1)`` arrays) by the symmetric Lanczos of :func:`fimlab.kron.krylov.lanczos`
     (full reorthogonalisation).
@@ -618,9 +631,15 @@ def _lanczos_extreme(op, n: int, dtype, xp, *, tol: float, maxiter: int, seed: i
     m = max(1, min(int(maxiter), n))
     check_dense_memory((m + 1, n), dtype, max_bytes, "Lanczos basis",
                        "spectral_error(..., maxiter=smaller)")
-    res = lanczos(lambda v, Mv: op(xp.reshape(v, (n, 1)))[:, 0], n, xp=xp, dtype=dtype,
-                  device=device, which="magnitude", tol=tol, max_steps=m, seed=seed,
-                  warn=False)
+    from ._progress import StepBudget
+
+    step = StepBudget(lambda v, Mv: op(xp.reshape(v, (n, 1)))[:, 0], what, m, max_seconds,
+                      progress)
+    try:
+        res = lanczos(step, n, xp=xp, dtype=dtype, device=device, which="magnitude",
+                      tol=tol, max_steps=m, seed=seed, warn=False)
+    finally:
+        step.close()
     j = int(np.argmax(np.abs(res.values)))
     theta, r = float(abs(res.values[j])), float(res.residuals[j])
     info = {"iterations": res.steps, "residual": r, "converged": res.converged}
@@ -646,7 +665,8 @@ __all__ += ["spectral_error"]
 
 def spectral_error(F, Ft, block: int | None = None, method: str = "auto", *,
                    tol: float = 1e-8, maxiter: int = 300, seed: int = 0,
-                   max_bytes: int | None = None) -> float:
+                   max_bytes: int | None = None, max_seconds: float | None = None,
+                   progress: bool | None = None) -> float:
     """(E3) relative spectral error ``‖F − F̃‖₂ / ‖F‖₂`` (docs/papers.md E3).
 
     Parameters
@@ -671,6 +691,12 @@ def spectral_error(F, Ft, block: int | None = None, method: str = "auto", *,
         memory-guarded by ``max_bytes``).
     seed : int
         Seed of the Lanczos start vector (results are deterministic).
+    max_seconds : float, optional
+        Time budget of each Lanczos run: past it the run stops with
+        :class:`~fimlab.ConvergenceError` (the error says how many steps were taken).
+    progress : bool, optional
+        A progress bar on stderr: ``None`` (default) shows one when a run takes more than
+        two seconds, ``True`` always, ``False`` never.
 
     Returns
     -------
@@ -708,7 +734,7 @@ def spectral_error(F, Ft, block: int | None = None, method: str = "auto", *,
         n = Fb.shape[0]
         D = SumOperator(Fb, -1.0 * Ftb)
         kw = dict(tol=tol, maxiter=maxiter, seed=seed, max_bytes=max_bytes,
-                  device=Fb.device)
+                  device=Fb.device, max_seconds=max_seconds, progress=progress)
         dnorm, _ = _lanczos_extreme(D.matmat, n, Fb.dtype, xp, **kw)
         if isinstance(Fb, (FisherOperator, FisherBlock)):
             fnorm = _fisher_spectral_norm(Fb, xp)

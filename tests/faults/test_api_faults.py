@@ -199,3 +199,24 @@ def test_overflow_from_finite_inputs_is_one_clear_error_and_no_numpy_warning(sca
             b = fl.factor_batch(net, X, y, fisher="exact")
             fl.relative_frobenius_error(fl.FisherOperator(b), fl.KFAC(b))
     assert "rescale" in str(info.value)
+
+
+_LANCZOS_METRICS = {
+    "preconditioned_spectrum": lambda t, **kw: fl.preconditioned_spectrum(
+        t["F"], t["K"], 1e-2, **kw)[-1],
+    "preconditioner_distance": lambda t, **kw: fl.metrics.preconditioner_distance(
+        t["F"], t["K"], 1e-2, **kw),
+    "spectral_error": lambda t, **kw: fl.metrics.spectral_error(t["F"], t["K"], **kw),
+}
+
+
+@pytest.mark.parametrize("name", list(_LANCZOS_METRICS))
+def test_lanczos_metrics_keep_a_time_budget_and_show_progress(name, tiny, capsys):
+    """Each Lanczos-based metric stops past ``max_seconds`` with a ConvergenceError that
+    says how far it got, draws a bar on request, and a generous budget changes nothing."""
+    call = _LANCZOS_METRICS[name]
+    with pytest.raises(fl.ConvergenceError, match=r"stopped after 1 of .*max_seconds"):
+        call(tiny, max_seconds=1e-9, progress=False)
+    ref = call(tiny)
+    assert call(tiny, max_seconds=600, progress=True) == ref
+    assert "Lanczos" in capsys.readouterr().err  # the bar's label on stderr
