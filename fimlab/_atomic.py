@@ -104,6 +104,12 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:  # xp: host I
             f"{exc}); {advice}") from exc
     blob = arrays.pop(_STATE_KEY, None)
     if blob is None:
+        if path.with_suffix(".json").exists():  # format 1: arrays here, the state beside
+            raise DataError(
+                f"{str(path)!r} is a checkpoint of an older fimlab (format 1: arrays in "
+                f"{path.name}, the state in {path.with_suffix('.json').name}), which this "
+                "version cannot resume (its two files could be torn apart by a crash); "
+                "rerun without --resume: the old files are moved to partial-<k>/")
         raise DataError(f"{str(path)!r} is not a fimlab checkpoint (no state record); {advice}")
     try:
         doc = json.loads(bytes(blob.astype(np.uint8)).decode())

@@ -185,3 +185,19 @@ def test_sweep_ctrl_c_on_a_local_cluster_is_one_line(tmp_path):
 
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == 8 and len({r["run_id"] for r in rows}) == 8
+
+
+def test_an_old_two_file_checkpoint_is_refused_with_what_to_do(tmp_path):
+    """A format-1 checkpoint (arrays in the .npz, the state in a .json beside it) is
+    named as such, with the way out; a foreign .npz alone is 'not a fimlab checkpoint'."""
+    import numpy as np
+
+    from fimlab._atomic import load_checkpoint
+    from fimlab._errors import DataError
+
+    np.savez(tmp_path / "checkpoint.npz", W0=np.zeros((2, 2)))
+    with pytest.raises(DataError, match="not a fimlab checkpoint"):
+        load_checkpoint(tmp_path / "checkpoint.npz")
+    (tmp_path / "checkpoint.json").write_text('{"epoch": 1}')
+    with pytest.raises(DataError, match=r"older fimlab \(format 1.*without --resume"):
+        load_checkpoint(tmp_path / "checkpoint.npz")
