@@ -459,3 +459,44 @@ def test_bench_comparators_section_times_the_curvlinops_peer(tmp_path):
     peer = [r for r in data["rows"] if r["section"] == "EKFAC vs peers"
             and r["impl"] == "curvlinops EKFAC"]
     assert len(peer) == 1 and peer[0]["ratio"] > 0
+
+
+@pytest.mark.parametrize("cls", [fl.LowRank, fl.LowRankPlusDiagonal])
+@pytest.mark.parametrize("fisher", ["exact", "mc", "empirical"])
+def test_lowrank_block_gram_terms_equal_the_rows_and_the_dense_block(cls, fisher):
+    """Wide layers, few samples: the per-block norms and inner products come from the
+    layer's N·K × N·K Gram matrix; they equal the same block built from its explicit rows
+    (the other route) and the dense block of the dense Fisher (the definition)."""
+    from fimlab.approx.lowrank import LowRankBlock
+
+    b = _batch(sizes=(30, 25, 3), N=4, fisher=fisher)
+    Fd = _dense_fisher(b)
+    F = fl.FisherOperator(b)
+    L = cls(b, k=2)
+    Ld = L.to_dense()
+    for l in range(b.n_layers):
+        s = slice(b.offsets[l], b.offsets[l + 1])
+        blk = L.diagonal_block(l)
+        if l == 0:
+            assert blk._gram is not None  # 16·(31+25+2) < 3·4·775·2: the Gram terms
+        rows = LowRankBlock(L.eigenvectors(layers=[l]), L.values, blk.D)
+        Fb = F.diagonal_block(l)
+        Lb = Ld[s, s]
+        np.testing.assert_allclose(blk.frobenius_norm_sq(), np.sum(Lb * Lb), rtol=1e-10)
+        np.testing.assert_allclose(rows.frobenius_norm_sq(), np.sum(Lb * Lb), rtol=1e-10)
+        np.testing.assert_allclose(blk.fisher_inner(Fb), np.sum(Fd[s, s] * Lb), rtol=1e-10)
+        np.testing.assert_allclose(rows.fisher_inner(Fb), np.sum(Fd[s, s] * Lb), rtol=1e-10)
+        e = np.linalg.norm(Fd[s, s] - Lb) / np.linalg.norm(Fd[s, s])
+        assert abs(fl.relative_frobenius_error(F, L, block=l) - e) < 1e-9
+        # the rows are formed on demand for products and solves
+        v = np.random.default_rng(l).normal(size=b.block_sizes[l])
+        np.testing.assert_allclose(blk @ v, Lb @ v, atol=1e-12)
+        np.testing.assert_allclose(blk.solve(v, 0.3), np.linalg.solve(Lb + 0.3 * np.eye(len(v)), v),
+                                   rtol=1e-9)
+    # the Gram shortcut is only taken for the Fisher block of the same rows
+    other = fl.FisherOperator(_batch(sizes=(30, 25, 3), N=4, fisher=fisher, seed=5))
+    blk = L.diagonal_block(0)
+    Fo = other.to_dense()[b.offsets[0]:b.offsets[1], b.offsets[0]:b.offsets[1]]
+    np.testing.assert_allclose(blk.fisher_inner(other.diagonal_block(0)),
+                               np.sum(Fo * Ld[b.offsets[0]:b.offsets[1], b.offsets[0]:b.offsets[1]]),
+                               rtol=1e-10)

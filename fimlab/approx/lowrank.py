@@ -125,16 +125,33 @@ class LowRankBlock(CurvatureOperator):
     ``D_l`` an optional non-negative diagonal. Norms, inner products with a Fisher block
     and the damped inverse (Woodbury, exact for any ``rule``) are computed without
     forming the block.
+
+    With ``gram = (H, C, N, a, g)`` the rows are ``V_l = U_lᵀ C`` for the Jacobian rows
+    ``U_l`` of layer ``l`` (arrays ``a``, ``g``; ``H = U_l U_lᵀ``, ``N·K × N·K``), and the
+    terms that only involve ``V_l`` come from ``H``: ``V_lᵀV_l = Cᵀ H C`` and, for the
+    Fisher block of those rows, ``Σ_i λ_i v_iᵀ F_l v_i = (1/N) Σ_i λ_i ‖H c_i‖²`` —
+    ``O((NK)²k)`` instead of ``k`` products with the block. ``V`` may then be a
+    callable that forms the rows when something needs them (products, solves).
     """
 
-    def __init__(self, V, lam, D=None):
-        self.V, self.D = V, D
+    def __init__(self, V, lam, D=None, *, gram=None, shape=None, dtype=None, device=None):
         from ..backend import array_namespace
 
-        self.xp, self.dtype = array_namespace(V), V.dtype
-        self.lam = self.xp.asarray(lam, dtype=V.dtype, device=self._dev(V))
-        n = int(V.shape[0])
+        self._V, self.D, self._gram = V, D, gram
+        ref = gram[0] if gram is not None else V
+        self.xp = array_namespace(ref)
+        self.dtype = ref.dtype if dtype is None else dtype
+        self._dev_ = self._dev(ref) if device is None else device
+        self.lam = self.xp.asarray(lam, dtype=self.dtype, device=self._dev_)
+        n = int(V.shape[0]) if shape is None else int(shape)
         self.shape = (n, n)
+
+    @property
+    def V(self):
+        """The rows ``V_l`` (``P_l × k``), formed on first use when given as a callable."""
+        if callable(self._V):
+            self._V = self._V()
+        return self._V
 
     @staticmethod
     def _dev(V):
@@ -143,7 +160,18 @@ class LowRankBlock(CurvatureOperator):
         return device_of(V)
 
     def _device(self):
-        return self._dev(self.V)
+        return self._dev_
+
+    def _vtv(self):
+        """``Λ^{1/2} V_lᵀ V_l Λ^{1/2}`` (``k × k``)."""
+        xp = self.xp
+        s = xp.sqrt(self.lam)
+        if self._gram is not None:
+            H, C = self._gram[0], self._gram[1]
+            G = xp.matrix_transpose(C) @ (H @ C)
+        else:
+            G = xp.matrix_transpose(self.V) @ self.V
+        return G * s[:, None] * s[None, :]
 
     def _matmat(self, X):
         xp = self.xp
@@ -159,8 +187,7 @@ class LowRankBlock(CurvatureOperator):
 
     def frobenius_norm_sq(self) -> float:
         xp = self.xp
-        s = xp.sqrt(self.lam)
-        B = (xp.matrix_transpose(self.V) @ self.V) * s[:, None] * s[None, :]
+        B = self._vtv()
         out = float(xp.sum(B * B))
         if self.D is not None:
             dl = xp.sum(self.V * self.V * self.lam[None, :], axis=1)
@@ -172,7 +199,12 @@ class LowRankBlock(CurvatureOperator):
         if not isinstance(Fb, FisherBlock) or Fb.shape != self.shape:
             return None
         xp = self.xp
-        out = float(xp.sum(self.lam[None, :] * self.V * Fb.matmat(self.V)))
+        gr = self._gram
+        if gr is not None and Fb.a is gr[3] and Fb.g is gr[4]:  # the rows of this block
+            HC = gr[0] @ gr[1]
+            out = float(xp.sum(self.lam[None, :] * HC * HC)) / gr[2]
+        else:
+            out = float(xp.sum(self.lam[None, :] * self.V * Fb.matmat(self.V)))
         if self.D is not None:
             dF = xp.reshape(projected_second_moments(Fb.a, Fb.g), (-1,))
             out += float(xp.sum(dF * self.D))
@@ -314,10 +346,29 @@ class LowRank(CurvatureOperator):
         return self.eigenvectors(layers=[l])
 
     def diagonal_block(self, l: int) -> LowRankBlock:
-        """Diagonal block ``l`` of the approximation, as an operator."""
+        """Diagonal block ``l`` of the approximation, as an operator.
+
+        On the Gram route the block's norms and its inner product with the Fisher block
+        come from the layer's ``N·K × N·K`` Gram matrix (when that is smaller than the
+        block's ``P_l × k`` eigenvector rows); its rows are formed only when a product or
+        a solve needs them.
+        """
         if not 0 <= l < self.n_blocks:
             raise IndexError(f"block {l} out of range for {self.n_blocks} blocks")
         D = None if self.D is None else self.D[self.offsets[l]:self.offsets[l + 1]]
+        b = self.batch
+        NK = b.n_samples * b.n_vectors
+        P_l = b.block_sizes[l]
+        # Gram terms: H_l (NK² (d_a + d_g)) and H_l C (NK² k) against forming the rows and
+        # k products with the block (3 NK P_l k)
+        cheaper = NK * NK * (b.d_a[l] + b.d_g[l] + self.k) < 3 * NK * P_l * self.k
+        if self._C is not None and not b.positional[l] and cheaper \
+                and nbytes_of((NK, NK), self.dtype) <= GRAM_MAX_BYTES:
+            gram = (b.gram(l), self._C, b.n_samples, b.a[l], b.g[l])
+            V = self.V[self.offsets[l]:self.offsets[l + 1], :] if self.V is not None \
+                else (lambda: self.eigenvectors(layers=[l]))
+            return LowRankBlock(V, self._lam, D, gram=gram, shape=P_l, dtype=self.dtype,
+                                device=b.device)
         return LowRankBlock(self._block_V(l), self._lam, D)
 
     @property
