@@ -182,7 +182,7 @@ class LowRankBlock(CurvatureOperator):
 
     def diagonal(self):
         """The diagonal of the block."""
-        d = self.xp.sum(self.V * self.V * self.lam[None, :], axis=1)
+        d = _row_weighted_sq(self.V, self.lam)
         return d if self.D is None else d + self.D
 
     def frobenius_norm_sq(self) -> float:
@@ -190,7 +190,7 @@ class LowRankBlock(CurvatureOperator):
         B = self._vtv()
         out = float(xp.sum(B * B))
         if self.D is not None:
-            dl = xp.sum(self.V * self.V * self.lam[None, :], axis=1)
+            dl = _row_weighted_sq(self.V, self.lam)
             out += 2.0 * float(xp.sum(dl * self.D)) + float(xp.sum(self.D * self.D))
         return out
 
@@ -216,6 +216,20 @@ class LowRankBlock(CurvatureOperator):
         check_rule(rule)
         self._check_operand(v, (1, 2))
         return _woodbury_lowrank(self.V, self.lam, self.D, lam, v, self.xp)
+
+
+def _row_weighted_sq(V, lam, rows: int = 1 << 16):
+    """``Σ_i λ_i V[:, i]²`` (the diagonal of ``V Λ Vᵀ``) a block of rows at a time: one
+    ``rows × k`` temporary instead of two ``P × k`` ones (450 MB each for the 2.8 M
+    parameters of the MNIST auto-encoder at k = 20)."""
+    from ..backend import array_namespace
+
+    xp = array_namespace(V)
+    n = int(V.shape[0])
+    if n <= rows:
+        return (V * V) @ lam
+    return xp.concat([(V[s:s + rows, :] * V[s:s + rows, :]) @ lam
+                      for s in range(0, n, rows)], axis=0)
 
 
 def _woodbury_lowrank(V, lam_k, D, lam, v, xp):
@@ -472,13 +486,13 @@ class LowRankPlusDiagonal(LowRank):
         xp = self.xp
         dF = xp.concat([xp.reshape(projected_second_moments(a, g), (-1,))
                         for a, g in zip(batch.a, batch.g)], axis=0)
-        dk = xp.sum(self.V * self.V * self._lam[None, :], axis=1)
-        self.diag_fisher = dF
+        dk = _row_weighted_sq(self.V, self._lam)
+        self.diag_fisher, self._diag_lowrank = dF, dk
         self.D = xp.maximum(dF - dk, xp.zeros_like(dF))
 
     def frobenius_norm_sq(self) -> float:
         xp = self.xp
-        dk = xp.sum(self.V * self.V * self._lam[None, :], axis=1)
+        dk = self._diag_lowrank  # diag(F_k)
         return (super().frobenius_norm_sq() + 2.0 * float(xp.sum(dk * self.D))
                 + float(xp.sum(self.D * self.D)))
 
