@@ -544,3 +544,49 @@ def test_kernel_twins_on_the_backend(xp_backend):
     Mx = xp_backend.asarray(M)
     _kernels.symmetrize_lower(Mx)
     assert_close(xp_backend, Mx, np.tril(M) + np.tril(M, -1).T, rtol=0)
+
+
+# -- the comparators and the spectral module (issue 17) on every backend ------------------
+@pytest.mark.parametrize("name", ["EKFAC", "EigenCorrected(KPSVD)", "Diagonal", "BlockExact",
+                                  "LowRank", "LowRank+Diagonal"])
+def test_comparators(xp_backend, host_batch, name):
+    """Each comparator built on the backend equals the NumPy one: products, the damped
+    solve, and E1 per block and for the whole network."""
+    from fimlab.approx import build_approximation
+
+    b_np = host_batch
+    b = batch_on(xp_backend, b_np)
+    A, A_np = build_approximation(name, b), build_approximation(name, b_np)
+    v = np.random.default_rng(5).normal(size=b_np.n_params)
+    assert_close(xp_backend, A @ xp_backend.asarray(v), A_np @ v, rtol=1e-9)
+    assert_close(xp_backend, A.solve(xp_backend.asarray(v), 0.1), A_np.solve(v, 0.1),
+                 rtol=1e-8)
+    F, F_np = fl.FisherOperator(b), fl.FisherOperator(b_np)
+    for block in (None, 1):
+        e = fl.relative_frobenius_error(F, A, block=block)
+        assert e == pytest.approx(fl.relative_frobenius_error(F_np, A_np, block=block),
+                                  rel=1e-8, abs=1e-12)
+
+
+def test_spectral_module(xp_backend, host_batch):
+    """SLQ, the preconditioned density and the trace/diagonal estimators give on the
+    backend what they give on NumPy (same probes: the randomness is drawn on the host)."""
+    from fimlab import spectral
+
+    b_np = host_batch
+    b = batch_on(xp_backend, b_np)
+    F, F_np = fl.FisherOperator(b), fl.FisherOperator(b_np)
+    d, d_np = spectral.spectral_density(F, probes=3, steps=12, rng=1), \
+        spectral.spectral_density(F_np, probes=3, steps=12, rng=1)
+    np.testing.assert_allclose(np.sort(d.nodes, axis=None), np.sort(d_np.nodes, axis=None),
+                               rtol=1e-7, atol=1e-12)
+    assert d.zero_mass == pytest.approx(d_np.zero_mass, abs=1e-9)
+    kw = dict(probes=2, steps=8, rng=2, damping=1e-2)
+    p = spectral.spectral_density(F, preconditioner=fl.KFAC(b), **kw)
+    p_np = spectral.spectral_density(F_np, preconditioner=fl.KFAC(b_np), **kw)
+    np.testing.assert_allclose(np.sort(p.nodes, axis=None), np.sort(p_np.nodes, axis=None),
+                               rtol=1e-7)
+    for est in (spectral.hutchinson, spectral.hutchpp, spectral.xtrace):
+        assert est(F, rng=3) == pytest.approx(est(F_np, rng=3), rel=1e-8)
+    assert_close(xp_backend, xp_backend.asarray(spectral.diagonal_estimate(F, rng=4)),
+                 spectral.diagonal_estimate(F_np, rng=4), rtol=1e-8)
