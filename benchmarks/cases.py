@@ -21,6 +21,7 @@ import numpy as np
 import fimlab as fl
 
 from .harness import Budget, measure, peak_memory
+from .frontends import section_frontends
 from .pipeline import section_pipeline
 
 __all__ = ["Context", "NETS", "MODES", "row"]
@@ -796,6 +797,7 @@ SECTIONS = {
     "train": section_train,
     "pipeline": section_pipeline,  # end-to-end rows (issue 20)
     "comparators": section_comparators,
+    "frontends": section_frontends,  # PyTorch / JAX front-ends (issue 16)
 }
 
 
