@@ -338,7 +338,7 @@ def factor_batch(model, X, y=None, *, params=None, likelihood="categorical",
     N = Xj.shape[0]
     apply_kwargs = dict(apply_kwargs or {})
 
-    def forward(rec):
+    def forward(rec, Xj=Xj):  # X an argument: a jitted caller passes it as one
         if kind == "linen":
             return _linen_forward(model, params, Xj, rec, apply_kwargs)
         if kind == "nnx":
@@ -383,15 +383,18 @@ def factor_batch(model, X, y=None, *, params=None, likelihood="categorical",
                          f"{tuple(zs.shape)}")
     d_out = list(rec0.d_out)
 
-    def f(probes):
+    def f(probes, Xa=Xj):
         rec = _Rec(N, selected)
         rec.probes = list(probes)
-        z = forward(rec)
+        z = forward(rec, Xa)
         return z, tuple(rec.inputs)
 
     zeros = tuple(jnp.zeros((N, d), dtype=zs.dtype) for d in d_out)
-    if jit:  # two compiled programs (forward; forward + vmapped VJP) instead of op by op
-        z, inputs = jax.jit(lambda: f(zeros))()
+    # jit: two compiled programs (forward; forward + vmapped VJP) instead of op by op. X
+    # enters as an argument, not a constant: XLA would otherwise constant-fold the first
+    # layer's product X·W at compile time (minutes on a 1000 × 784 batch)
+    if jit:
+        z, inputs = jax.jit(lambda Xa: f(zeros, Xa))(Xj)
     else:
         z, vjp_fn, inputs = jax.vjp(f, zeros, has_aux=True)
     V = output_vectors(lik, np.asarray(z), fisher, y=None if y is None else _np(y),
@@ -399,11 +402,11 @@ def factor_batch(model, X, y=None, *, params=None, likelihood="categorical",
                        targets=None if targets is None else _np(targets))
     Vk = jnp.asarray(np.moveaxis(V, 1, 0), dtype=z.dtype)  # (K, N, C)
     if jit:
-        def pull(V):
-            _, fn, _ = jax.vjp(f, zeros, has_aux=True)
+        def pull(V, Xa):
+            _, fn, _ = jax.vjp(lambda p: f(p, Xa), zeros, has_aux=True)
             return jax.vmap(fn)(V)[0]
 
-        grads = jax.jit(pull)(Vk)
+        grads = jax.jit(pull)(Vk, Xj)
     else:
         (grads,) = jax.vmap(vjp_fn)(Vk)  # one vmapped VJP for the K vectors
     a_list, g_list = [], []
