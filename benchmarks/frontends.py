@@ -69,8 +69,6 @@ def _ratio(r: dict, t: dict, ref: dict, meaning: str) -> dict:
 
 
 def _torch_rows(ctx, net, X, y, case) -> list:
-    import torch
-
     import fimlab.torch as flt
 
     from . import peers
