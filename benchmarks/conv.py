@@ -14,6 +14,11 @@ copied weights), batch, dtype and thread count:
   curvlinops' ``GGNLinearOperator @ v`` (the exact Fisher is the GGN for the categorical
   likelihood; operator built once); target: within 2×.
 
+The curvature rows also time fimlab's route from the PyTorch model ("torch model via
+fimlab.torch": :func:`fimlab.torch.factor_batch` on the twin, then fimlab's KFC or
+product), since the factor batch dominates and PyTorch's convolution backward is faster
+than the NumPy layers'.
+
 ``ratio`` is peer time / fimlab time (as in the other sections): a target "fimlab within
 c×" is met when ``ratio ≥ 1/c``. The exact rows also report ``agreement``: the relative
 difference between the two results (products with the same vector, in PyTorch's
@@ -35,6 +40,9 @@ CONV_CASES = {
     "quick": dict(input_shape=(3, 32, 32), channels=(32, 32, 64), N_fb=256, N_curv=64),
     "full": dict(input_shape=(3, 32, 32), channels=(32, 32, 64), N_fb=256, N_curv=256),
 }
+
+#: the fimlab route from a PyTorch model (timed in a block of its own, as the peers)
+FT = "torch model via fimlab.torch"
 
 #: the issue's targets: fimlab time / peer time at most this
 TARGETS = {"fb": 2.0, "kfc": 1.5, "matvec": 2.0}
@@ -101,6 +109,25 @@ class ConvTwin:
             return K
 
         return run
+
+    def fimlab_torch_kfc(self, fisher: str):
+        """fimlab's KFC from the PyTorch model (fimlab.torch factor batch, NumPy factors)."""
+        import fimlab.torch as flt
+
+        self.model.eval()
+
+        def run():
+            return fl.KFAC(flt.factor_batch(self.model, self.X, self.y,
+                                            likelihood="categorical", fisher=fisher, rng=0))
+
+        return run
+
+    def fimlab_torch_matvec(self, v):
+        import fimlab.torch as flt
+
+        self.model.eval()
+        return lambda: lambda: fl.FisherOperator(flt.factor_batch(
+            self.model, self.X, likelihood="categorical")) @ v
 
     def curvlinops_ggn(self):
         from curvlinops import GGNLinearOperator
@@ -188,6 +215,8 @@ def section_conv(ctx) -> list:
 
         fns = {"fimlab": ours, "fimlab (factors only)": lambda b=b: fl.KFAC(b)}
         if twin is not None:
+            ctx.add_peer(fns, FT, lambda fisher=fisher: twin.fimlab_torch_kfc(fisher),
+                         "conv KFC (fimlab.torch)")
             ctx.add_peer(fns, "curvlinops KFAC (expand)",
                          lambda fisher=fisher: twin.curvlinops_kfc(fisher), "conv KFC (peers)")
         ts = ctx.time(fns, slow=True)
@@ -208,6 +237,11 @@ def section_conv(ctx) -> list:
                 r["note"], r["met"] = _target_note(r["ratio"], "kfc")
                 if agree is not None:
                     r["agreement"] = agree
+                if FT in ts:
+                    r["ratio_fimlab_torch"] = t["best"] / ts[FT]["best"]
+                    note, r["met_fimlab_torch"] = _target_note(r["ratio_fimlab_torch"], "kfc")
+                    r["note"] += "; via fimlab.torch: " + note.split("; ")[0] + \
+                        (" (met)" if r["met_fimlab_torch"] else " (NOT met)")
             rows.append(r)
 
     # exact Fisher (= GGN) × vector
@@ -224,6 +258,8 @@ def section_conv(ctx) -> list:
         G = twin.curvlinops_ggn()
         perm = twin.torch_order()
         vt = twin.torch.from_numpy(np.ascontiguousarray(v[perm]))
+        ctx.add_peer(fns, FT + " (with the factor batch)", twin.fimlab_torch_matvec(v),
+                     "conv matvec (fimlab.torch)")
         ctx.add_peer(fns, "curvlinops GGN @ v", lambda: lambda: G @ vt, "conv matvec (peers)")
     ts = ctx.time(fns)
     for impl, t in ts.items():
