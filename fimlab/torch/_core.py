@@ -19,7 +19,7 @@ from ..models.mlp import FISHER_TYPES
 __all__ = ["factor_batch", "flatten", "unflatten", "layer_names", "resolve_likelihood",
            "sample_targets"]
 
-# the call order of the treated nn.Linear layers, as factor_batch last saw it per model
+# the call order of the treated (nn.Linear, nn.Conv2d) layers, as factor_batch last saw it per model
 _CALL_ORDER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 _TREATED = (nn.Linear, nn.Conv2d)
@@ -179,7 +179,7 @@ def _select_layers(model: nn.Module, layers, train: bool = False) -> dict[str, n
 
 
 def layer_names(model: nn.Module, layers=None) -> list[str]:
-    """Names of the treated ``nn.Linear`` layers in ``θ`` order: the call order seen by
+    """Names of the treated ``nn.Linear`` / ``nn.Conv2d`` layers in ``θ`` order: the call order seen by
     the last :func:`factor_batch` on this model, else their registration order."""
     if layers is not None:
         return list(_select_layers(model, layers, train=True))
