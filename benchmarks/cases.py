@@ -20,6 +20,7 @@ import numpy as np
 
 import fimlab as fl
 
+from .conv import section_conv
 from .harness import Budget, measure, peak_memory
 from .pipeline import section_pipeline
 
@@ -796,6 +797,7 @@ SECTIONS = {
     "train": section_train,
     "pipeline": section_pipeline,  # end-to-end rows (issue 20)
     "comparators": section_comparators,
+    "conv": section_conv,  # convolution networks vs PyTorch and curvlinops (issue 18)
 }
 
 
