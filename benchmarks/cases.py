@@ -20,8 +20,9 @@ import numpy as np
 
 import fimlab as fl
 
-from .harness import Budget, measure, peak_memory
+from .conv import section_conv
 from .frontends import section_frontends
+from .harness import Budget, measure, peak_memory
 from .pipeline import section_pipeline
 
 __all__ = ["Context", "NETS", "MODES", "row"]
@@ -797,6 +798,7 @@ SECTIONS = {
     "train": section_train,
     "pipeline": section_pipeline,  # end-to-end rows (issue 20)
     "comparators": section_comparators,
+    "conv": section_conv,  # convolution networks vs PyTorch and curvlinops (issue 18)
     "frontends": section_frontends,  # PyTorch / JAX front-ends (issue 16)
 }
 

@@ -287,7 +287,8 @@ def _drop_builtin_docstrings(app, what, name, obj, options, lines):
     """A module constant without a ``#:`` comment would show its *type's* docstring
     (``dict``'s, with its ``**kwargs``, is not even valid reST): show nothing instead."""
     if what in ("data", "attribute") and type(obj).__module__ == "builtins" and lines:
-        doc = (type(obj).__doc__ or "").strip().splitlines()
+        doc = type(obj).__doc__
+        doc = doc.strip().splitlines() if isinstance(doc, str) else []  # may be a descriptor
         if doc and lines[0].strip() == doc[0].strip():
             lines[:] = []
 

@@ -15,7 +15,7 @@ Python indices are 0-based: layer 0 is the first layer. Equations cited as ``doc
 refer to the project's formula sheet (``docs/papers.md``).
 """
 
-from . import datasets, kron
+from . import datasets, image_datasets, kron
 from ._budget import check_memory, get_memory_budget, memory_budget, set_memory_budget
 from ._errors import (
     BackendError,
@@ -105,7 +105,10 @@ __all__ = [
     "get_memory_budget", "set_memory_budget", "memory_budget", "check_memory",
     # layered networks: convolution, pooling, batch norm (fimlab.models.network)
     "Network", "cuda_convnet", "deep_bn_linear", "small_resnet",
+    # labelled images for them: CIFAR-10, SVHN, (Fashion-)MNIST files, offline stand-ins
+    "image_datasets", "load_image_dataset", "ImageDataset",
 ]
+from .image_datasets import ImageDataset, load_image_dataset  # noqa: E402
 # comparators (issue 17): eigenvalue-corrected, diagonal, block-exact, low-rank; spectra
 from . import spectral  # noqa: E402
 from .approx import (  # noqa: E402

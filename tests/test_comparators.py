@@ -411,6 +411,24 @@ def test_ngd_ekfac_refreshes_basis_with_inverses_scalings_with_statistics():
     assert opt.stat_refreshes == [0, 1, 2, 3] and opt.inverse_refreshes == [0, 3]
 
 
+def test_ngd_two_level_around_ekfac_follows_the_refreshed_scalings():
+    """Between inverse refreshes EKFAC's scalings change at every statistics refresh: the
+    two-level wrapper must be rebuilt around the rescaled operator (it held the old one)."""
+    rng = np.random.default_rng(0)
+    net = fl.MLP([4, 5, 3], activation="tanh", likelihood="categorical", seed=0)
+    X, y = rng.normal(size=(32, 4)), rng.integers(0, 3, size=32)
+    opt = fl.NGD(net, method="EKFAC", lr=0.05, damping=0.1, stat_period=1, inverse_period=3,
+                 two_level={"coarse_space": "nicolaides", "form": "residual"})
+    opt.step(X, y)
+    opt.step(X + 0.5, y)                                  # scalings refreshed, basis frozen
+    T = opt._direction_op
+    assert T.fine is opt.preconditioner
+    v = rng.normal(size=net.n_params)
+    fresh = fl.TwoLevel(opt.preconditioner, "nicolaides", batch=opt._source["coarse_batch"],
+                        form="residual", damping=0.1)
+    np.testing.assert_allclose(T.solve(v), fresh.solve(v), rtol=1e-12)
+
+
 def test_block_exact_method_of_train_is_block_exact_object():
     rng = np.random.default_rng(0)
     net = fl.MLP([4, 5, 3], activation="tanh", likelihood="categorical", seed=0)

@@ -338,15 +338,22 @@ def test_ngd_exact_direction_is_the_damped_natural_gradient():
 @pytest.mark.parametrize("kw", [dict(method="KFAC", ema="papers", stat_period=2, inverse_period=3),
                                 dict(method="KPSVD", ema="window", window=2),
                                 dict(method="KFAC", two_level={"coarse_space": "nicolaides",
-                                                               "form": "residual"})])
+                                                               "form": "residual"}),
+                                # EKFAC interrupted after scalings were refreshed in a
+                                # frozen eigenbasis (t = 4 refreshes, t = 3 rebuilt)
+                                dict(method="EKFAC", ema="papers", stat_period=1,
+                                     inverse_period=3, stop=5),
+                                dict(method="EKFAC", ema="papers", inverse_period=3, stop=5,
+                                     two_level={"coarse_space": "nicolaides",
+                                                "form": "residual"})])
 def test_ngd_state_roundtrip_mid_run_then_dtype_of_state(kw):
     """Interrupt after 4 steps, reload into a fresh optimizer on a fresh network: the next
     steps are bit-identical to the uninterrupted run (the state carries every cache)."""
     net, batches = _problem(4)
     kw = dict(kw)
-    method = kw.pop("method")
+    method, stop = kw.pop("method"), kw.pop("stop", 4)
     opt = fl.NGD(net, method, lr=0.05, damping=1e-2, seed=3, **kw)
-    for t in range(4):
+    for t in range(stop):
         opt.step(*batches[t % 3])
     state, theta = opt.state_dict(), net.get_flat().copy()
     net2, _ = _problem(4)
@@ -355,7 +362,7 @@ def test_ngd_state_roundtrip_mid_run_then_dtype_of_state(kw):
     opt2.load_state_dict(state)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for t in range(4, 9):
+        for t in range(stop, stop + 5):
             l1 = opt.step(*batches[t % 3])
             l2 = opt2.step(*batches[t % 3])
             assert l1 == l2

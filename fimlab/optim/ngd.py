@@ -331,6 +331,9 @@ class NGD(Optimizer):
             if getattr(built, "eigen_corrected", False) and self.preconditioner is not None:
                 rho = min(1.0 - 1.0 / (t + 1), self.ema_max) if self.ema == "papers" else 0.0
                 self.preconditioner = self.preconditioner.rescaled(batch, rho)
+                # a two-level wrapper holds the fine operator: rebuild it around the
+                # rescaled one (same coarse batch), or its directions keep the old scalings
+                self._wrap_two_level((self._source or {}).get("coarse_batch", self._latest))
             if terms is None:
                 if self.ema == "papers":
                     raise OptionError(
@@ -379,11 +382,15 @@ class NGD(Optimizer):
             pre = op if terms is None else BlockDiagonalOperator(
                 [KroneckerOperator(t) for t in terms])
         self.preconditioner = pre
+        self._wrap_two_level(src.get("coarse_batch"))
+
+    def _wrap_two_level(self, coarse_batch):
+        """The direction operator: the preconditioner itself, or ``TwoLevel`` around it."""
         if self.two_level is not None:
             TL = self._two_level_class()
             opts = {"rule": self.damping_rule, **self.two_level}
-            self._direction_op = TL(pre, batch=src["coarse_batch"], damping=self.damping,
-                                    **opts)
+            self._direction_op = TL(self.preconditioner, batch=coarse_batch,
+                                    damping=self.damping, **opts)
         else:
             self._direction_op = None
 
@@ -482,6 +489,11 @@ class NGD(Optimizer):
                 "batch": self._batch_state(src.get("batch")),
                 "coarse_batch": self._batch_state(src.get("coarse_batch")),
             } if self._source is not None else None,
+            # EKFAC: the scalings as refreshed since the last inverse refresh (the source
+            # rebuilds only those of that refresh)
+            "eigen_scalings": ([self._to_host(b.S) for b in self.preconditioner.blocks]
+                               if self._eigen_corrected() and self.preconditioner is not None
+                               else None),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -505,6 +517,10 @@ class NGD(Optimizer):
                 ("batch", self._batch_load(src.get("batch"))),
                 ("coarse_batch", self._batch_load(src.get("coarse_batch")))) if v is not None}
             self._build_from_source(self._source)
+            if state.get("eigen_scalings") is not None and self._eigen_corrected():
+                self.preconditioner = _with_scalings(
+                    self.preconditioner, [self._to_net(S) for S in state["eigen_scalings"]])
+                self._wrap_two_level(self._source.get("coarse_batch", self._latest))
 
     def __repr__(self) -> str:
         return (f"<NGD method={self.method!r} lr={self.lr} damping={self.damping} "
@@ -515,3 +531,18 @@ def _check_int(value, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise OptionError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _with_scalings(pre, scalings):
+    """The eigenvalue-corrected operator ``pre`` with the given per-block scalings (its
+    eigenbases kept): what :meth:`EigenCorrected.rescaled` had made of it before a resume."""
+    from ..approx.eigencorrected import EigenbasisBlock
+
+    if len(scalings) != len(pre.blocks):
+        raise ValueError(f"the saved state holds scalings for {len(scalings)} blocks; the "
+                         f"network has {len(pre.blocks)}")
+    new = object.__new__(type(pre))
+    new.base, new.batch, new.basis = pre.base, pre.batch, pre.basis
+    BlockDiagonalOperator.__init__(new, [EigenbasisBlock(b.QA, b.QG, S)
+                                         for b, S in zip(pre.blocks, scalings)])
+    return new

@@ -1,16 +1,23 @@
-"""PyTorch front-end: the factor batch of any ``torch.nn.Module`` built from ``nn.Linear``.
+"""PyTorch front-end: the factor batch of a ``torch.nn.Module`` built from ``nn.Linear``
+and ``nn.Conv2d`` layers (with batch norm, pooling, activations between them).
 
 ``fimlab.torch.factor_batch(model, X, y, likelihood=..., fisher=...)`` runs the model
-once with forward hooks on its ``nn.Linear`` layers (recording each layer's input ``ā``)
-and back-propagates the ``K`` output-space vectors of the chosen Fisher in one batched,
-vmapped backward pass (``torch.autograd.grad(..., is_grads_batched=True)``) to a zero
+once with forward hooks on its ``nn.Linear`` and ``nn.Conv2d`` layers (recording each
+layer's input ``ā``; a convolution's is unfolded into patches, ``F.unfold``)
+and back-propagates the ``K`` output-space vectors of the chosen Fisher to a zero
 "probe" added to every layer's output, so the gradient reaching a probe is the vector
-back-propagated to that layer's pre-activation. No per-sample loop.
+back-propagated to that layer's pre-activation: in one batched, vmapped backward pass
+(``torch.autograd.grad(..., is_grads_batched=True)``) for dense models, in ``K`` batched
+backward passes for models with convolutions (PyTorch's vmapped convolution backward is
+several times slower on the CPU). No per-sample loop, no loop over positions.
 
-The parameter vector ``θ`` keeps fimlab's convention: one block per ``nn.Linear`` in the
+The parameter vector ``θ`` keeps fimlab's convention: one block per treated layer in the
 order the forward pass calls them, each block ``vec([W | b])`` (column-major; ``vec(W)``
-for a layer without bias). :func:`flatten` and :func:`unflatten` map between ``θ`` and
-the model's own ``{name: tensor}`` parameters.
+for a layer without bias; a convolution's ``W = weight.reshape(c_out, c_in·k_h·k_w)``).
+Batch-norm scales and shifts are held fixed, as in
+:func:`fimlab.models.network.network_factor_batch`; :func:`to_torch` gives the PyTorch
+twin of a :class:`fimlab.Network`. :func:`flatten` and :func:`unflatten` map between
+``θ`` and the model's own ``{name: tensor}`` parameters.
 
 Install with ``pip install "fimlab[torch]"``. On a machine without a GPU, install the
 CPU build of PyTorch first (``pip install torch --index-url
@@ -43,6 +50,7 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
         "https://download.pytorch.org/whl/cpu)"
     ) from _exc
 
+from ._convert import ResidualBlock, to_torch
 from ._core import (
     factor_batch,
     flatten,
@@ -53,4 +61,4 @@ from ._core import (
 )
 
 __all__ = ["factor_batch", "flatten", "unflatten", "layer_names", "resolve_likelihood",
-           "sample_targets"]
+           "sample_targets", "to_torch", "ResidualBlock"]

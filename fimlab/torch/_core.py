@@ -19,14 +19,34 @@ from ..models.mlp import FISHER_TYPES
 __all__ = ["factor_batch", "flatten", "unflatten", "layer_names", "resolve_likelihood",
            "sample_targets"]
 
-# the call order of the treated nn.Linear layers, as factor_batch last saw it per model
+# the call order of the treated (nn.Linear, nn.Conv2d) layers, as factor_batch last saw it per model
 _CALL_ORDER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-_UNSUPPORTED_HINT = (
-    "fimlab's factor batches model the parameters of nn.Linear layers only: freeze it "
-    "(p.requires_grad_(False)), or pass layers=[...] naming the nn.Linear modules to treat "
-    "(every other parameter then counts as fixed)"
+_TREATED = (nn.Linear, nn.Conv2d)
+_BN = nn.modules.batchnorm._BatchNorm
+_SUPPORTED = (
+    "supported: nn.Linear and nn.Conv2d (groups=1; stride, padding, dilation) are the "
+    "treated layers (one parameter block each), nn.BatchNorm1d/2d/3d parameters are held "
+    "fixed (as fimlab.Network's factor batch does), and any parameter-free module "
+    "(pooling, Flatten, ReLU, ...) is differentiated through"
 )
+_UNSUPPORTED_HINT = (
+    "freeze it (p.requires_grad_(False)), or pass layers=[...] naming the nn.Linear / "
+    "nn.Conv2d modules to treat (every other parameter then counts as fixed)"
+)
+
+
+def _kind(m: nn.Module) -> str:
+    return "conv" if isinstance(m, nn.Conv2d) else "linear"
+
+
+def _check_conv(n: str, m: nn.Conv2d) -> None:
+    if m.groups != 1:
+        raise ShapeError(
+            f"nn.Conv2d {n!r} has groups={m.groups}: grouped and depthwise convolutions "
+            f"have no Kronecker-factored block in fimlab; {_SUPPORTED}; or pass "
+            "layers=[...] without it (its parameters then count as fixed)"
+        )
 
 
 # -- likelihood -----------------------------------------------------------------------
@@ -89,26 +109,28 @@ def _refuse(loss, bad):
 
 
 # -- layers ---------------------------------------------------------------------------
-def _select_layers(model: nn.Module, layers) -> dict[str, nn.Linear]:
-    """``{name: module}`` of the nn.Linear layers to treat; checks the others."""
+def _select_layers(model: nn.Module, layers, train: bool = False) -> dict[str, nn.Module]:
+    """``{name: module}`` of the nn.Linear / nn.Conv2d layers to treat; checks the others."""
     named = dict(model.named_modules())
     if layers is None:
-        chosen = {n: m for n, m in named.items() if isinstance(m, nn.Linear)
+        chosen = {n: m for n, m in named.items() if isinstance(m, _TREATED)
                   and any(p.requires_grad for p in m.parameters(recurse=False))}
         for n, m in named.items():
             for pn, p in m.named_parameters(recurse=False):
-                if p.requires_grad and not isinstance(m, nn.Linear):
+                if not p.requires_grad or isinstance(m, _BN):
+                    continue
+                if not isinstance(m, _TREATED):
                     where = f"{n}.{pn}" if n else pn
                     raise ShapeError(
                         f"the trainable parameter {where!r} belongs to a "
-                        f"{type(m).__name__}, not an nn.Linear; {_UNSUPPORTED_HINT}"
+                        f"{type(m).__name__} ({n or 'the model'}), which fimlab.torch does "
+                        f"not model ({_SUPPORTED}); {_UNSUPPORTED_HINT}"
                     )
-                if p.requires_grad and isinstance(m, nn.Linear) and not all(
-                        q.requires_grad for q in m.parameters(recurse=False)):
+                if not all(q.requires_grad for q in m.parameters(recurse=False)):
                     raise ShapeError(
-                        f"nn.Linear {n!r} has a trainable and a frozen parameter; fimlab "
-                        "treats a layer's [W | b] as one block: freeze both or neither, or "
-                        "pass layers=[...] without it"
+                        f"{type(m).__name__} {n!r} has a trainable and a frozen parameter; "
+                        "fimlab treats a layer's [W | b] as one block: freeze both or "
+                        "neither, or pass layers=[...] without it"
                     )
     else:
         chosen = {}
@@ -122,16 +144,21 @@ def _select_layers(model: nn.Module, layers) -> dict[str, nn.Linear]:
                 n, m = by_id[id(item)], item
             else:
                 raise UnknownNameError(
-                    f"layers= takes module names or nn.Linear modules of the model, got "
-                    f"{item!r}"
+                    f"layers= takes module names or nn.Linear / nn.Conv2d modules of the "
+                    f"model, got {item!r}"
                 )
-            if not isinstance(m, nn.Linear):
+            if not isinstance(m, _TREATED):
                 raise ShapeError(
-                    f"layers=: {n!r} is a {type(m).__name__}, not an nn.Linear")
+                    f"layers=: {n!r} is a {type(m).__name__}, not an nn.Linear or "
+                    f"nn.Conv2d; {_SUPPORTED}")
             chosen[n] = m
     if not chosen:
         raise ShapeError(
-            f"{type(model).__name__} has no trainable nn.Linear layer: nothing to treat")
+            f"{type(model).__name__} has no trainable nn.Linear or nn.Conv2d layer: "
+            "nothing to treat")
+    for n, m in chosen.items():
+        if isinstance(m, nn.Conv2d):
+            _check_conv(n, m)
     for n, m in named.items():
         if m.training and isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
             raise ShapeError(
@@ -139,23 +166,27 @@ def _select_layers(model: nn.Module, layers) -> dict[str, nn.Linear]:
                 "of a network with random dropout masks is not defined per sample; call "
                 "model.eval() first"
             )
-        if m.training and isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, _BN) and not train and (m.training or m.running_mean is None):
+            why = ("is in train mode" if m.training else
+                   "has no running statistics (track_running_stats=False)")
             raise ShapeError(
-                f"module {n!r} ({type(m).__name__}) is in train mode, where samples "
-                "interact through the batch statistics; call model.eval() first"
+                f"module {n!r} ({type(m).__name__}) {why}, where samples interact through "
+                "the batch statistics; call model.eval() first for the per-sample Fisher "
+                "(running statistics), or pass train=True for the vectors a batched "
+                "backward through the batch statistics gives (what KFAC sees in training)"
             )
     return chosen
 
 
 def layer_names(model: nn.Module, layers=None) -> list[str]:
-    """Names of the treated ``nn.Linear`` layers in ``θ`` order: the call order seen by
+    """Names of the treated ``nn.Linear`` / ``nn.Conv2d`` layers in ``θ`` order: the call order seen by
     the last :func:`factor_batch` on this model, else their registration order."""
     if layers is not None:
-        return list(_select_layers(model, layers))
+        return list(_select_layers(model, layers, train=True))
     seen = _CALL_ORDER.get(model)
     if seen is not None:
         return list(seen)
-    return list(_select_layers(model, None))
+    return list(_select_layers(model, None, train=True))
 
 
 # -- data -----------------------------------------------------------------------------
@@ -179,16 +210,22 @@ def _as_tensor(x, dtype, device):
 # -- the factor batch -----------------------------------------------------------------
 def factor_batch(model: nn.Module, X, y=None, *, likelihood=None, fisher: str = "exact",
                  mc_samples: int = 1, rng=None, targets=None, layers=None,
-                 to: str = "numpy", max_bytes: int | None = None) -> FactorBatch:
+                 train: bool = False, to: str = "numpy",
+                 max_bytes: int | None = None) -> FactorBatch:
     """The factor batch of a PyTorch model on inputs ``X``.
 
     Parameters
     ----------
     model : torch.nn.Module
-        Any module whose trainable parameters all sit in ``nn.Linear`` layers, each
-        called once per forward pass on ``(N, d_in)`` inputs (``Sequential`` or a custom
-        ``forward``: skip connections, branches, ``ModuleList`` are fine). Its output
-        ``z`` of shape ``(N, C)`` is the likelihood's input (logits or means).
+        Any module whose trainable parameters all sit in ``nn.Linear`` layers (called on
+        ``(N, d_in)`` inputs), ``nn.Conv2d`` layers (``groups=1``; any stride, padding,
+        dilation, padding mode; on ``(N, C, H, W)`` inputs) and batch-norm layers, each
+        treated layer called once per forward pass (``Sequential`` or a custom
+        ``forward``: skip connections, branches, ``ModuleList`` are fine; parameter-free
+        modules such as pooling, ``Flatten``, activations are differentiated through).
+        Its output ``z`` of shape ``(N, C)`` is the likelihood's input (logits or means).
+        Batch-norm scales and shifts are held fixed (not in the batch), as in
+        :func:`fimlab.models.network.network_factor_batch`.
     X : tensor or array, shape (N, ...), or an iterable of ``(X, y)`` batches
         Inputs; a ``DataLoader`` (or any iterable of ``(X, y)`` / ``X``) is
         concatenated (within ``max_bytes``).
@@ -209,9 +246,19 @@ def factor_batch(model: nn.Module, X, y=None, *, likelihood=None, fisher: str = 
     targets : array, optional
         The sampled Monte-Carlo targets themselves (``(N, S)`` class indices, or
         ``(N, S, C)``), instead of drawing them; see :func:`sample_targets`.
-    layers : list of str or nn.Linear, optional
-        The ``nn.Linear`` layers to treat (others count as fixed); default: all with
-        trainable parameters, and then every trainable parameter must be in one.
+    layers : list of str or nn.Module, optional
+        The ``nn.Linear`` / ``nn.Conv2d`` layers to treat (others count as fixed);
+        default: all with trainable parameters, and then every trainable parameter must
+        be in one (or in a batch-norm layer).
+    train : bool
+        ``False`` (default): batch norm must run on its running statistics (the module
+        in eval mode; otherwise :class:`fimlab.ShapeError`): the per-sample Fisher.
+        ``True``: every batch-norm module runs on the batch statistics for this call
+        (its mode and running statistics are restored afterwards) and the ``K`` vector
+        sets are back-propagated through them, each set separately — the vectors a
+        batched backward gives (what KFAC sees in training), as
+        ``network_factor_batch(..., train=True)``; samples are coupled there, so these are
+        not per-sample gradients.
     to : {"numpy", "torch"}
         ``"numpy"`` (default): NumPy arrays in the model's dtype. ``"torch"``: torch
         tensors on the model's device (fimlab's core runs on them through the array API).
@@ -221,14 +268,19 @@ def factor_batch(model: nn.Module, X, y=None, *, likelihood=None, fisher: str = 
     Returns
     -------
     FactorBatch
-        With ``layer_names``: the treated layers' names in ``θ`` order (call order).
+        With ``layer_names``: the treated layers' names in ``θ`` order (call order). An
+        ``nn.Linear`` gives ``a (N, d_in [+1])``, ``g (N, K, d_out)``; an ``nn.Conv2d``
+        the patches ``a (N, T, c_in·k_h·k_w [+1])`` (``F.unfold`` order, so its block is
+        ``vec([weight.reshape(c_out, -1) | bias])``) and ``g (N, K, T, c_out)`` over the
+        ``T = H_out·W_out`` output positions (row-major).
 
     Raises
     ------
     ShapeError
-        For a trainable parameter outside an ``nn.Linear``, an ``nn.Linear`` called
-        twice or on inputs that are not ``(N, d_in)``, dropout or batch norm in train
-        mode, an output that is not ``(N, C)``.
+        For a trainable parameter outside the supported modules (the message names the
+        module and what is supported), an ``nn.Conv2d`` with ``groups > 1``, a treated
+        layer called twice or on inputs of the wrong rank, dropout in train mode, batch
+        norm in train mode without ``train=True``, an output that is not ``(N, C)``.
     UnknownNameError
         For an unknown Fisher type or likelihood, a loss option fimlab does not model.
 
@@ -248,7 +300,7 @@ def factor_batch(model: nn.Module, X, y=None, *, likelihood=None, fisher: str = 
     if not isinstance(model, nn.Module):
         raise TypeError(f"factor_batch needs a torch.nn.Module, got {type(model).__name__}")
     lik = resolve_likelihood(likelihood)
-    mods = _select_layers(model, layers)
+    mods = _select_layers(model, layers, train=bool(train))
     dtype, device = _model_dtype_device(model, mods)
     if not isinstance(X, (torch.Tensor, np.ndarray)) and isinstance(X, Iterable):
         if y is not None:
@@ -259,40 +311,87 @@ def factor_batch(model: nn.Module, X, y=None, *, likelihood=None, fisher: str = 
     N = Xt.shape[0]
 
     names = {id(m): n for n, m in mods.items()}
-    records: list = []  # (name, input, probe, bias?) in call order
+    records: list = []  # (name, module, input, probe) in call order
     calls: dict = {}
 
     def hook(mod, inp, out):
         n = names[id(mod)]
         calls[n] = calls.get(n, 0) + 1
+        kind = type(mod).__name__
         if calls[n] > 1:
             raise ShapeError(
-                f"nn.Linear {n!r} is called more than once in one forward pass (weight "
+                f"{kind} {n!r} is called more than once in one forward pass (weight "
                 "sharing); fimlab's factor batches need one call per layer: pass "
                 "layers=[...] without it (it then counts as fixed)"
             )
         x = inp[0]
-        if x.ndim != 2 or x.shape[0] != N:
+        want = 4 if isinstance(mod, nn.Conv2d) else 2
+        if x.ndim != want or x.shape[0] != N:
+            form = "(N, C, H, W)" if want == 4 else "(N, d_in)"
             raise ShapeError(
-                f"nn.Linear {n!r} received inputs of shape {tuple(x.shape)}, not (N, d_in) "
-                f"with N = {N}: a layer applied along a sequence or spatial axis shares its "
-                "weights across positions, which fimlab's factor batches do not model; pass "
-                "layers=[...] without it"
+                f"{kind} {n!r} received inputs of shape {tuple(x.shape)}, not {form} "
+                f"with N = {N}"
+                + ("" if want == 4 else
+                   ": a layer applied along a sequence or spatial axis shares its weights "
+                   "across positions, which fimlab's factor batches model for nn.Conv2d "
+                   "only")
+                + "; pass layers=[...] without it"
             )
         probe = torch.zeros_like(out, requires_grad=True)
-        records.append((n, x.detach(), probe, mod.bias is not None))
+        records.append((n, mod, x.detach(), probe))
         return out + probe
 
+    bns = [m for m in model.modules() if isinstance(m, _BN)] if train else []
+    saved = [(m, m.training, {k: v.clone() for k, v in m.named_buffers(recurse=False)})
+             for m in bns]
     handles = [m.register_forward_hook(hook) for m in mods.values()]
     try:
-        with torch.enable_grad():
-            z = model(Xt)
+        for m in bns:  # batch statistics; modes and running statistics restored below
+            m.train(True)
+        z, grads, K = _run(model, Xt, N, mods, calls, records, handles, lik, fisher, y,
+                           mc_samples, rng, targets)
     finally:
         for h in handles:
             h.remove()
+        with torch.no_grad():
+            for m, mode, bufs in saved:
+                m.train(mode)
+                for k, v in bufs.items():
+                    getattr(m, k).copy_(v)
+    a_list, g_list = [], []
+    for (_n, mod, x, probe), g in zip(records, grads):
+        if g is None:  # the layer does not reach the output
+            g = torch.zeros((N, K, *_positions(probe).shape[1:]), dtype=probe.dtype,
+                            device=probe.device)
+        if isinstance(mod, nn.Conv2d):
+            a = _conv_patches(mod, x)
+        else:
+            a = x
+            if mod.bias is not None:
+                a = torch.cat([x, torch.ones((N, 1), dtype=x.dtype, device=x.device)], dim=1)
+        a_list.append(a)
+        g_list.append(g.detach())
+    if to == "numpy":
+        a_list = [t.cpu().numpy() for t in a_list]
+        g_list = [t.cpu().numpy() for t in g_list]
+    batch = FactorBatch(a_list, g_list, fisher=fisher)
+    order = [r[0] for r in records]
+    batch.layer_names = order
+    if layers is None:
+        _CALL_ORDER[model] = order
+    return batch
+
+
+def _run(model, Xt, N, mods, calls, records, handles, lik, fisher, y, mc_samples, rng,
+         targets):
+    """Forward pass (hooks recording), output vectors, one batched backward."""
+    with torch.enable_grad():
+        z = model(Xt)
+    for h in handles:
+        h.remove()
     missing = [n for n in mods if n not in calls]
     if missing:
-        raise ShapeError(f"the forward pass did not call the nn.Linear layer(s) {missing}")
+        raise ShapeError(f"the forward pass did not call the treated layer(s) {missing}")
     if not isinstance(z, torch.Tensor) or z.ndim != 2 or z.shape[0] != N:
         raise ShapeError(
             f"the model's output must be a tensor of shape (N, C) = ({N}, C), got "
@@ -305,32 +404,58 @@ def factor_batch(model: nn.Module, X, y=None, *, likelihood=None, fisher: str = 
     K = V.shape[1]
     Vt = torch.as_tensor(np.ascontiguousarray(np.moveaxis(V, 1, 0)), dtype=z.dtype,
                          device=z.device)  # (K, N, C)
-    probes = [r[2] for r in records]
-    try:  # one vmapped backward for the K vectors
-        grads = torch.autograd.grad(z, probes, grad_outputs=Vt, is_grads_batched=True,
-                                    allow_unused=True)
-    except RuntimeError:  # an operation without a batching rule: K batched backwards
-        per_k = [torch.autograd.grad(z, probes, grad_outputs=Vt[k], retain_graph=True,
-                                     allow_unused=True) for k in range(K)]
-        grads = [None if per_k[0][i] is None else torch.stack([p[i] for p in per_k])
-                 for i in range(len(probes))]
-    a_list, g_list = [], []
-    for (_n, x, probe, has_bias), g in zip(records, grads):
-        if g is None:  # the layer does not reach the output
-            g = torch.zeros((K, *probe.shape), dtype=probe.dtype, device=probe.device)
-        if has_bias:
-            x = torch.cat([x, torch.ones((N, 1), dtype=x.dtype, device=x.device)], dim=1)
-        a_list.append(x)
-        g_list.append(g.detach().permute(1, 0, 2).contiguous())  # (N, K, d_out)
-    if to == "numpy":
-        a_list = [t.cpu().numpy() for t in a_list]
-        g_list = [t.cpu().numpy() for t in g_list]
-    batch = FactorBatch(a_list, g_list, fisher=fisher)
-    order = [r[0] for r in records]
-    batch.layer_names = order
-    if layers is None:
-        _CALL_ORDER[model] = order
-    return batch
+    probes = [r[3] for r in records]
+    # One vmapped backward for the K vectors, except through convolutions: PyTorch's
+    # batching rule for the convolution backward is slow on the CPU (measured on the
+    # cuda-convnet, N = 64, K = 10, one thread: 3.45 s vmapped, 0.41 s as K backwards)
+    if not any(isinstance(r[1], nn.Conv2d) for r in records):
+        try:
+            gb = torch.autograd.grad(z, probes, grad_outputs=Vt, is_grads_batched=True,
+                                     allow_unused=True)
+            return z, [None if g is None else g.detach().permute(1, 0, 2).contiguous()
+                       for g in gb], K
+        except RuntimeError:  # an operation without a batching rule: K backwards
+            pass
+    # K backwards, each written straight into the (N, K, [T,] d_out) layout
+    grads = [None] * len(probes)
+    for k in range(K):
+        gk = torch.autograd.grad(z, probes, grad_outputs=Vt[k], retain_graph=k < K - 1,
+                                 allow_unused=True)
+        for i, gi in enumerate(gk):
+            if gi is None:
+                continue
+            gi = _positions(gi)
+            if grads[i] is None:
+                grads[i] = torch.empty((gi.shape[0], K, *gi.shape[1:]), dtype=gi.dtype,
+                                       device=gi.device)
+            grads[i][:, k] = gi
+    return z, grads, K
+
+
+def _positions(g):
+    """A layer-output gradient as ``(N, d_out)`` or, for a convolution's ``(N, c_out, H_o,
+    W_o)``, ``(N, T, c_out)`` (a view)."""
+    return g if g.ndim == 2 else g.reshape(g.shape[0], g.shape[1], -1).transpose(1, 2)
+
+
+def _conv_patches(mod: nn.Conv2d, x: torch.Tensor):
+    """Patches ``ā`` ``(N, T, c_in·k_h·k_w [+1])`` (``F.unfold``: PyTorch's weight order,
+    positions row-major)."""
+    N = x.shape[0]
+    if isinstance(mod.padding, str) or mod.padding_mode != "zeros":
+        mode = "constant" if mod.padding_mode == "zeros" else mod.padding_mode
+        x = torch.nn.functional.pad(x, mod._reversed_padding_repeated_twice, mode=mode)
+        pad = 0
+    else:
+        pad = mod.padding
+    p = torch.nn.functional.unfold(x, mod.kernel_size, dilation=mod.dilation, padding=pad,
+                                   stride=mod.stride)  # (N, d, T)
+    if mod.bias is None:
+        return p.transpose(1, 2).contiguous()
+    a = torch.empty((N, p.shape[2], p.shape[1] + 1), dtype=x.dtype, device=x.device)
+    a[:, :, :-1] = p.transpose(1, 2)
+    a[:, :, -1] = 1.0
+    return a
 
 
 def sample_targets(model_output, likelihood, mc_samples: int = 1, rng=None):
@@ -392,6 +517,7 @@ def flatten(model: nn.Module, grads=None, layers=None):
         if tuple(W.shape) != tuple(m.weight.shape):
             raise ShapeError(f"{pre}weight: expected shape {tuple(m.weight.shape)}, got "
                              f"{tuple(W.shape)}")
+        W = W.reshape(W.shape[0], -1)  # a convolution's (c_out, c_in·k_h·k_w)
         if m.bias is not None:
             b = _np(grads[pre + "bias"]).reshape(-1, 1)
             W = np.concatenate([W, b], axis=1)
@@ -403,7 +529,7 @@ def unflatten(model: nn.Module, theta, layers=None) -> dict:
     """Split ``θ`` into ``{name: tensor}`` in the model's shapes, dtype and device.
 
     Inverse of :func:`flatten`: each layer's block ``vec([W | b])`` becomes
-    ``"<layer>.weight"`` ``(d_out, d_in)`` and ``"<layer>.bias"`` ``(d_out,)``. Use it to
+    ``"<layer>.weight"`` ``(d_out, d_in)`` (a convolution's ``(c_out, c_in, k_h, k_w)``) and ``"<layer>.bias"`` ``(d_out,)``. Use it to
     apply a fimlab direction: ``p.data -= lr * step[name]``.
     """
     pairs = _layer_params(model, layers)
@@ -420,12 +546,12 @@ def unflatten(model: nn.Module, theta, layers=None) -> dict:
     out, o = {}, 0
     for n, m in pairs:
         pre = f"{n}." if n else ""
-        r, c = m.weight.shape
+        r, c = m.weight.shape[0], m.weight[0].numel()
         cols = c + (1 if m.bias is not None else 0)
         blk = th[o:o + r * cols].reshape(cols, r).T.to(dtype=m.weight.dtype,
                                                        device=m.weight.device)
         o += r * cols
-        out[pre + "weight"] = blk[:, :c].contiguous()
+        out[pre + "weight"] = blk[:, :c].reshape(m.weight.shape).contiguous()
         if m.bias is not None:
             out[pre + "bias"] = blk[:, c].contiguous()
     return out
