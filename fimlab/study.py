@@ -619,7 +619,10 @@ def _two_level_step(result, batch, g, built: dict, c: dict, it: int, loss: float
     """The ``--two-level`` measurements at one iteration (appended to ``result``)."""
     approx = {f"{m} ({s})" if m != "KFAC" else m: A for (m, s), A in built.items()}
     fine = built.get(("KFAC", "exact"))
-    rows, offdiag = measure_directions(batch, g, c["damping"], approx, fine=fine)
+    from .study_models import coarse_spaces_for
+
+    rows, offdiag = measure_directions(batch, g, c["damping"], approx, fine=fine,
+                                       coarse_spaces=coarse_spaces_for(batch))
     for r in rows:
         result.two_level_rows.append({"iteration": it, "loss": loss, **r,
                                       "offdiag_share": offdiag})

@@ -51,6 +51,7 @@ from .optim.ngd import NGD
 
 __all__ = ["MODELS", "IMAGE_SHAPES", "cuda_convnet_fast", "build_network", "check_model",
            "study_network", "gradient_vector", "compare_or_skip", "describe_blocks",
+           "coarse_spaces_for",
            "labelled_dataset", "NetworkNGD"]
 
 #: model name -> (kind, default study data set, one-line description)
@@ -246,6 +247,16 @@ def compare_or_skip(batch, pairs: list, skipped: dict, model: str, **kw):
         raise OptionError(f"no method of --methods runs on --model {model}: "
                           + "; ".join(skipped.values()))
     return compare(batch, pairs, **kw)
+
+
+def coarse_spaces_for(batch) -> tuple:
+    """The coarse spaces of ``fimlab.COARSE_SPACES`` defined on ``batch``: all of them,
+    less ``"previous"`` (cross-layer factor sums of dense layers only) when the batch has
+    convolution layers."""
+    import fimlab as fl
+
+    conv = any(getattr(batch, "positional", ()))
+    return tuple(s for s in fl.COARSE_SPACES if not (conv and s == "previous"))
 
 
 # -- fimlab train ---------------------------------------------------------------------------------
