@@ -26,6 +26,12 @@ name                layer sizes                                         data    
 ``synthetic``       16-8-4-8-16                                          make_synthetic Bern.
 ==================  ==================================================  =============  =====
 
+Network benchmarks (classifiers on labelled images; :mod:`fimlab.study_models`):
+``cuda-convnet`` (the two-level paper's CNN, MNIST 1×28×28), ``cuda-convnet-fast`` (scaled
+down, 8×8 digits), ``deep-bn-mnist13``, ``deep-bn-fast`` (deep linear batch-norm nets) and
+``small-resnet``; the natural-gradient methods precondition their convolution and dense
+blocks, the batch-norm blocks take the plain gradient.
+
 ReLU hidden units, the code layer included (docs/papers.md: the papers' code uses ReLU; Hinton &
 Salakhutdinov had a linear code layer: pass ``activation`` as a list to get it).
 
