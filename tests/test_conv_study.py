@@ -315,3 +315,17 @@ def test_network_train_resume_refused(tmp_path):
     run_training({**cfg, "max_seconds": 1e-9}, tmp_path)
     with pytest.raises(fl.OptionError, match="resume is not available"):
         run_training({**cfg, "resume": True}, tmp_path)
+
+
+def test_small_resnet_study_e1(monkeypatch):
+    """The residual CNN (batch norm inside the residual branches): E1 rows at
+    initialisation vs the dense reference."""
+    seen = _record_factor_batches(monkeypatch)
+    res = run_study({"model": "small-resnet", "iterations": 0, "n_samples": 16,
+                     "batch_size": 16, "methods": ["KFAC", "KPSVD"], "solver": "exact",
+                     "out": None}, progress=False, verbose=False)
+    assert len(seen) == 1 and seen[0].n_layers == 6  # 5 conv + 1 linear
+    ref = _reference_e1(seen[0])
+    assert len(res.rows) == 2 * 7
+    for r in res.rows:
+        assert r["e1"] == pytest.approx(ref[(r["method"], r["block"])], rel=1e-6, abs=1e-9)
