@@ -42,6 +42,8 @@ the positions, ``R = (1/N) Σ_{n,t,t'} vec(ā_nt ā_nt'ᵀ) vec(Σ_k g_nkt g_nkt
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .._errors import ShapeError
@@ -282,7 +284,7 @@ def gk_step_budget(R, flops: float) -> int:
     """The most Golub–Kahan steps within ``flops``: step ``j`` costs two products and the
     full reorthogonalisation of a left and a right vector, ``4 j (d_a² + d_g²)``."""
     p, n = 2.0 * R.product_flops, 2.0 * (R.shape[0] + R.shape[1])
-    s = (-p + np.sqrt(p * p + 4.0 * n * flops)) / (2.0 * n)  # n s² + p s = flops
+    s = (-p + math.sqrt(p * p + 4.0 * n * flops)) / (2.0 * n)  # n s² + p s = flops
     return int(min(s, min(R.shape)))
 
 
@@ -324,7 +326,7 @@ def normal_matrix(R):  # xp: NumPy-only branch (GEMMs on host arrays)
     return H, side
 
 
-def _sym_coordinates(d: int):
+def _sym_coordinates(d: int):  # xp: host index arrays for the NumPy-only normal route
     """Rows/weights of an orthonormal basis of symmetric ``d × d`` matrices (column-major
     vec): basis vector ``m`` has weight ``c_m`` at ``i1_m`` and at ``i2_m``."""
     p, q = np.triu_indices(d)
