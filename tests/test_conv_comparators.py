@@ -344,3 +344,48 @@ def test_conv_comparators_on_array_backends(xp_backend):
     assert fl.relative_frobenius_error(F, fl.EKFAC(b), block=0) == pytest.approx(
         fl.relative_frobenius_error(fl.FisherOperator(b_np), fl.EKFAC(b_np), block=0),
         rel=1e-9)
+
+
+def test_ekfac_on_cnn_matches_curvlinops():
+    """EKFAC on a CNN = curvlinops' EKFACLinearOperator(kfac_approx="expand") on the same
+    PyTorch CNN (exact Fisher, mean reduction): curvlinops also rotates and squares the
+    per-sample gradients summed over positions."""
+    torch = pytest.importorskip("torch")
+    curvlinops = pytest.importorskip("curvlinops")
+    nn = torch.nn
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(6)
+    net = Network([Conv2d(2, 3, 3, padding=1), Activation("relu"), Conv2d(3, 2, 2, stride=2),
+                   Flatten(), Linear(8, 3)], (2, 4, 4), "categorical", seed=0)
+    c1, c2 = nn.Conv2d(2, 3, 3, padding=1).double(), nn.Conv2d(3, 2, 2, stride=2).double()
+    lin = nn.Linear(8, 3).double()
+    with torch.no_grad():
+        for m, W in zip((c1, c2, lin), net.params):
+            m.weight.copy_(torch.tensor(W[:, :-1]).reshape(m.weight.shape))
+            m.bias.copy_(torch.tensor(W[:, -1]))
+    model = nn.Sequential(c1, nn.ReLU(), c2, nn.Flatten(), lin)
+    X = rng.normal(size=(12, 2, 4, 4))
+    data = [(torch.tensor(X), torch.tensor(rng.integers(0, 3, size=12)))]
+    params = list(model.parameters())
+    try:
+        op = curvlinops.EKFACLinearOperator(
+            model, nn.CrossEntropyLoss(), params, data, fisher_type="type-2",
+            kfac_approx="expand", separate_weight_and_bias=False, check_deterministic=False)
+    except TypeError as exc:  # pragma: no cover - an incompatible curvlinops version
+        pytest.skip(f"curvlinops API differs: {exc}")
+    b = network_factor_batch(net, X)
+    E = fl.EKFAC(b)
+    P = E.shape[0]
+    cols, Id = [], np.eye(P)
+    for j in range(P):  # fimlab's θ (column-major vec of [W | b]) -> torch's order
+        blocks, o = [], 0
+        for (r, c) in net.shapes:
+            M = Id[o:o + r * c, j].reshape((r, c), order="F")
+            blocks += [M[:, :-1].reshape(-1), M[:, -1]]
+            o += r * c
+        cols.append(np.concatenate(blocks))
+    Pt = np.stack(cols, axis=1)
+    D_t = (op @ torch.eye(P, dtype=torch.float64)).detach().numpy()
+    D_f = E.to_dense()
+    np.testing.assert_allclose(Pt @ D_f @ Pt.T, D_t, rtol=1e-8, atol=1e-10 * np.abs(D_t).max())
+    assert np.abs(D_f - fl.KFAC(b).to_dense()).max() > 1e-4 * np.abs(D_f).max()
