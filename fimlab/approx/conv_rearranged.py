@@ -228,7 +228,7 @@ def conv_top_triplets(R, k: int, deflation=(), *, tol: float = 1e-10, rng=None,
     Routes (``route``, default :data:`EXACT_ROUTE`; ``"auto"`` picks by size and cost):
 
     - ``"dense"``: LAPACK SVD of the dense ``R`` (at most :data:`DENSE_MAX_ENTRIES`
-      entries, NumPy);
+      entries for ``"auto"``; NumPy);
     - ``"normal"``: the eigenproblem of ``RᵀR`` (or ``RRᵀ``) on the smaller side,
       ``d² × d²`` with ``d = min(d_a, d_g)``, formed exactly from the per-sample
       cross-Gram matrices (:func:`normal_matrix`), then Rayleigh–Ritz with the true
@@ -237,7 +237,8 @@ def conv_top_triplets(R, k: int, deflation=(), *, tol: float = 1e-10, rng=None,
     - ``"golub-kahan"``: Golub–Kahan grown to ``tol`` (:func:`fimlab.kron.lanczos_svd`,
       ``steps=None``).
 
-    Returns ``(sigma, U, V, report)`` as :func:`fimlab.kron.lanczos_svd`.
+    Off NumPy every route is Golub–Kahan. Returns ``(sigma, U, V, report)`` as
+    :func:`fimlab.kron.lanczos_svd`.
     """
     from ..kron.krylov import lanczos_svd
     from ..kron.pairs import deflate
@@ -247,10 +248,10 @@ def conv_top_triplets(R, k: int, deflation=(), *, tol: float = 1e-10, rng=None,
         raise ShapeError(f"route must be one of {EXACT_ROUTES}, got {route!r}")
     numpy_ns = is_numpy_namespace(R.xp)
     small = R.shape[0] * R.shape[1] <= DENSE_MAX_ENTRIES
-    if route == "dense" or (route == "auto" and small and numpy_ns):
+    if numpy_ns and (route == "dense" or (route == "auto" and small)):
         return _dense_top(R, k, deflation)
     op = deflate(R, deflation) if deflation else R
-    if route == "normal":
+    if route == "normal" and numpy_ns:  # other namespaces: Golub–Kahan
         out = _normal_top(R, op, k, deflation, tol)
         if out is not None:
             return out
