@@ -296,3 +296,31 @@ def test_one_position_conv_block_is_the_dense_block():
     np.testing.assert_allclose(fl.Deflation(b).blocks[0].to_dense(), ref, atol=1e-9)
     pa = fl.KPSVD(b, solver="paper", tol=1e-10).blocks[0].to_dense()
     np.testing.assert_allclose(pa, best_rank(F0, 4, 3, 1)[0], atol=1e-6)
+
+
+def test_golub_kahan_stops_when_the_row_space_is_exhausted():
+    """A low-rank operator (rank 5 in 300 columns): after the breakdown Golub–Kahan
+    restarts from the row space (Rᵀx), finds nothing new and stops, instead of exploring
+    the null space one dimension per restart; the triplets are exact. Also with a
+    deflation term, and on a conv block with one position (rank ≤ N) through the
+    Golub–Kahan route."""
+    from fimlab.kron.krylov import lanczos_svd
+    from fimlab.kron.pairs import as_product_pair, deflate
+
+    rng = np.random.default_rng(1)
+    Mx = rng.normal(size=(400, 5)) @ rng.normal(size=(5, 300))
+    S = np.linalg.svd(Mx, compute_uv=False)
+    s, U, V, rep = lanczos_svd(as_product_pair(Mx), k=2, steps=None, tol=1e-10)
+    assert rep.converged and rep.iterations <= 12
+    np.testing.assert_allclose(s, S[:2], rtol=1e-10)
+    x, y = U[:, 0] * s[0], V[:, 0]
+    s2, _, _, rep2 = lanczos_svd(deflate(as_product_pair(Mx), [(1.0, x, y)]), k=1,
+                                 steps=None, tol=1e-10)
+    assert rep2.converged and rep2.iterations <= 12
+    np.testing.assert_allclose(s2, S[1:2], rtol=1e-9)
+    a, g = rng.normal(size=(4, 1, 12)), rng.normal(size=(4, 2, 1, 9))
+    R = RearrangedConvFisher(a, g)
+    D = R.to_dense()
+    s3, U3, V3, rep3 = conv_top_triplets(R, 2, route="golub-kahan")
+    assert rep3.method == "lanczos" and rep3.iterations <= 12
+    np.testing.assert_allclose(s3, np.linalg.svd(D, compute_uv=False)[:2], rtol=1e-10)

@@ -424,6 +424,7 @@ def lanczos_svd(op, k: int = 2, steps: int | None = 2, v0=None, *, tol: float = 
         gk = _GK(op, v, cap if steps is None else steps, xp)
         if steps is None:
             next_check = min(max(2 * k, 8), dim)
+            opened, idle = None, 0
             while True:
                 if gk.step():
                     if gk.k >= next_check:
@@ -435,8 +436,23 @@ def lanczos_svd(op, k: int = 2, steps: int | None = 2, v0=None, *, tol: float = 
                 if gk.exhausted or gk.open:
                     break
                 # breakdown before exhaustion: an exact invariant subspace was found;
-                # the leading triplets may lie outside it, so explore on
-                if not gk.restart(_random_vector(n_cols, xp, dtype, rng, like=v)):
+                # the leading triplets may lie outside it, so explore on, from the row
+                # space of R (Rᵀx, x random: the right singular vectors of the non-zero
+                # singular values lie there). A random vector of R^{n_cols} would mostly
+                # explore the null space, one dimension per restart (thousands of steps
+                # for a low-rank R). A restart vector in the explored span, or two running
+                # that break down at once (round-off of a null direction), mean the row
+                # space is exhausted
+                if opened is not None and gk.k == opened + 1 and gk.alpha[opened] == 0.0:
+                    idle += 1
+                    if idle >= 2:
+                        break
+                else:
+                    idle = 0
+                x = op.rmatvec(_random_vector(n_rows, xp, dtype, rng, like=v))
+                nprod += 1
+                opened = gk.k
+                if not gk.restart(x):
                     break
         else:
             while gk.step():
