@@ -84,21 +84,25 @@ def test_conv_block_has_an_antisymmetric_part():
     assert np.linalg.norm(R @ (np.eye(9) - sym_projector(3))) > 1e-3
 
 
-@pytest.mark.parametrize("route", ["dense", "golub-kahan", "normal", "auto", "auto-fallback"])
+@pytest.mark.parametrize("route", ["dense", "golub-kahan", "normal", "auto", "auto-fallback",
+                                   "auto-fallback-dense"])
 def test_kpsvd_family_on_conv_block_vs_explicit_svd(route, monkeypatch):
-    """Every exact route (dense SVD; Golub–Kahan; the normal route; "auto" above the
-    dense size: Golub–Kahan within the normal route's budget, and with a budget too small
-    to converge, the fall-back to the normal route) against the explicit SVD."""
-    if route != "dense":
+    """Every exact route (dense SVD; Golub–Kahan; the normal route; "auto": Golub–Kahan
+    within the budget of the cheaper direct route, and with a budget too small to
+    converge, the fall-back to the normal or the dense route) against the explicit SVD."""
+    if route not in ("dense", "auto-fallback-dense"):
         monkeypatch.setattr(conv_rearranged, "DENSE_MAX_ENTRIES", 0)
-        monkeypatch.setattr(conv_rearranged, "EXACT_ROUTE",
-                            "auto" if route.startswith("auto") else route)
-    if route == "auto-fallback":
+    monkeypatch.setattr(conv_rearranged, "EXACT_ROUTE",
+                        "auto" if route.startswith("auto") else route)
+    if route.startswith("auto-fallback"):
         monkeypatch.setattr(conv_rearranged, "gk_step_budget", lambda R, flops: 2)
+    if route == "auto-fallback-dense":
+        monkeypatch.setattr(conv_rearranged, "NORMAL_MAX_SIDE", 0)
     rng = np.random.default_rng(1)
     b = conv_batch(rng)
     want = {"dense": "dense-svd", "golub-kahan": "lanczos", "normal": "normal",
-            "auto": "lanczos", "auto-fallback": "normal"}[route]
+            "auto": "lanczos", "auto-fallback": "normal",
+            "auto-fallback-dense": "dense-svd"}[route]
     for op in (fl.KPSVD(b), fl.KFACCorrected(b), fl.Deflation(b)):
         assert op.reports[0].method == want, (type(op).__name__, op.reports[0].method)
     a, g = b.a[0], b.g[0]

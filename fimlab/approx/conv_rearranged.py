@@ -227,8 +227,8 @@ def conv_top_triplets(R, k: int, deflation=(), *, tol: float = 1e-10, rng=None,
 
     Routes (``route``, default :data:`EXACT_ROUTE`; ``"auto"`` picks by size and cost):
 
-    - ``"dense"``: LAPACK SVD of the dense ``R`` (at most :data:`DENSE_MAX_ENTRIES`
-      entries for ``"auto"``; NumPy);
+    - ``"dense"``: LAPACK SVD of the dense ``R`` (``"auto"``: at most
+      :data:`DENSE_MAX_ENTRIES` entries);
     - ``"normal"``: the eigenproblem of ``RᵀR`` (or ``RRᵀ``) on the smaller side,
       ``d² × d²`` with ``d = min(d_a, d_g)``, formed exactly from the per-sample
       cross-Gram matrices (:func:`normal_matrix`), then Rayleigh–Ritz with the true
@@ -236,6 +236,9 @@ def conv_top_triplets(R, k: int, deflation=(), *, tol: float = 1e-10, rng=None,
       fails or a wanted singular value is too small to resolve through ``RᵀR``);
     - ``"golub-kahan"``: Golub–Kahan grown to ``tol`` (:func:`fimlab.kron.lanczos_svd`,
       ``steps=None``).
+
+    ``"auto"`` runs Golub–Kahan first, within the flops of the cheaper of the dense and
+    normal routes that apply, and takes that route when Golub–Kahan has not converged.
 
     Off NumPy every route is Golub–Kahan. Returns ``(sigma, U, V, report)`` as
     :func:`fimlab.kron.lanczos_svd`.
@@ -247,28 +250,50 @@ def conv_top_triplets(R, k: int, deflation=(), *, tol: float = 1e-10, rng=None,
     if route not in EXACT_ROUTES:
         raise ShapeError(f"route must be one of {EXACT_ROUTES}, got {route!r}")
     numpy_ns = is_numpy_namespace(R.xp)
-    small = R.shape[0] * R.shape[1] <= DENSE_MAX_ENTRIES
-    if numpy_ns and (route == "dense" or (route == "auto" and small)):
+    if not numpy_ns:  # other namespaces: Golub–Kahan
+        op = deflate(R, deflation) if deflation else R
+        return lanczos_svd(op, k=k, steps=None, tol=tol, rng=rng, name=name)
+    if route == "dense":
         return _dense_top(R, k, deflation)
     op = deflate(R, deflation) if deflation else R
-    if route == "normal" and numpy_ns:  # other namespaces: Golub–Kahan
+    if route == "normal":
         out = _normal_top(R, op, k, deflation, tol)
         if out is not None:
             return out
-    elif route == "auto" and numpy_ns and min(R.d_a, R.d_g) ** 2 <= NORMAL_MAX_SIDE:
-        # Golub–Kahan within the flops of the normal route, then the normal route: never
-        # much more than twice the cheaper of the two (Golub–Kahan needs few steps on a
-        # well separated spectrum, up to min(d_a², d_g²) on a flat one)
-        budget = gk_step_budget(R, normal_route_flops(R, k))
-        if budget >= k:
-            out = lanczos_svd(op, k=k, steps=None, tol=tol, rng=rng, name=name,
-                              max_steps=budget, warn=False)
-            if out[3].converged:
+    elif route == "auto":
+        # Golub–Kahan within the flops of the cheaper direct route (dense SVD when R has
+        # at most DENSE_MAX_ENTRIES entries, the normal route when min(d_a, d_g)² is at
+        # most NORMAL_MAX_SIDE), then that route: never much more than twice the cheaper
+        # (Golub–Kahan needs few steps on a well separated spectrum, up to
+        # min(d_a², d_g²) on a flat one)
+        small = R.shape[0] * R.shape[1] <= DENSE_MAX_ENTRIES
+        direct = []
+        if small:
+            direct.append((dense_route_flops(R), "dense"))
+        if min(R.d_a, R.d_g) ** 2 <= NORMAL_MAX_SIDE:
+            direct.append((normal_route_flops(R, k), "normal"))
+        direct.sort(key=lambda t: t[0])
+        if direct:
+            budget = gk_step_budget(R, direct[0][0])
+            if budget >= k:
+                out = lanczos_svd(op, k=k, steps=None, tol=tol, rng=rng, name=name,
+                                  max_steps=budget, warn=False)
+                if out[3].converged:
+                    return out
+        for _, kind in direct:
+            if kind == "dense":
+                return _dense_top(R, k, deflation)
+            out = _normal_top(R, op, k, deflation, tol)
+            if out is not None:
                 return out
-        out = _normal_top(R, op, k, deflation, tol)
-        if out is not None:
-            return out
     return lanczos_svd(op, k=k, steps=None, tol=tol, rng=rng, name=name)
+
+
+def dense_route_flops(R) -> float:
+    """Flops of the dense route: forming ``R`` (``N·K·d_a²·d_g²``) and its SVD with
+    vectors (``≈ 4 m n² + 8 n³``, ``m × n`` the shape with ``m ≥ n``)."""
+    m, n = max(R.shape), min(R.shape)
+    return float(R.m * R.K * R.shape[0] * R.shape[1] + 4.0 * m * n * n + 8.0 * n**3)
 
 
 def normal_route_flops(R, k: int) -> float:
