@@ -9,7 +9,11 @@ from hypothesis import strategies as st
 
 import fimlab as fl
 from fimlab.approx import conv_rearranged
-from fimlab.approx.conv_rearranged import RearrangedConvFisher
+from fimlab.approx.conv_rearranged import (
+    RearrangedConvFisher,
+    conv_top_triplets,
+    normal_matrix,
+)
 from fimlab.kron import rearrange, rearrange_inverse
 from fimlab.models.network import cuda_convnet, network_factor_batch
 
@@ -80,12 +84,27 @@ def test_conv_block_has_an_antisymmetric_part():
     assert np.linalg.norm(R @ (np.eye(9) - sym_projector(3))) > 1e-3
 
 
-@pytest.mark.parametrize("route", ["dense", "golub-kahan"])
+@pytest.mark.parametrize("route", ["dense", "golub-kahan", "normal", "auto", "auto-fallback",
+                                   "auto-fallback-dense"])
 def test_kpsvd_family_on_conv_block_vs_explicit_svd(route, monkeypatch):
-    if route == "golub-kahan":
+    """Every exact route (dense SVD; Golub–Kahan; the normal route; "auto": Golub–Kahan
+    within the budget of the cheaper direct route, and with a budget too small to
+    converge, the fall-back to the normal or the dense route) against the explicit SVD."""
+    if route not in ("dense", "auto-fallback-dense"):
         monkeypatch.setattr(conv_rearranged, "DENSE_MAX_ENTRIES", 0)
+    monkeypatch.setattr(conv_rearranged, "EXACT_ROUTE",
+                        "auto" if route.startswith("auto") else route)
+    if route.startswith("auto-fallback"):
+        monkeypatch.setattr(conv_rearranged, "gk_step_budget", lambda R, flops: 2)
+    if route == "auto-fallback-dense":
+        monkeypatch.setattr(conv_rearranged, "NORMAL_MAX_SIDE", 0)
     rng = np.random.default_rng(1)
     b = conv_batch(rng)
+    want = {"dense": "dense-svd", "golub-kahan": "lanczos", "normal": "normal",
+            "auto": "lanczos", "auto-fallback": "normal",
+            "auto-fallback-dense": "dense-svd"}[route]
+    for op in (fl.KPSVD(b), fl.KFACCorrected(b), fl.Deflation(b)):
+        assert op.reports[0].method == want, (type(op).__name__, op.reports[0].method)
     a, g = b.a[0], b.g[0]
     F0 = explicit_F(a, g)
     s0 = slice(0, b.block_sizes[0])
@@ -171,3 +190,141 @@ def test_conv_kpsvd_on_array_backends(xp_backend):
     b = fl.FactorBatch([ax], [gx])
     np.testing.assert_allclose(to_numpy(fl.KPSVD(b).blocks[0].to_dense()),
                                fl.KPSVD(b_np).blocks[0].to_dense(), atol=1e-8)
+
+
+@settings(max_examples=15, deadline=None)
+@given(N=st.integers(1, 4), K=st.integers(1, 2), T=st.integers(1, 4), da=st.integers(1, 4),
+       dg=st.integers(1, 4), sym=st.booleans(), seed=st.integers(0, 2**16))
+def test_normal_matrix_vs_explicit(N, K, T, da, dg, sym, seed):
+    """RᵀR (d_g ≤ d_a) or RRᵀ of the (symmetric part of the) explicit R(F_l), also when
+    the cross-Gram matrices come a few samples at a time."""
+    rng = np.random.default_rng(seed)
+    a, g = rng.normal(size=(N, T, da)), rng.normal(size=(N, K, T, dg))
+    D = rearrange(explicit_F(a, g), da, dg)
+    if sym:
+        D = D @ sym_projector(dg)
+    R = RearrangedConvFisher(a, g, symmetric=sym)
+    H, side = normal_matrix(R)
+    assert side == ("g" if dg <= da else "a")
+    ref = D.T @ D if side == "g" else D @ D.T
+    np.testing.assert_allclose(H, ref, atol=1e-10 * max(1.0, np.abs(ref).max()))
+    with pytest.MonkeyPatch.context() as mp:  # one sample's cross-Grams per chunk
+        mp.setattr(conv_rearranged, "NORMAL_CHUNK_BYTES", 1)
+        H1 = normal_matrix(R)[0]
+    np.testing.assert_allclose(H1, H, atol=1e-12 * max(1.0, np.abs(H).max()))
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 4, 5, 3), (3, 2, 4, 3, 5), (2, 1, 3, 4, 4)])
+@pytest.mark.parametrize("sym", [True, False])
+def test_normal_route_triplets_vs_explicit_svd(shape, sym):
+    """The normal route's singular values and vectors (both sides; with and without a
+    KFAC deflation term) against numpy's SVD of the explicit (symmetric part of) R."""
+    from fimlab.approx.kfc import kfc_factors
+
+    N, K, T, da, dg = shape
+    rng = np.random.default_rng(sum(shape))
+    a, g = rng.normal(size=(N, T, da)), rng.normal(size=(N, K, T, dg))
+    D = rearrange(explicit_F(a, g), da, dg)
+    if sym:
+        D = D @ sym_projector(dg)
+    R = RearrangedConvFisher(a, g, symmetric=sym)
+    A, G = kfc_factors(a, g)
+    x, y = A.reshape(-1, order="F"), G.reshape(-1, order="F")
+    for defl, Dd in (([], D), ([(1.0, x, y)], D - np.outer(x, y))):
+        S = np.linalg.svd(Dd, compute_uv=False)
+        for k in (1, 2):
+            s, U, V, rep = conv_top_triplets(R, k, defl, route="normal")
+            assert rep.method == "normal" and rep.converged
+            np.testing.assert_allclose(s, S[:k], rtol=1e-10)
+            np.testing.assert_allclose(U.T @ Dd @ V, np.diag(s), atol=1e-10 * S[0])
+            np.testing.assert_allclose(U.T @ U, np.eye(k), atol=1e-10)
+            np.testing.assert_allclose(V.T @ V, np.eye(k), atol=1e-10)
+
+
+def test_normal_route_defers_to_golub_kahan_on_a_rank_deficient_block(monkeypatch):
+    """A wanted singular value RᵀR cannot resolve (rank below k): the normal route hands
+    over to Golub–Kahan, which finds the rank (so the rank error stays the same)."""
+    monkeypatch.setattr(conv_rearranged, "DENSE_MAX_ENTRIES", 0)
+    monkeypatch.setattr(conv_rearranged, "EXACT_ROUTE", "normal")
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(2, 3, 2))
+    g = rng.normal(size=(2, 1, 3, 1))  # d_g = 1: R(F) has rank 1
+    b = fl.FactorBatch([a], [g])
+    with pytest.raises(fl.ShapeError, match="rank"):
+        fl.KPSVD(b, rank=2)
+    assert fl.KPSVD(b).reports[0].method == "normal"
+    s, _, _, rep = conv_top_triplets(RearrangedConvFisher(a, g), 2, route="normal")
+    assert rep.method == "lanczos" and s[1] == 0.0 and s[0] > 0
+    with pytest.raises(fl.ShapeError, match="route"):
+        conv_top_triplets(RearrangedConvFisher(a, g), 1, route="fast")
+
+
+def test_lanczos_svd_step_budget():
+    """max_steps caps the Krylov space: a flat spectrum is not resolved within the budget
+    (converged False, no warning), and a budget at the dimension is the exact run."""
+    import warnings
+
+    from fimlab.kron.krylov import lanczos_svd
+    from fimlab.kron.pairs import as_product_pair
+
+    rng = np.random.default_rng(0)
+    Q1, _ = np.linalg.qr(rng.normal(size=(60, 40)))
+    Q2, _ = np.linalg.qr(rng.normal(size=(40, 40)))
+    Mx = (Q1 * np.linspace(1.0, 0.98, 40)) @ Q2.T  # flat spectrum
+    op = as_product_pair(Mx)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s, U, V, rep = lanczos_svd(op, k=2, steps=None, tol=1e-10, max_steps=5, warn=False)
+    assert not rep.converged and rep.iterations <= 5
+    s, U, V, rep = lanczos_svd(op, k=2, steps=None, tol=1e-10, max_steps=40)
+    assert rep.converged
+    np.testing.assert_allclose(s, np.linalg.svd(Mx, compute_uv=False)[:2], rtol=1e-10)
+    with pytest.raises(fl.ShapeError, match="max_steps"):
+        lanczos_svd(op, k=2, steps=None, max_steps=1)
+
+
+def test_one_position_conv_block_is_the_dense_block():
+    """T = 1 (a 1×1 output map): the KPSVD family takes the dense layers' Gram route and
+    gives the block of the dense batch with the position axis dropped, = explicit SVD."""
+    rng = np.random.default_rng(6)
+    a, g = rng.normal(size=(5, 1, 4)), rng.normal(size=(5, 2, 1, 3))
+    b = fl.FactorBatch([a], [g])
+    bd = fl.FactorBatch([a[:, 0]], [g[:, :, 0]])
+    F0 = explicit_F(a, g)
+    for cls in (fl.KPSVD, fl.KFACCorrected, fl.Deflation, fl.Lanczos):
+        op, od = cls(b), cls(bd)
+        assert op.reports[0].method.startswith("gram")
+        np.testing.assert_allclose(op.blocks[0].to_dense(), od.blocks[0].to_dense(),
+                                   atol=1e-12)
+    ref, _ = best_rank(F0, 4, 3, 2)
+    np.testing.assert_allclose(fl.Deflation(b).blocks[0].to_dense(), ref, atol=1e-9)
+    pa = fl.KPSVD(b, solver="paper", tol=1e-10).blocks[0].to_dense()
+    np.testing.assert_allclose(pa, best_rank(F0, 4, 3, 1)[0], atol=1e-6)
+
+
+def test_golub_kahan_stops_when_the_row_space_is_exhausted():
+    """A low-rank operator (rank 5 in 300 columns): after the breakdown Golub–Kahan
+    restarts from the row space (Rᵀx), finds nothing new and stops, instead of exploring
+    the null space one dimension per restart; the triplets are exact. Also with a
+    deflation term, and on a conv block with one position (rank ≤ N) through the
+    Golub–Kahan route."""
+    from fimlab.kron.krylov import lanczos_svd
+    from fimlab.kron.pairs import as_product_pair, deflate
+
+    rng = np.random.default_rng(1)
+    Mx = rng.normal(size=(400, 5)) @ rng.normal(size=(5, 300))
+    S = np.linalg.svd(Mx, compute_uv=False)
+    s, U, V, rep = lanczos_svd(as_product_pair(Mx), k=2, steps=None, tol=1e-10)
+    assert rep.converged and rep.iterations <= 12
+    np.testing.assert_allclose(s, S[:2], rtol=1e-10)
+    x, y = U[:, 0] * s[0], V[:, 0]
+    s2, _, _, rep2 = lanczos_svd(deflate(as_product_pair(Mx), [(1.0, x, y)]), k=1,
+                                 steps=None, tol=1e-10)
+    assert rep2.converged and rep2.iterations <= 12
+    np.testing.assert_allclose(s2, S[1:2], rtol=1e-9)
+    a, g = rng.normal(size=(4, 1, 12)), rng.normal(size=(4, 2, 1, 9))
+    R = RearrangedConvFisher(a, g)
+    D = R.to_dense()
+    s3, U3, V3, rep3 = conv_top_triplets(R, 2, route="golub-kahan")
+    assert rep3.method == "lanczos" and rep3.iterations <= 12
+    np.testing.assert_allclose(s3, np.linalg.svd(D, compute_uv=False)[:2], rtol=1e-10)

@@ -22,7 +22,8 @@ class ExactBlock(FisherBlock):
 
     def fisher_inner(self, Fb) -> float | None:
         """``⟨F'_l, F_l⟩_F`` with another Fisher block: ``‖F_l‖²`` for the same batch, else
-        ``(1/(N N')) Σ_{n,m} (ā_nᵀā'_m)² Σ_{k,k'} (g_nkᵀ g'_mk')²`` (Gram matrices)."""
+        ``(1/(N N')) Σ_{n,m} (ā_nᵀā'_m)² Σ_{k,k'} (g_nkᵀ g'_mk')²`` (Gram matrices; for a
+        positional layer ``(1/(N N')) Σ ⟨J_nk, J'_mk'⟩²_F`` from the rows ``vec(J_nk)``)."""
         if not isinstance(Fb, FisherBlock) or Fb.shape != self.shape:
             return None
         if Fb.a is self.a and Fb.g is self.g:
@@ -30,6 +31,9 @@ class ExactBlock(FisherBlock):
         xp = self.xp
         N, K = self.a.shape[0], self.g.shape[1]
         N2, K2 = Fb.a.shape[0], Fb.g.shape[1]
+        if self.a.ndim == 3 or Fb.a.ndim == 3:  # positional: ⟨J_nk, J'_mk'⟩ from the rows
+            G = self.batch.jacobian(self.l) @ xp.matrix_transpose(Fb.batch.jacobian(Fb.l))
+            return float(xp.sum(G * G)) / (N * N2)
         Ga = self.a @ xp.matrix_transpose(Fb.a)
         gf = xp.reshape(self.g, (N * K, self.d_g))
         gf2 = xp.reshape(Fb.g, (N2 * K2, self.d_g))

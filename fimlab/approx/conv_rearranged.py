@@ -20,13 +20,29 @@ antisymmetric. The KPSVD family needs symmetric factors (their damped inverses r
 it), so the operator used here is the symmetric part ``R_s = R(F_l) P_g`` (``P_g`` the
 projection onto symmetric ``d_g × d_g`` matrices; equivalently ``P_a R(F_l)``): the
 methods are the Frobenius optima among sums of Kronecker products with symmetric
-factors. ``symmetric=False`` gives the whole ``R(F_l)``. The exact route here: a dense
-SVD of ``R(F_l)`` when it is small (at most ``dense_max`` entries), otherwise
-Golub–Kahan bidiagonalisation on the matrix-free products above, grown until the
-leading triplets reach a relative residual of ``1e-10``.
+factors. ``symmetric=False`` gives the whole ``R(F_l)``.
+
+**Exact routes** (:func:`conv_top_triplets`, chosen by size and cost): a dense SVD of
+``R(F_l)`` when it is small (at most :data:`DENSE_MAX_ENTRIES` entries); the *normal*
+route, the eigenproblem of ``RᵀR = (1/N²) Σ_{i,j} (M_iᵀM_j) ⊗ (M_iᵀM_j)`` (or ``RRᵀ``)
+on the smaller side formed exactly from the ``(N·K)²`` cross-Gram matrices, restricted
+to symmetric matrices, followed by Rayleigh–Ritz with the true products and a residual
+check; otherwise Golub–Kahan bidiagonalisation on the matrix-free products above, grown
+until the leading triplets reach a relative residual of ``1e-10``. A block with one
+position (``T = 1``) is a dense layer's block and takes the dense layers' ``N × N`` Gram
+route (:class:`fimlab.approx.KPSVD` squeezes the position axis).
+
+Why not an ``N·K × N·K`` Gram matrix of the per-sample terms: ``⟨M_i ⊗ M_i, M_j ⊗
+M_j⟩_F = ⟨M_i, M_j⟩²_F`` is the Gram matrix of the *vectors* ``vec(M_i ⊗ M_i)``; it gives
+``‖R(F_l)‖_F`` but not the singular values of ``R(F_l)`` as a map ``R^{d_g²} → R^{d_a²}``
+(its rank is up to ``N·K·rank(M)²``, not ``N·K``). A low-rank factorisation exists through
+the positions, ``R = (1/N) Σ_{n,t,t'} vec(ā_nt ā_nt'ᵀ) vec(Σ_k g_nkt g_nkt'ᵀ)ᵀ``, with
+``N·T(T+1)/2`` terms on the symmetric part: small only for ``T = 1``.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -35,7 +51,7 @@ from .._validation import check_dense_memory
 from ..backend import array_namespace, device_of, is_numpy_namespace, to_numpy, vec
 from ..batch import c_order
 
-__all__ = ["RearrangedConvFisher", "conv_top_triplets", "DENSE_MAX_ENTRIES"]
+__all__ = ["RearrangedConvFisher", "conv_top_triplets", "normal_matrix", "DENSE_MAX_ENTRIES"]
 
 #: exact route: form ``R(F_l)`` densely and take a LAPACK SVD up to this many entries
 DENSE_MAX_ENTRIES = 2**22
@@ -101,6 +117,8 @@ class RearrangedConvFisher:
         if route == "auto":
             route = "positions" if cost_p < cost_s and fits else "samples"
         self.route = route
+        #: flops of one product (matvec or rmatvec) on the chosen route
+        self.product_flops = cost_s if route == "samples" else cost_p
         self.M = None
         if route == "samples":
             check_dense_memory((N * K, da * dg), a.dtype, max_bytes,
@@ -116,6 +134,14 @@ class RearrangedConvFisher:
             self._gT = c_order(xp.reshape(c_order(xp.permute_dims(g, (0, 1, 3, 2)), xp),
                                           (N, K * dg, T)), xp)
             self._aT = c_order(xp.matrix_transpose(a), xp)
+
+    def sample_matrices(self):
+        """The per-sample matrices ``M_nk = J_nkᵀ`` stacked as ``(N·K, d_a, d_g)``."""
+        if self.M is not None:
+            return self.M
+        xp = self.xp
+        M = xp.matmul(c_order(xp.matrix_transpose(self.a), xp)[:, None, ...], self.g)
+        return xp.reshape(M, (self.m * self.K, self.d_a, self.d_g))
 
     def _sym(self, V):
         xp = self.xp
@@ -184,22 +210,225 @@ class RearrangedConvFisher:
         return R.reshape(da * da, dg * dg) / self.m
 
 
-def conv_top_triplets(R, k: int, deflation=(), *, tol: float = 1e-10, rng=None,
-                      name: str = "conv block"):
-    """Leading ``k`` singular triplets of ``R − Σ s x yᵀ`` (``deflation`` terms), exactly:
-    dense LAPACK SVD when ``R`` has at most :data:`DENSE_MAX_ENTRIES` entries and lives in
-    NumPy, else Golub–Kahan grown to ``tol`` (:func:`fimlab.kron.lanczos_svd`,
-    ``steps=None``).
+#: exact route on blocks above :data:`DENSE_MAX_ENTRIES`: ``"auto"`` (by cost),
+#: ``"normal"`` or ``"golub-kahan"``
+EXACT_ROUTES = ("auto", "dense", "normal", "golub-kahan")
+#: the route :func:`conv_top_triplets` takes when none is given (the KPSVD family's)
+EXACT_ROUTE = "auto"
+#: memory budget (bytes) of one chunk of cross-Gram matrices on the normal route
+NORMAL_CHUNK_BYTES = 64 * 1024**2
+#: the normal route's small side is at most this many numbers (``d² × d²``)
+NORMAL_MAX_SIDE = 2048
 
-    Returns ``(sigma, U, V, report)`` as :func:`fimlab.kron.lanczos_svd`.
+
+def conv_top_triplets(R, k: int, deflation=(), *, tol: float = 1e-10, rng=None,
+                      name: str = "conv block", route: str | None = None):
+    """Leading ``k`` singular triplets of ``R − Σ s x yᵀ`` (``deflation`` terms), exactly.
+
+    Routes (``route``, default :data:`EXACT_ROUTE`; ``"auto"`` picks by size and cost):
+
+    - ``"dense"``: LAPACK SVD of the dense ``R`` (``"auto"``: at most
+      :data:`DENSE_MAX_ENTRIES` entries);
+    - ``"normal"``: the eigenproblem of ``RᵀR`` (or ``RRᵀ``) on the smaller side,
+      ``d² × d²`` with ``d = min(d_a, d_g)``, formed exactly from the per-sample
+      cross-Gram matrices (:func:`normal_matrix`), then Rayleigh–Ritz with the true
+      products and a residual check (NumPy; falls back to Golub–Kahan when the check
+      fails or a wanted singular value is too small to resolve through ``RᵀR``);
+    - ``"golub-kahan"``: Golub–Kahan grown to ``tol`` (:func:`fimlab.kron.lanczos_svd`,
+      ``steps=None``).
+
+    ``"auto"`` runs Golub–Kahan first, within the flops of the cheaper of the dense and
+    normal routes that apply, and takes that route when Golub–Kahan has not converged.
+
+    Off NumPy every route is Golub–Kahan. Returns ``(sigma, U, V, report)`` as
+    :func:`fimlab.kron.lanczos_svd`.
     """
     from ..kron.krylov import lanczos_svd
     from ..kron.pairs import deflate
 
-    if R.shape[0] * R.shape[1] <= DENSE_MAX_ENTRIES and is_numpy_namespace(R.xp):
+    route = EXACT_ROUTE if route is None else route
+    if route not in EXACT_ROUTES:
+        raise ShapeError(f"route must be one of {EXACT_ROUTES}, got {route!r}")
+    numpy_ns = is_numpy_namespace(R.xp)
+    if not numpy_ns:  # other namespaces: Golub–Kahan
+        op = deflate(R, deflation) if deflation else R
+        return lanczos_svd(op, k=k, steps=None, tol=tol, rng=rng, name=name)
+    if route == "dense":
         return _dense_top(R, k, deflation)
     op = deflate(R, deflation) if deflation else R
+    if route == "normal":
+        out = _normal_top(R, op, k, deflation, tol)
+        if out is not None:
+            return out
+    elif route == "auto":
+        # Golub–Kahan within the flops of the cheaper direct route (dense SVD when R has
+        # at most DENSE_MAX_ENTRIES entries, the normal route when min(d_a, d_g)² is at
+        # most NORMAL_MAX_SIDE), then that route: never much more than twice the cheaper
+        # (Golub–Kahan needs few steps on a well separated spectrum, up to
+        # min(d_a², d_g²) on a flat one)
+        small = R.shape[0] * R.shape[1] <= DENSE_MAX_ENTRIES
+        direct = []
+        if small:
+            direct.append((dense_route_flops(R), "dense"))
+        if min(R.d_a, R.d_g) ** 2 <= NORMAL_MAX_SIDE:
+            direct.append((normal_route_flops(R, k), "normal"))
+        direct.sort(key=lambda t: t[0])
+        if direct:
+            budget = gk_step_budget(R, direct[0][0])
+            if budget >= k:
+                out = lanczos_svd(op, k=k, steps=None, tol=tol, rng=rng, name=name,
+                                  max_steps=budget, warn=False)
+                if out[3].converged:
+                    return out
+        for _, kind in direct:
+            if kind == "dense":
+                return _dense_top(R, k, deflation)
+            out = _normal_top(R, op, k, deflation, tol)
+            if out is not None:
+                return out
     return lanczos_svd(op, k=k, steps=None, tol=tol, rng=rng, name=name)
+
+
+def dense_route_flops(R) -> float:
+    """Flops of the dense route: forming ``R`` (``N·K·d_a²·d_g²``) and its SVD with
+    vectors (``≈ 4 m n² + 8 n³``, ``m × n`` the shape with ``m ≥ n``)."""
+    m, n = max(R.shape), min(R.shape)
+    return float(R.m * R.K * R.shape[0] * R.shape[1] + 4.0 * m * n * n + 8.0 * n**3)
+
+
+def normal_route_flops(R, k: int) -> float:
+    """Flops of the normal route: the cross-Gram matrices, ``RᵀR`` (both halved by
+    ``C_ji = C_ijᵀ``), the eigenproblem of its symmetric part and Rayleigh–Ritz."""
+    d, D = sorted((R.d_a, R.d_g))
+    nk = R.m * R.K
+    ds = d * (d + 1) // 2 if R.symmetric else d * d
+    return ((nk * d) ** 2 * D / 2 + nk * nk * d**4 / 2 + 4.0 * ds**3
+            + 2 * (k + 4) * R.product_flops)
+
+
+def gk_step_budget(R, flops: float) -> int:
+    """The most Golub–Kahan steps within ``flops``: step ``j`` costs two products and the
+    full reorthogonalisation of a left and a right vector, ``4 j (d_a² + d_g²)``."""
+    p, n = 2.0 * R.product_flops, 2.0 * (R.shape[0] + R.shape[1])
+    s = (-p + math.sqrt(p * p + 4.0 * n * flops)) / (2.0 * n)  # n s² + p s = flops
+    return int(min(s, min(R.shape)))
+
+
+def normal_matrix(R):  # xp: NumPy-only branch (GEMMs on host arrays)
+    """``RᵀR`` (``d_g² × d_g²``) when ``d_g ≤ d_a``, else ``RRᵀ`` (``d_a² × d_a²``), of
+    ``R = (1/N) Σ_i M_i ⊗ M_i``, exactly, and the side (``"g"`` or ``"a"``)::
+
+        RᵀR = (1/N²) Σ_{i,j} (M_iᵀM_j) ⊗ (M_iᵀM_j),    RRᵀ = (1/N²) Σ_{i,j} (M_iM_jᵀ) ⊗ (M_iM_jᵀ)
+
+    The cross-Gram matrices ``C_ij = M_iᵀM_j`` of all pairs come from one GEMM of the
+    stacked ``M`` (a chunk of ``i`` at a time); with ``Z`` their rows ``vec(C_ij)``,
+    ``Σ C_ij ⊗ C_ij`` is a permutation of ``ZᵀZ``, and ``C_ji = C_ijᵀ`` halves the work
+    (``Σ_{i,j} = S + Sᵀ`` with ``S`` over ``i ≤ j``, diagonal pairs weighted ½). For the
+    symmetric part (``R.symmetric``) the result is projected on that side
+    (``P_g RᵀR P_g = R_sᵀR_s``, ``P_a RRᵀ P_a = R_sR_sᵀ``).
+    """
+    M = np.asarray(R.sample_matrices())
+    side = "g" if R.d_g <= R.d_a else "a"
+    if side == "a":
+        M = np.swapaxes(M, 1, 2)  # Rᵀ = (1/N) Σ M_iᵀ ⊗ M_iᵀ
+    nk, p, d = M.shape
+    Mf = np.ascontiguousarray(np.swapaxes(M, 0, 1)).reshape(p, nk * d)
+    S = np.zeros((d * d, d * d), dtype=M.dtype)
+    step = max(1, int(NORMAL_CHUNK_BYTES // max(1, 8 * nk * d * d)))
+    for i0 in range(0, nk, step):
+        i1 = min(nk, i0 + step)
+        C = Mf[:, i0 * d:i1 * d].T @ Mf[:, i0 * d:]  # rows (i, q), columns (j, s)
+        Z = C.reshape(i1 - i0, d, nk - i0, d).transpose(0, 2, 1, 3)
+        ii = np.arange(i0, i1)[:, None]
+        jj = np.arange(i0, nk)[None, :]
+        wt = np.where(jj > ii, 1.0, np.where(jj == ii, np.sqrt(0.5), 0.0))
+        Z = (Z * wt[:, :, None, None]).reshape(-1, d * d)
+        S += Z.T @ Z
+    S = S.reshape(d, d, d, d).transpose(0, 2, 1, 3).reshape(d * d, d * d)
+    H = (S + S.T) / R.m**2
+    if R.symmetric:
+        t = np.arange(d * d).reshape(d, d).T.reshape(-1)  # index of the transpose
+        H = 0.25 * (H + H[t, :] + H[:, t] + H[t][:, t])
+    return H, side
+
+
+def _sym_coordinates(d: int):  # xp: host index arrays for the NumPy-only normal route
+    """Rows/weights of an orthonormal basis of symmetric ``d × d`` matrices (column-major
+    vec): basis vector ``m`` has weight ``c_m`` at ``i1_m`` and at ``i2_m``."""
+    p, q = np.triu_indices(d)
+    i1, i2 = p + d * q, q + d * p
+    c = np.where(p == q, 0.5, np.sqrt(0.5))
+    return i1, i2, c
+
+
+def _normal_top(R, op, k: int, deflation, tol: float):  # xp: NumPy-only branch
+    """The normal route of :func:`conv_top_triplets`; ``None`` when it cannot certify
+    the triplets (the caller then runs Golub–Kahan)."""
+    import scipy.linalg
+
+    from ..kron.pairs import ConvergenceReport
+
+    if R.symmetric:  # the symmetric coordinates hold the deflated operator only for
+        # symmetric deflation vectors (KFAC's factors, earlier triplets of R_s)
+        for _, x, y in deflation:
+            for v, dd in ((np.asarray(x), R.d_a), (np.asarray(y), R.d_g)):
+                vt = v.reshape(dd, dd).T.reshape(-1)
+                if np.linalg.norm(v - vt) > 1e-12 * np.linalg.norm(v):
+                    return None
+    H, side = normal_matrix(R)
+    nprod = 0
+    for s, x, y in deflation:  # (R − Σ s x yᵀ)ᵀ(R − Σ s x yᵀ) on the small side
+        x, y = np.asarray(x), np.asarray(y)
+        if side == "g":
+            wv = np.asarray(R.rmatvec(x))
+            H = H - s * (np.outer(wv, y) + np.outer(y, wv))
+        else:
+            wv = np.asarray(R.matvec(y))
+            H = H - s * (np.outer(wv, x) + np.outer(x, wv))
+        nprod += 1
+    for s1, x1, y1 in deflation:
+        for s2, x2, y2 in deflation:
+            if side == "g":
+                H = H + s1 * s2 * float(np.dot(x1, x2)) * np.outer(y1, y2)
+            else:
+                H = H + s1 * s2 * float(np.dot(y1, y2)) * np.outer(x1, x2)
+    d = R.d_g if side == "g" else R.d_a
+    n = d * d
+    if R.symmetric:
+        i1, i2, c = _sym_coordinates(d)
+        Hs = c[:, None] * (H[i1, :] + H[i2, :])
+        Hs = (Hs[:, i1] + Hs[:, i2]) * c[None, :]
+    else:
+        Hs = H
+    ns = Hs.shape[0]
+    q = min(k + 4, ns)
+    ev, Y = scipy.linalg.eigh(0.5 * (Hs + Hs.T), subset_by_index=[ns - q, ns - 1])
+    ev, Y = ev[::-1], Y[:, ::-1]
+    if R.symmetric:
+        X = np.zeros((n, q), dtype=Y.dtype)
+        np.add.at(X, i1, c[:, None] * Y)
+        np.add.at(X, i2, c[:, None] * Y)
+    else:
+        X = Y
+    # Rayleigh–Ritz with the true products: W = op X (side g) or opᵀ X (side a)
+    fwd, back = (op.matvec, op.rmatvec) if side == "g" else (op.rmatvec, op.matvec)
+    W = np.stack([np.asarray(fwd(X[:, j])) for j in range(q)], axis=1)
+    nprod += q
+    Uw, sig, Qt = np.linalg.svd(W, full_matrices=False)
+    Xk = X @ Qt.T[:, :k]
+    sig = sig[:k]
+    if sig.size < k or sig[0] <= 0 or sig[-1] <= np.sqrt(np.finfo(W.dtype).eps) * 1e2 * sig[0]:
+        return None  # rank below k or a value RᵀR cannot resolve: Golub–Kahan decides
+    Wk = Uw[:, :k]
+    res = max(float(np.linalg.norm(np.asarray(back(Wk[:, j])) - sig[j] * Xk[:, j]))
+              for j in range(k)) / float(sig[0])
+    nprod += k
+    if res > tol:
+        return None
+    U, V = (Wk, Xk) if side == "g" else (Xk, Wk)
+    rep = ConvergenceReport("normal", True, res, tol, 0, 0, nprod, False, k,
+                            tuple(float(v) for v in sig))
+    return sig.copy(), U, V, rep
 
 
 def _dense_top(R, k, deflation):  # xp: NumPy-only branch (dense LAPACK SVD)

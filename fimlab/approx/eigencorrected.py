@@ -39,7 +39,10 @@ def projected_second_moments(a, g, QA=None, QG=None):
     """``S = (1/N) Σ_n Σ_k (Q_Aᵀ ā_n)∘² (Q_Gᵀ g_nk)∘²ᵀ`` of shape ``(d_a, d_g)`` (EK1).
 
     One GEMM of the projected factor batch (no per-sample loop); ``None`` bases mean the
-    identity (then ``S`` holds the exact diagonal of the block, in θ's order).
+    identity (then ``S`` holds the exact diagonal of the block, in θ's order). For a
+    positional layer (``a (N, T, d_a)``, ``g (N, K, T, d_g)``) the per-sample matrices
+    ``J_nk = Σ_t g_nkt ā_ntᵀ`` are rotated and squared entrywise,
+    ``S = (1/N) Σ_{n,k} (Q_Aᵀ J_nkᵀ Q_G)∘²`` (batched GEMMs over chunks of samples).
 
     Examples
     --------
@@ -53,6 +56,16 @@ def projected_second_moments(a, g, QA=None, QG=None):
     """
     xp = array_namespace(a, g)
     N = a.shape[0]
+    if a.ndim not in (2, 3) or g.ndim != a.ndim + 1 or g.shape[0] != N or (
+            a.ndim == 3 and g.shape[2] != a.shape[1]):
+        raise ShapeError(
+            f"projected_second_moments needs a (N, d_a) and g (N, K, d_g), or a (N, T, d_a) "
+            f"and g (N, K, T, d_g); got {tuple(a.shape)} and {tuple(g.shape)}")
+    for name, Q, d in (("QA", QA, a.shape[-1]), ("QG", QG, g.shape[-1])):
+        if Q is not None and tuple(Q.shape) != (d, d):
+            raise ShapeError(f"{name} must have shape ({d}, {d}), got {tuple(Q.shape)}")
+    if a.ndim == 3:
+        return _positional_second_moments(a, g, QA, QG, xp)
     PA = a * a if QA is None else a @ QA
     if QA is not None:
         PA *= PA  # in place: the projection is a fresh array
@@ -66,6 +79,40 @@ def projected_second_moments(a, g, QA=None, QG=None):
         pg = g if QG is None else g @ QG
         PG = xp.sum(pg * pg, axis=1)  # (N, d_g)
     return (xp.matrix_transpose(PA) @ PG) / N
+
+
+#: memory budget (bytes) of one chunk of rotated per-sample matrices of a conv block
+POSITIONAL_CHUNK_BYTES = 64 * 1024**2
+
+
+def _positional_second_moments(a, g, QA, QG, xp):
+    """(EK1) for a layer with ``T`` positions: ``J_nk = Σ_t g_nkt ā_ntᵀ`` is not a rank-one
+    matrix, so the square is taken after the position sum::
+
+        S = (1/N) Σ_{n,k} (Q_Aᵀ J_nkᵀ Q_G)∘²,    Q_Aᵀ J_nkᵀ Q_G = Σ_t (Q_Aᵀ ā_nt)(Q_Gᵀ g_nkt)ᵀ
+
+    Rotate ``ā`` and ``g`` (two GEMMs), form the rotated ``J_nkᵀ`` of a chunk of samples
+    with one batched GEMM ``(n, 1, d_a, T) @ (n, K, T, d_g)``, square and sum. Chunks of
+    samples keep the ``n·K·d_a·d_g`` temporary within :data:`POSITIONAL_CHUNK_BYTES`.
+    """
+    from ..batch import c_order
+
+    N, T, da = (int(s) for s in a.shape)
+    K, dg = int(g.shape[1]), int(g.shape[3])
+    itemsize = 4 if str(a.dtype).endswith("float32") else 8
+    per_sample = K * da * dg * itemsize + T * (da + K * dg) * itemsize
+    step = max(1, min(N, POSITIONAL_CHUNK_BYTES // max(per_sample, 1)))
+    S = None
+    for s0 in range(0, N, step):  # chunks of samples (one chunk unless the batch is large)
+        ac, gc = a[s0:s0 + step, ...], g[s0:s0 + step, ...]
+        pa = ac if QA is None else ac @ QA  # (n, T, d_a)
+        pg = gc if QG is None else gc @ QG  # (n, K, T, d_g)
+        M = xp.matmul(c_order(xp.matrix_transpose(pa), xp)[:, None, ...], c_order(pg, xp))
+        n = int(M.shape[0])
+        Mf = xp.reshape(M * M, (n * K, da * dg))
+        term = xp.reshape(xp.sum(Mf, axis=0), (da, dg))
+        S = term if S is None else S + term
+    return S / N
 
 
 class EigenbasisBlock(CurvatureOperator):
@@ -265,6 +312,9 @@ class EigenCorrected(BlockDiagonalOperator):
     def rescaled(self, batch: FactorBatch, rho: float = 0.0):
         """The same eigenbasis with scalings ``ρ·s + (1 − ρ)·s(batch)`` (the moving average
         of the scalings of George et al.; ``ρ = 0``: the scalings of ``batch``)."""
+        if not isinstance(batch, FactorBatch) or batch.n_layers != len(self.basis) or any(
+                (batch.d_a[l], batch.d_g[l]) != (b.d_a, b.d_g) for l, b in enumerate(self.blocks)):
+            raise ShapeError("rescaled() needs a FactorBatch with the layer sizes of the basis")
         new = object.__new__(type(self))
         new.base, new.batch, new.basis = self.base, batch, self.basis
         blocks = self._blocks_for(batch)

@@ -54,7 +54,7 @@ def kfac_factors(a, g):
     N, K, dg = g.shape
     # symmetric rank-k updates with 1/N folded in (BLAS syrk for NumPy: half the flops
     # of a GEMM, no scaling pass)
-    with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+    with np.errstate(over="ignore", invalid="ignore"):  # xp: NumPy warnings only; checked below
         A = gram_of_rows(a, 1.0 / N)
         G = gram_of_rows(xp.reshape(g, (N * K, dg)), 1.0 / N)
     from .._validation import check_finite_result

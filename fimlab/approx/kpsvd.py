@@ -187,6 +187,11 @@ class _KPSVDFamily(BlockDiagonalOperator):
             t0 = time.perf_counter()
             self._layer = l
             a, g = batch.a[l], batch.g[l]
+            if a.ndim == 3 and a.shape[1] == 1:
+                # one position (a 1×1 output map): the block of a dense layer with inputs
+                # ā_n0 and vectors g_nk0 (KFC = KFAC, R(F_l) = (1/N) Σ_n vec(ā āᵀ) vec(G_n)ᵀ
+                # of rank ≤ N): the dense layers' N × N Gram route applies exactly
+                a, g = a[:, 0, :], g[:, :, 0, :]
             if self.solver == "exact" and a.ndim == 3:
                 terms, rep = self._exact_conv(a, g, rng)
             elif self.solver == "exact":

@@ -179,8 +179,14 @@ class _GK:
         dtype = v0.dtype
         self.dtype = dtype
         dev = device_of(v0)
-        self.U = xp.zeros((self.n_rows, self.cap + 1), dtype=dtype, device=dev)
-        self.V = xp.zeros((self.n_cols, self.cap + 1), dtype=dtype, device=dev)
+        # the bases are stored column by column (allocated transposed): writing basis
+        # vector j touches its own memory only. Row-major (n × cap) bases made every
+        # column write fault in the whole array (685 MB for an 83,521-long R(F_l) of a
+        # conv block with cap 1,024), and the untouched columns now stay unmapped
+        self.U = xp.matrix_transpose(
+            xp.zeros((self.cap + 1, self.n_rows), dtype=dtype, device=dev))
+        self.V = xp.matrix_transpose(
+            xp.zeros((self.cap + 1, self.n_cols), dtype=dtype, device=dev))
         self.alpha = np.zeros(self.cap + 1)
         self.beta = np.zeros(self.cap + 1)  # beta[j] couples v_{j+1} to u_j
         self.k = 0
@@ -347,7 +353,7 @@ def golub_kahan(op, steps: int, v0=None, *, rng=None):
 
 def lanczos_svd(op, k: int = 2, steps: int | None = 2, v0=None, *, tol: float = 1e-6,
                 max_restarts: int = 100, rng=None, zero_tol: float = 0.0,
-                warn: bool = True, name: str = "Lanczos SVD"):
+                warn: bool = True, name: str = "Lanczos SVD", max_steps: int | None = None):
     """Leading ``k`` singular triplets of a product pair by Golub–Kahan (Lanczos)
     bidiagonalisation (docs/papers.md methods table, "Lanczos").
 
@@ -359,7 +365,9 @@ def lanczos_svd(op, k: int = 2, steps: int | None = 2, v0=None, *, tol: float = 
       most ``max_restarts`` restarts), then warn with the residual reached.
     - ``steps=None``: grow one Krylov space until the ``k`` leading Ritz triplets reach
       ``tol`` or the space is exhausted (exact); a breakdown before that continues from
-      a fresh vector orthogonal to the explored space.
+      a fresh vector orthogonal to the explored space. ``max_steps`` caps the space (a
+      budget): reaching it with the triplets above ``tol`` returns them with
+      ``report.converged`` False.
 
     The residual of triplet ``r`` is ``‖(R v_r − σ_r u_r, Rᵀu_r − σ_r v_r)‖ =
     β_last |p_r[last]|`` (``R V = U B`` holds exactly), reported relative to ``σ₁``.
@@ -407,11 +415,16 @@ def lanczos_svd(op, k: int = 2, steps: int | None = 2, v0=None, *, tol: float = 
                 xp.zeros((n_cols, k), dtype=dtype, device=dev), rep)
 
     dim = min(n_rows, n_cols)
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(
+            max_steps, (int, np.integer)) or max_steps < k):
+        raise ShapeError(f"max_steps must be an integer >= k = {k}, got {max_steps!r}")
+    cap = dim if max_steps is None else min(dim, int(max_steps))
     restarts, iters = 0, 0
     while True:
-        gk = _GK(op, v, dim if steps is None else steps, xp)
+        gk = _GK(op, v, cap if steps is None else steps, xp)
         if steps is None:
             next_check = min(max(2 * k, 8), dim)
+            opened, idle = None, 0
             while True:
                 if gk.step():
                     if gk.k >= next_check:
@@ -423,8 +436,23 @@ def lanczos_svd(op, k: int = 2, steps: int | None = 2, v0=None, *, tol: float = 
                 if gk.exhausted or gk.open:
                     break
                 # breakdown before exhaustion: an exact invariant subspace was found;
-                # the leading triplets may lie outside it, so explore on
-                if not gk.restart(_random_vector(n_cols, xp, dtype, rng, like=v)):
+                # the leading triplets may lie outside it, so explore on, from the row
+                # space of R (Rᵀx, x random: the right singular vectors of the non-zero
+                # singular values lie there). A random vector of R^{n_cols} would mostly
+                # explore the null space, one dimension per restart (thousands of steps
+                # for a low-rank R). A restart vector in the explored span, or two running
+                # that break down at once (round-off of a null direction), mean the row
+                # space is exhausted
+                if opened is not None and gk.k == opened + 1 and gk.alpha[opened] == 0.0:
+                    idle += 1
+                    if idle >= 2:
+                        break
+                else:
+                    idle = 0
+                x = op.rmatvec(_random_vector(n_rows, xp, dtype, rng, like=v))
+                nprod += 1
+                opened = gk.k
+                if not gk.restart(x):
                     break
         else:
             while gk.step():
@@ -442,6 +470,8 @@ def lanczos_svd(op, k: int = 2, steps: int | None = 2, v0=None, *, tol: float = 
         restarts += 1
 
     converged = res <= tol
+    if steps is None and cap < dim and gk.k >= cap and not gk.open:
+        converged = False  # closed exactly at the budget: the space is not exhausted
     Pd = asarray_on(P, gk.U, dtype=dtype)
     Qd = asarray_on(Q, gk.V, dtype=dtype)
     Uk = gk.U[:, : gk.k] @ Pd
