@@ -108,7 +108,6 @@ __all__ = [
     # labelled images for them: CIFAR-10, SVHN, (Fashion-)MNIST files, offline stand-ins
     "image_datasets", "load_image_dataset", "ImageDataset",
 ]
-from .image_datasets import ImageDataset, load_image_dataset  # noqa: E402
 # comparators (issue 17): eigenvalue-corrected, diagonal, block-exact, low-rank; spectra
 from . import spectral  # noqa: E402
 from .approx import (  # noqa: E402
@@ -119,6 +118,7 @@ from .approx import (  # noqa: E402
     LowRank,
     LowRankPlusDiagonal,
 )
+from .image_datasets import ImageDataset, load_image_dataset  # noqa: E402
 from .spectral import spectral_density  # noqa: E402
 
 __all__ += [  # comparators: eigenvalue-corrected, diagonal, block-exact, low-rank; spectra

@@ -116,7 +116,7 @@ def _inner_terms(F, Ft):
 def frobenius_terms(F, Ft) -> tuple[float, float, float]:
     """``(‖F‖², ⟨F, F̃⟩, ‖F̃‖²)`` by Gram identities (Fisher vs Kronecker-structured, or
     an approximation with ``fisher_inner``)."""
-    with np.errstate(over="ignore", invalid="ignore"):  # each term is checked below
+    with np.errstate(over="ignore", invalid="ignore"):  # xp: NumPy warnings only; checked below
         return _frobenius_terms(F, Ft)
 
 
