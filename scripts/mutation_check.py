@@ -340,6 +340,7 @@ EQUIVALENT: dict[str, str] = {
 FAST_TESTS = [
     "tests/test_crosscheck.py",
     "tests/test_crosscheck_comparators.py",
+    "tests/test_crosscheck_spectral.py",
     "tests/test_stateful.py",
     "tests/test_krylov_scale.py",
     "tests/test_kron.py",

@@ -779,7 +779,7 @@ CLASSES = {
 MODULES = {"kron": kron, "metrics": M, "kernels": _kernels}
 
 #: further registries (same pattern, same names) read by the completeness test
-OTHER_REGISTRIES = ("test_crosscheck_comparators",)
+OTHER_REGISTRIES = ("test_crosscheck_comparators", "test_crosscheck_spectral")
 
 #: not quantities, or cross-checked elsewhere (with the reason)
 EXEMPT = {

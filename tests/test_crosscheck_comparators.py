@@ -1,19 +1,18 @@
-"""Registry cross-checks (issue 21) for the comparators, the spectral module and the
-convolution blocks: EKFAC / EigenCorrected / DiagonalFisher (fimlab.approx.eigencorrected),
-BlockExact (blockexact), LowRank / LowRankPlusDiagonal / LowRankBlock (lowrank), KFC
-factors (kfc), R(F_l) of convolution blocks (conv_rearranged) and the estimators of
-fimlab.spectral.
+"""Registry cross-checks (issue 21) for the comparators and the convolution blocks:
+EKFAC / EigenCorrected / DiagonalFisher (fimlab.approx.eigencorrected), BlockExact
+(blockexact), LowRank / LowRankPlusDiagonal / LowRankBlock (lowrank), KFC factors (kfc)
+and R(F_l) of convolution blocks (conv_rearranged); the spectral module's entries are in
+``tests/test_crosscheck_spectral.py`` on the same contexts.
 
 The same ``Entry`` pattern as ``tests/test_crosscheck.py`` (whose completeness test also
 reads ``REGISTRY``, ``CLASSES``, ``MODULES`` and ``EXEMPT`` here): every route is compared
 with the explicit definition written here — the per-sample rows ``Σ_t ā_nt ⊗ g_nkt`` by
 ``np.kron`` and loops, ``F = JᵀJ/N``, KFAC/KFC factors by loops, eigenbases by
-``numpy.linalg.eigh``, inverses and inverse square roots by dense eigendecompositions,
-``R(F_l)`` by the loop rearrangement — and consecutive routes with each other, on the
-four contexts of the base module (exact and MC Fisher with ``K = 3``, empirical,
-synthetic ``K = 4``) and four with a convolution layer (a small conv net's exact
-(``K = 3``), MC (``K = 2``) and empirical Fisher, and a synthetic positional batch with
-``K = 3``, ``T = 4``).
+``numpy.linalg.eigh``, inverses by dense solves, ``R(F_l)`` by the loop rearrangement —
+and consecutive routes with each other, on the four contexts of the base module (exact
+and MC Fisher with ``K = 3``, empirical, synthetic ``K = 4``) and four with a convolution
+layer (a small conv net's exact (``K = 3``), MC (``K = 2``) and empirical Fisher, and a
+synthetic positional batch with ``K = 3``, ``T = 4``).
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ import fimlab.approx.conv_rearranged as conv_mod
 import fimlab.approx.eigencorrected as eigen_mod
 import fimlab.approx.kfc as kfc_mod
 import fimlab.approx.lowrank as lowrank_mod
-import fimlab.spectral as spectral_mod
 from fimlab import kron
 from fimlab import metrics as M
 from fimlab._errors import ShapeError
@@ -54,7 +52,6 @@ from fimlab.approx.lowrank import (
 from fimlab.curvature import FisherBlock, FisherOperator
 from fimlab.models.layers import Activation, Conv2d, Flatten, Linear
 from fimlab.models.network import Network, network_factor_batch
-from fimlab.spectral import SpectralDensity
 
 import naive
 
@@ -622,176 +619,6 @@ add("conv-kpsvd", ("KPSVD.__init__",),
     lambda c: _blocks_def(c, lambda c, l: _kpsvd_def(c, l, 1)), rtol=1e-7, atol=1e-9,
     contexts=CONV)
 
-# -- spectral: exact paths, inverse square roots, SLQ and the trace estimators ------------
-_PROBES = 3
-
-
-def _probe_vectors(seed, n, p):
-    rng = np.random.default_rng(seed)
-    return [rng.choice(np.array([-1.0, 1.0]), size=n) for _ in range(p)]
-
-
-def _exact_paths(op, n_out=3):
-    d = spectral_mod.spectral_density(op, probes=1, steps=4, rng=0, outliers=n_out)
-    return np.concatenate([[d.exact_zero_mass], d.outliers])
-
-
-def _exact_paths_def(D, n_out=3):
-    ev = np.sort(np.linalg.eigvalsh(D))[::-1]
-    rank = int(np.sum(ev > ev[0] * 1e-9))
-    return np.concatenate([[1.0 - rank / D.shape[0]], ev[:min(n_out, rank)]])
-
-
-add("spectral-exact-paths", ("spectral.spectral_density",),
-    {"FisherOperator": lambda c: _exact_paths(c.op),
-     "FisherOperator(copy)": lambda c: _exact_paths(FisherOperator(_copy_batch(c.batch)))},
-    lambda c: _exact_paths_def(c.F), rtol=1e-8, atol=1e-10)
-add("spectral-exact-paths-blocks", ("spectral.spectral_density",),
-    {"FisherBlock": lambda c: [_exact_paths(FisherBlock(c.batch, l))
-                               for l in range(c.batch.n_layers)],
-     "FisherOperator(layer(l))": lambda c: [_exact_paths(FisherOperator(c.batch.layer(l)))
-                                           for l in range(c.batch.n_layers)]},
-    lambda c: _layers(c, lambda c, l: _exact_paths_def(c.block(l))), rtol=1e-8, atol=1e-10)
-
-
-def _slq_moments(op, steps, js=(0, 1, 2, 3)):
-    d = spectral_mod.spectral_density(op, probes=_PROBES, steps=steps, rng=4)
-    return np.array([d.moment(j) for j in js])
-
-
-def _slq_moments_def(D, js=(0, 1, 2, 3)):
-    vs = _probe_vectors(4, D.shape[0], _PROBES)
-    return np.array([np.mean([v @ np.linalg.matrix_power(D, j) @ v for v in vs]) for j in js])
-
-
-add("slq-moments", ("spectral.spectral_density", "SpectralDensity.moment",
-                    "spectral.SpectralDensity"),
-    {"operator, full Krylov space": lambda c: _slq_moments(c.op, c.batch.n_params),
-     "dense array, full Krylov space": lambda c: _slq_moments(c.op.to_dense(), c.batch.n_params),
-     "operator, 2 steps (exact to degree 3)": lambda c: _slq_moments(c.op, 2)},
-    lambda c: _slq_moments_def(c.F), rtol=1e-8, atol=1e-10)
-
-# approximations with an inverse square root: (builder, dense F̃ definition, rule)
-_ISQRT = {
-    "KFAC factor": (lambda c: KFAC(c.batch), "factor", None),
-    "KFAC pi": (lambda c: KFAC(c.batch), "pi", None),
-    "KFAC exact": (lambda c: KFAC(c.batch), "exact",
-                   lambda c: _blocks_def(c, lambda c, l: np.kron(*_kfc_def(c, l)))),
-    "EKFAC": (_ekfac, "exact", lambda c: _blocks_def(c, _ekfac_def)),
-    "Diagonal": (_diag, "factor", lambda c: np.diag(np.diag(c.F))),
-    "BlockExact": (_bex, "exact", lambda c: _blocks_def(c, lambda c, l: c.block(l))),
-    "Fisher": (lambda c: c.op, "exact", lambda c: c.F),
-    "LowRank": (_lr, "exact", _lowrank_def),
-    "LowRank (lanczos)": (lambda c: _lr(c, "lanczos"), "exact", _lowrank_def),
-}
-
-
-def _isqrt_def(c, name):
-    _, rule, dense = _ISQRT[name]
-    if dense is not None:
-        return _mpow(dense(c) + LAM * np.eye(c.F.shape[0]))
-    out = []
-    for l in range(c.batch.n_layers):
-        A, G = _kfc_def(c, l)
-        s, pi = np.sqrt(LAM), 1.0
-        if rule == "pi":
-            pi = np.sqrt((np.trace(A) / A.shape[0]) / (np.trace(G) / G.shape[0]))
-        out.append(np.kron(_mpow(A, pi * s), _mpow(G, s / pi)))
-    return base._blockdiag(out)
-
-
-def _isqrt_entry(name):
-    build, rule, _ = _ISQRT[name]
-
-    def S(c):
-        return spectral_mod.inverse_sqrt_map(build(c), LAM, rule)
-
-    pending = _EIGEN_PENDING if name in ("EKFAC", "Diagonal") else ()
-    add(f"inverse-sqrt-{name}", ("spectral.inverse_sqrt_map",),
-        {"map(X)": lambda c: S(c)(_V(c)),
-         "map(map(X)) = solve": lambda c: S(c)(S(c)(_V(c))),
-         f"solve(X, λ, {rule})": lambda c: build(c).solve(_V(c), LAM, rule=rule)},
-        lambda c: {"map(X)": _isqrt_def(c, name) @ _V(c),
-                   "map(map(X)) = solve": _isqrt_def(c, name) @ _isqrt_def(c, name) @ _V(c),
-                   f"solve(X, λ, {rule})": _isqrt_def(c, name) @ _isqrt_def(c, name) @ _V(c)},
-        rtol=1e-7, atol=1e-9, pending=pending)
-    add(f"slq-preconditioned-{name}", ("spectral.spectral_density", "spectral.inverse_sqrt_map"),
-        {"operator": lambda c: np.array([(lambda d: [d.moment(1), d.moment(2)])(
-            spectral_mod.spectral_density(c.op, probes=_PROBES, steps=c.batch.n_params,
-                                          rng=4, preconditioner=build(c), damping=LAM,
-                                          rule=rule))]).ravel()},
-        lambda c: (lambda S: _slq_moments_def(S @ (c.F + LAM * np.eye(c.F.shape[0])) @ S,
-                                              (1, 2)))(_isqrt_def(c, name)),
-        rtol=1e-7, atol=1e-9, pending=pending)
-
-
-for _n in _ISQRT:
-    _isqrt_entry(_n)
-
-
-def _hutch_def(c, p=7):
-    rng = np.random.default_rng(5)
-    V = rng.choice(np.array([-1.0, 1.0]), size=(c.F.shape[0], p))
-    t = np.einsum("ip,ip->p", V, c.F @ V)
-    return np.array([t.mean(), t.std(ddof=1) / np.sqrt(p)])
-
-
-def _hutchpp_def(c, m=13):
-    rng = np.random.default_rng(5)
-    n, k = c.F.shape[0], m // 3
-    S = rng.choice(np.array([-1.0, 1.0]), size=(n, k))
-    Q = np.linalg.qr(c.F @ S)[0]
-    G = rng.choice(np.array([-1.0, 1.0]), size=(n, m - 2 * k))
-    G = G - Q @ (Q.T @ G)
-    return np.trace(Q.T @ c.F @ Q) + np.trace(G.T @ c.F @ G) / G.shape[1]
-
-
-def _xtrace_def(c, m=12):
-    rng = np.random.default_rng(5)
-    n, s = c.F.shape[0], m // 2
-    Om = rng.choice(np.array([-1.0, 1.0]), size=(n, s))
-    ts = []
-    for i in range(s):
-        Q = np.linalg.qr(np.delete(c.F @ Om, i, axis=1))[0]
-        r = Om[:, i] - Q @ (Q.T @ Om[:, i])
-        ts.append(np.trace(Q.T @ c.F @ Q) + r @ c.F @ r)
-    return np.array([np.mean(ts), np.std(ts, ddof=1) / np.sqrt(s)])
-
-
-def _diag_est_def(c, p=6):
-    rng = np.random.default_rng(5)
-    V = rng.choice(np.array([-1.0, 1.0]), size=(c.F.shape[0], p))
-    T = V * (c.F @ V)
-    return np.concatenate([T.mean(1), T.std(1, ddof=1) / np.sqrt(p)])
-
-
-add("hutchinson", ("spectral.hutchinson",),
-    {"operator": lambda c: np.array(spectral_mod.hutchinson(c.op, 7, rng=5)),
-     "dense array": lambda c: np.array(spectral_mod.hutchinson(c.op.to_dense(), 7, rng=5))},
-    _hutch_def, rtol=1e-9, atol=1e-11)
-add("hutchpp", ("spectral.hutchpp",),
-    {"operator": lambda c: spectral_mod.hutchpp(c.op, 13, rng=5),
-     "dense array": lambda c: spectral_mod.hutchpp(c.op.to_dense(), 13, rng=5)},
-    _hutchpp_def, rtol=1e-9, atol=1e-11)
-add("xtrace", ("spectral.xtrace",),
-    {"operator": lambda c: np.array(spectral_mod.xtrace(c.op, 12, rng=5)),
-     "dense array": lambda c: np.array(spectral_mod.xtrace(c.op.to_dense(), 12, rng=5))},
-    _xtrace_def, rtol=1e-8, atol=1e-10)
-add("diagonal-estimate", ("spectral.diagonal_estimate",),
-    {"operator": lambda c: np.concatenate(spectral_mod.diagonal_estimate(c.op, 6, rng=5)),
-     "dense array": lambda c: np.concatenate(spectral_mod.diagonal_estimate(
-         c.op.to_dense(), 6, rng=5))},
-    _diag_est_def, rtol=1e-9, atol=1e-11)
-# the sketching estimators are exact on a matrix of rank ≤ m/3 (Hutch++) and < m/2 − 1
-# (XTrace): a rank-3 LowRank and its dense matrix, against Σ λ_i
-add("trace-estimators-exact-on-low-rank", ("spectral.hutchpp", "spectral.xtrace"),
-    {"hutchpp(LowRank, 9)": lambda c: spectral_mod.hutchpp(_lr(c), 9, rng=1),
-     "hutchpp(dense, 12)": lambda c: spectral_mod.hutchpp(_lr(c).to_dense(), 12, rng=2),
-     "xtrace(LowRank, 10)": lambda c: spectral_mod.xtrace(_lr(c), 10, rng=1)[0],
-     "xtrace(dense, 12)": lambda c: spectral_mod.xtrace(_lr(c).to_dense(), 12, rng=3)[0]},
-    lambda c: np.sum(np.linalg.eigvalsh(c.F)[::-1][:KR]), rtol=1e-8, atol=1e-10)
-
-
 # -------------------------------------------------------------------------------------
 # the test
 # -------------------------------------------------------------------------------------
@@ -832,10 +659,9 @@ CLASSES = {
     "LowRankPlusDiagonal": LowRankPlusDiagonal,
     "LowRankBlock": LowRankBlock,
     "RearrangedConvFisher": RearrangedConvFisher,
-    "SpectralDensity": SpectralDensity,
 }
 MODULES = {"eigencorrected": eigen_mod, "blockexact": blockexact_mod, "lowrank": lowrank_mod,
-           "spectral": spectral_mod, "kfc": kfc_mod, "conv_rearranged": conv_mod}
+           "kfc": kfc_mod, "conv_rearranged": conv_mod}
 EXEMPT = {
     "EigenbasisBlock.to_scipy": "interop view",
     "LowRankBlock.to_scipy": "interop view",
