@@ -731,8 +731,12 @@ CASES = [(e.name, c) for e in REGISTRY for c in CONTEXTS
 
 @pytest.mark.parametrize("entry,ctx", CASES)
 def test_crosscheck(entry, ctx):
-    e = next(x for x in REGISTRY if x.name == entry)
-    c = get_ctx(ctx)
+    check_entry(next(x for x in REGISTRY if x.name == entry), get_ctx(ctx))
+
+
+def check_entry(e, c):
+    """Every implementation of ``e`` vs the definition, and consecutive ones pairwise."""
+    ctx = c.name
     ref = e.definition(c)
     vals = {label: f(c) for label, f in e.impls.items()}
     for label, v in vals.items():
@@ -773,6 +777,9 @@ CLASSES = {
 }
 #: modules whose public functions computing a quantity must be covered
 MODULES = {"kron": kron, "metrics": M, "kernels": _kernels}
+
+#: further registries (same pattern, same names) read by the completeness test
+OTHER_REGISTRIES = ("test_crosscheck_comparators", "test_crosscheck_spectral")
 
 #: not quantities, or cross-checked elsewhere (with the reason)
 EXEMPT = {
@@ -815,11 +822,28 @@ EXEMPT = {
 }
 
 
+def _everything():
+    """(registry, classes, modules, exemptions) of this module and of the registries in
+    :data:`OTHER_REGISTRIES` (modules with the same ``REGISTRY``/``CLASSES``/``MODULES``/
+    ``EXEMPT`` names), so that one completeness test covers them all."""
+    import importlib
+
+    reg, classes, modules, exempt = list(REGISTRY), dict(CLASSES), dict(MODULES), dict(EXEMPT)
+    for name in OTHER_REGISTRIES:
+        mod = importlib.import_module(name)
+        reg += mod.REGISTRY
+        classes.update(mod.CLASSES)
+        modules.update(mod.MODULES)
+        exempt.update(mod.EXEMPT)
+    return reg, classes, modules, exempt
+
+
 def test_covers_name_existing_members():
-    for e in REGISTRY:
+    reg, classes, modules, _ = _everything()
+    for e in reg:
         for key in e.covers:
             owner, name = key.split(".", 1)
-            obj = CLASSES.get(owner) or MODULES.get(owner)
+            obj = classes.get(owner) or modules.get(owner)
             if obj is not None:
                 assert hasattr(obj, name.split(".")[0]), (e.name, key)
 
@@ -834,9 +858,9 @@ def _public_members(cls):
     return out
 
 
-def _covered():
+def _covered(reg):
     cov = set()
-    for e in REGISTRY:
+    for e in reg:
         for s in e.covers:
             cov.add(s)
             if s.startswith("kron.") and "." in s[5:]:
@@ -844,38 +868,53 @@ def _covered():
     return cov
 
 
+def _inherited_cover(cls, m, classes, ok):
+    """``m`` of ``cls`` is the very same attribute as on a registered base class whose
+    member is covered or exempt (EKFAC's from EigenCorrected, ExactBlock's from FisherBlock)."""
+    attr = inspect.getattr_static(cls, m)
+    for bname, bcls in classes.items():
+        if bcls is not cls and issubclass(cls, bcls) and hasattr(bcls, m) \
+                and inspect.getattr_static(bcls, m) is attr and f"{bname}.{m}" in ok:
+            return True
+    return False
+
+
 def test_registry_is_complete():
-    cov = _covered()
+    reg, classes, modules, exempt = _everything()
+    cov = _covered(reg)
+    ok = cov | set(exempt)
     inherited_ok = {"matvec", "matmat", "rmatvec", "rmatmat", "dot", "to_dense", "to_scipy",
                     "solve"}
     missing = []
-    for cname, cls in CLASSES.items():
+    for cname, cls in classes.items():
         for m in sorted(_public_members(cls)):
             key = f"{cname}.{m}"
-            if key in cov or key in EXEMPT:
+            if key in ok or _inherited_cover(cls, m, classes, ok):
                 continue
             # inherited generic products: covered once the class's own products are
             if m in inherited_ok and any(s.startswith(cname + ".") for s in cov):
                 continue
             missing.append(key)
-    for mname, mod in MODULES.items():
+    for mname, mod in modules.items():
         names = getattr(mod, "__all__", None) or [
             n for n in dir(mod) if not n.startswith("_") and inspect.isfunction(getattr(mod, n))
             and getattr(mod, n).__module__ == mod.__name__]
         for n in names:
             key = f"{mname}.{n}"
-            if key not in cov and key not in EXEMPT:
+            if key not in ok:
                 missing.append(key)
     assert not missing, (
-        "public quantities without a cross-check entry in tests/test_crosscheck.py "
-        f"REGISTRY (add one, or exempt with the reason): {missing}")
+        "public quantities without a cross-check entry in the REGISTRY of "
+        "tests/test_crosscheck.py or of the modules in OTHER_REGISTRIES (add one, or "
+        f"exempt with the reason): {missing}")
 
 
 def test_exemptions_name_existing_members():
     # a stale exemption (a renamed method) must not silently cover a new one
-    for key in EXEMPT:
+    _, classes, modules, exempt = _everything()
+    for key in exempt:
         owner, name = key.split(".", 1)
-        obj = CLASSES.get(owner) or MODULES.get(owner)
+        obj = classes.get(owner) or modules.get(owner)
         assert obj is not None and hasattr(obj, name), key
 
 

@@ -31,3 +31,21 @@ def test_every_mutant_snippet_is_found_once_and_changes_the_code():
     assert all(len(why) > 40 for why in mc.EQUIVALENT.values())
     for test in mc.FAST_TESTS:
         assert (ROOT / test).is_file(), test
+
+
+#: modules of the numerical core that must carry at least one seeded bug
+SEEDED_MODULES = [
+    "fimlab/curvature.py", "fimlab/batch.py", "fimlab/operators.py", "fimlab/metrics.py",
+    "fimlab/spectral.py", "fimlab/approx/kfac.py", "fimlab/approx/kfc.py",
+    "fimlab/approx/eigencorrected.py", "fimlab/approx/blockexact.py",
+    "fimlab/approx/lowrank.py", "fimlab/approx/conv_rearranged.py",
+    "fimlab/approx/twolevel.py", "fimlab/kron/algebra.py", "fimlab/kron/krylov.py",
+    "fimlab/kron/gram.py", "fimlab/kron/rearrange.py",
+]
+
+
+def test_every_core_module_carries_a_mutant():
+    mc = _script()
+    seeded = {mc.locate(ROOT, m).relative_to(ROOT).as_posix() for m in mc.MUTANTS}
+    missing = [p for p in SEEDED_MODULES if (ROOT / p).is_file() and p not in seeded]
+    assert not missing, f"no mutant in {missing}: add one to scripts/mutation_check.py"
