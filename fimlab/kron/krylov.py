@@ -31,6 +31,7 @@ from ..backend import (
     dtype_eps,
     from_host,
 )
+from ._basis import RowBasis
 from ._checks import check_solver_params
 from .pairs import ConvergenceReport, as_product_pair
 
@@ -716,8 +717,11 @@ def lanczos(
     if not nrm > 0:
         raise ValueError("Lanczos start vector has zero norm")
     v, Mv = v / nrm, Mv / nrm
-    Q = [v]
-    MQ = [Mv] if M is not None else Q
+    # the basis as the rows of one growing array: the reorthogonalisation reads a
+    # contiguous block (a list stacked at every step copied j·n numbers per step: 5 of the
+    # 8 s of 30 steps at n = 785,000, most of the SLQ time on the auto-encoder)
+    basis = RowBasis(v, max_steps + 1, xp)
+    mbasis = RowBasis(Mv, max_steps + 1, xp) if M is not None else basis
     alphas: list[float] = []
     betas: list[float] = []
     exhausted = converged = False
@@ -735,15 +739,14 @@ def lanczos(
 
     check_every = 1
     for j in range(max_steps):
-        w = op(Q[j], MQ[j])
+        w = op(basis.row(j), mbasis.row(j))
         # full reorthogonalisation, classical Gram-Schmidt twice: ⟨q_i, w⟩_M = (M q_i)ᵀ w
-        Qm = xp.stack(Q, axis=1)
-        MQm = xp.stack(MQ, axis=1) if M is not None else Qm
-        c = xp.matrix_transpose(MQm) @ w
+        Qm, MQm = basis.rows(), mbasis.rows()
+        c = MQm @ w
         alpha = float(c[j])
-        w = w - Qm @ c
-        c2 = xp.matrix_transpose(MQm) @ w
-        w = w - Qm @ c2
+        w = w - xp.matrix_transpose(Qm) @ c
+        c2 = MQm @ w
+        w = w - xp.matrix_transpose(Qm) @ c2
         alphas.append(alpha + float(c2[j]))
         Mw = Mop(w)
         beta = math.sqrt(max(float(xp.sum(w * Mw)), 0.0))
@@ -764,9 +767,9 @@ def lanczos(
                 break
             if converged:
                 break
-        Q.append(w / beta)
+        basis.append(w / beta)
         if M is not None:
-            MQ.append(Mw / beta)
+            mbasis.append(Mw / beta)
     m = len(alphas)
     if warn and not converged:
         warnings.warn(
@@ -778,7 +781,7 @@ def lanczos(
         )
     vectors = None
     if want_vectors:
-        Qm = xp.stack(Q[:m], axis=1)
-        vectors = Qm @ from_host(np.ascontiguousarray(S), xp, dtype=dtype,
-                                 device=device_of(Qm))
+        Qm = basis.rows()[:m, ...]
+        vectors = xp.matrix_transpose(Qm) @ from_host(np.ascontiguousarray(S), xp,
+                                                      dtype=dtype, device=device_of(Qm))
     return LanczosResult(theta, res, vectors, m, converged, exhausted)
