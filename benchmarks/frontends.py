@@ -14,9 +14,9 @@ network in ``--tiny`` mode), three groups of rows:
   autograd and the conversion to NumPy against fimlab's own forward and back-propagation).
 - *front-end overhead, JAX*: ``fimlab.jax.factor_batch`` of a Flax linen MLP and of an
   Equinox MLP holding the same weights (float64: ``jax_enable_x64`` is switched on for the
-  section and restored after), compiled (the default, ``jit=True``: the compilation is
-  part of every call, the parameters being constants of the compiled program) and op by
-  op (``jit=False``), against the NumPy MLP.
+  section and restored after), op by op (the default, ``jit=False``) and compiled
+  (``jit=True``: the compilation is part of every call, the parameters being constants
+  of the compiled program), against the NumPy MLP.
 
 Each library is timed in a block of its own (PyTorch's, XLA's and OpenBLAS's worker
 threads would otherwise steal the cores from each other; see ``Context.time``); the
