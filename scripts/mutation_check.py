@@ -151,9 +151,9 @@ MUTANTS: list[Mutant] = [
            "                 Mp - xp.matrix_transpose(MBt[-1:, :]) @ c)\n",
            "Gram-coefficient Golub–Kahan: both sides orthogonalised against the last vector only"),
     Mutant("lanczos-local-only", "kron/krylov.py lanczos",
-           "        w = w - Qm @ c\n        c2 = xp.matrix_transpose(MQm) @ w\n"
-           "        w = w - Qm @ c2\n",
-           "        w = w - Qm[:, -2:] @ c[-2:]\n        c2 = 0 * c\n",
+           "        w = w - xp.matrix_transpose(Qm) @ c\n        c2 = MQm @ w\n"
+           "        w = w - xp.matrix_transpose(Qm) @ c2\n",
+           "        w = w - xp.matrix_transpose(Qm[-2:, ...]) @ c[-2:]\n        c2 = 0 * c\n",
            "symmetric Lanczos without full re-orthogonalisation (three-term only)"),
     Mutant("kfac-residual-core", "kron/gram.py RearrangedGram.kfac_residual_core",
            "return _Core(1.0 / self.m, -one / self.m**2, one)",
