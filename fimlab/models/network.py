@@ -296,7 +296,8 @@ def _output_vectors(net, z, y, fisher, mc_samples, rng):
 
 
 def network_factor_batch(net: Network, X, y=None, fisher: str = "exact", mc_samples: int = 1,
-                         rng=None, train: bool = False) -> FactorBatch:
+                         rng=None, train: bool = False,
+                         batchnorm: str = "fixed") -> FactorBatch:
     """The factor batch of the dense and convolution layers of ``net`` on ``X``.
 
     Parameters
@@ -310,19 +311,35 @@ def network_factor_batch(net: Network, X, y=None, fisher: str = "exact", mc_samp
         statistics gives: what KFAC sees in training; samples are coupled, so these are
         not per-sample gradients). Default ``False``: eval mode, running statistics, the
         per-sample Fisher.
+    batchnorm : {"fixed", "include"}
+        ``"fixed"`` (default): the batch-norm scales and shifts are held fixed and have no
+        block. ``"include"``: each batch-norm layer is a block of its own, in ``θ``'s
+        order, so the batch's Fisher is the Fisher of all of ``θ`` (see Notes).
 
     Returns
     -------
     FactorBatch
         One layer per dense or convolution layer (in forward order): dense ``a (N, d+1)``,
         ``g (N, K, d_out)``; convolution ``a (N, T, c_in·k_h·k_w + 1)`` (patches),
-        ``g (N, K, T, c_out)``. Batch-norm blocks are not in the batch (see Notes).
+        ``g (N, K, T, c_out)``; with ``batchnorm="include"`` also one per batch-norm layer,
+        ``a (N, 1)`` of ones and ``g (N, K, 2C)``.
 
     Notes
     -----
-    The Fisher of this batch is the Fisher of the parameters of the dense and convolution
-    layers with the batch-norm scales and shifts held fixed (the block of ``θ`` without the
-    batch-norm entries); :meth:`Network.per_sample_jacobians` gives all of ``θ``.
+    With ``batchnorm="fixed"`` the Fisher of this batch is the Fisher of the parameters of
+    the dense and convolution layers with the batch-norm scales and shifts held fixed (the
+    block of ``θ`` without the batch-norm entries).
+
+    A batch-norm layer's parameters ``[γ | β]`` (``C × 2``, column-major: ``γ`` then ``β``)
+    have per-sample gradient rows ``[Σ_t δ_nkt ∘ x̂_nt ; Σ_t δ_nkt]`` (``δ`` the vector
+    back-propagated to the layer's output, ``x̂`` its normalised input, ``t`` over the
+    spatial positions of a 2-D batch norm). They are not a Kronecker product of two
+    factors, so ``"include"`` writes each as the trivial one, ``1 ⊗ row``: the layer's
+    ``a`` is a column of ones (``d_a = 1``) and its ``g`` holds the rows. Every product,
+    norm and solve of the Fisher is then exact on these blocks, and every Kronecker
+    approximation is *exact* on them (``A = 1``, ``G`` = the block itself): the methods
+    differ only on the dense and convolution blocks. :meth:`Network.per_sample_jacobians`
+    gives the same rows densely (tests).
 
     Examples
     --------
@@ -335,6 +352,7 @@ def network_factor_batch(net: Network, X, y=None, fisher: str = "exact", mc_samp
     if not isinstance(net, Network):
         raise TypeError(f"network_factor_batch needs a Network, got {type(net).__name__}")
     check_choice(fisher, FISHER_TYPES, "Fisher type")
+    check_choice(batchnorm, ("fixed", "include"), "batchnorm")
     z, caches = net._forward(X, train)
     vectors = _output_vectors(net, z, y, fisher, mc_samples, rng)
     recs = net.backward(caches, vectors)
@@ -344,6 +362,12 @@ def network_factor_batch(net: Network, X, y=None, fisher: str = "exact", mc_samp
             al, gl = lay.factors(c, gg)
             a.append(al)
             g.append(gl)
+        elif batchnorm == "include":  # rows [dγ; dβ] as the Kronecker product 1 ⊗ row
+            Gm = lay.grad(c, gg)  # (N, K, C, 2)
+            N, K = Gm.shape[:2]
+            g.append(np.ascontiguousarray(
+                np.swapaxes(Gm, 2, 3).reshape(N, K, 2 * Gm.shape[2])))
+            a.append(np.ones((N, 1), dtype=Gm.dtype))
     return FactorBatch(a, g, fisher=fisher)
 
 
