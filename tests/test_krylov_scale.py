@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 
+import fimlab as fl
 from fimlab import kron
 from fimlab.kron import lanczos
 
@@ -191,3 +192,35 @@ def test_kronecker_three_terms_pcg_within_bound_of_preconditioned_kappa():
     its = inv.last_info["iterations"]
     assert its <= _cg_bound(kappa_pre, 1e-10)
     assert _cg_bound(kappa_pre, 1e-10) < _cg_bound(kappa, 1e-10) / 3
+
+
+def test_golub_kahan_bases_grow_with_the_chain_not_to_the_cap():
+    """A 400,000 × 300,000 operator of rank 3: with ``steps=None`` the cap is the full
+    dimension (bases of 300,001 columns would be terabytes); the bases grow with the
+    chain, so the top triplets come out exactly, and a cap that does not fit the memory
+    budget is refused before it is allocated."""
+    from fimlab.kron import lanczos_svd
+
+    rng = np.random.default_rng(0)
+    m, n = 400_000, 300_000
+    U = np.linalg.qr(rng.standard_normal((m, 3)))[0]
+    V = np.linalg.qr(rng.standard_normal((n, 3)))[0]
+    s = np.array([5.0, 2.0, 0.5])
+
+    class Op:
+        shape = (m, n)
+        dtype = np.float64
+
+        def matvec(self, x):
+            return U @ (s * (V.T @ x))
+
+        def rmatvec(self, y):
+            return V @ (s * (U.T @ y))
+
+    sig, Uk, Vk, rep = lanczos_svd(Op(), k=2, steps=None, tol=1e-10,
+                                   rng=np.random.default_rng(1))
+    np.testing.assert_allclose(sig, s[:2], rtol=1e-10)
+    np.testing.assert_allclose(np.abs(Uk.T @ U[:, :2]), np.eye(2), atol=1e-8)
+    with fl.memory_budget(8 * 8 * (m + n)):  # less than the first 32 columns of the bases
+        with pytest.raises(fl.DenseMemoryError, match="Golub–Kahan bases"):
+            lanczos_svd(Op(), k=2, steps=None, tol=1e-10, rng=np.random.default_rng(1))

@@ -1,7 +1,10 @@
-"""The Krylov basis of :func:`fimlab.kron.krylov.lanczos` as the rows of one array."""
+"""Growing Krylov bases: the rows of one array (symmetric Lanczos) and the column bases
+of Golub–Kahan, allocated as the iteration needs them, within the memory budget."""
 
 from __future__ import annotations
 
+from .._budget import check_memory
+from .._validation import nbytes_of
 from ..backend import device_of
 
 
@@ -30,3 +33,22 @@ class RowBasis:
 
     def rows(self):
         return self.data[: self.n, ...]
+
+
+def grow_column_bases(xp, bases, lengths, old: int, cols: int, dtype, device):
+    """Bases of ``cols`` columns holding the ``old`` columns of ``bases`` (``None``: new).
+
+    Stored column by column (allocated transposed), so writing basis vector ``j`` touches
+    its own memory only (row-major bases made every column write fault in the whole
+    array). The caller grows them by doubling as its chain does: allocating the cap at
+    once asked for 40 GiB on a ResNet-18 convolution block (16,384 × 331,776)."""
+    check_memory(nbytes_of((cols, sum(lengths)), dtype),
+                 f"Golub–Kahan bases ({cols} vectors of lengths {lengths[0]} and "
+                 f"{lengths[1]})", "a smaller max_steps, or the dense SVD of a small R")
+    out = []
+    for B, n in zip(bases, lengths):
+        new = xp.matrix_transpose(xp.zeros((cols, n), dtype=dtype, device=device))
+        if B is not None:
+            new[:, :old] = B
+        out.append(new)
+    return tuple(out)

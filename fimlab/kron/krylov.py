@@ -31,7 +31,7 @@ from ..backend import (
     dtype_eps,
     from_host,
 )
-from ._basis import RowBasis
+from ._basis import RowBasis, grow_column_bases
 from ._checks import check_solver_params
 from .pairs import ConvergenceReport, as_product_pair
 
@@ -179,15 +179,11 @@ class _GK:
         self.cap = max(1, min(cap, self.n_rows, self.n_cols))
         dtype = v0.dtype
         self.dtype = dtype
-        dev = device_of(v0)
-        # the bases are stored column by column (allocated transposed): writing basis
-        # vector j touches its own memory only. Row-major (n × cap) bases made every
-        # column write fault in the whole array (685 MB for an 83,521-long R(F_l) of a
-        # conv block with cap 1,024), and the untouched columns now stay unmapped
-        self.U = xp.matrix_transpose(
-            xp.zeros((self.cap + 1, self.n_rows), dtype=dtype, device=dev))
-        self.V = xp.matrix_transpose(
-            xp.zeros((self.cap + 1, self.n_cols), dtype=dtype, device=dev))
+        self._dev = device_of(v0)
+        # bases column by column, grown by doubling (fimlab/kron/_basis.py)
+        self._cols = 0
+        self.U = self.V = None
+        self._room(min(self.cap, 31))
         self.alpha = np.zeros(self.cap + 1)
         self.beta = np.zeros(self.cap + 1)  # beta[j] couples v_{j+1} to u_j
         self.k = 0
@@ -198,6 +194,15 @@ class _GK:
         self.open = False
         self.breakdowns = 0
         self.restart(v0)
+
+    def _room(self, j: int) -> None:
+        """Make basis column ``j`` exist (``j ≤ cap``): both bases grow by doubling."""
+        if j >= self._cols:
+            cols = min(self.cap + 1, max(2 * self._cols, j + 1, 8))
+            self.U, self.V = grow_column_bases(self.xp, (self.U, self.V),
+                                               (self.n_rows, self.n_cols), self._cols, cols,
+                                               self.dtype, self._dev)
+            self._cols = cols
 
     def _orth(self, x, B, j):
         if j == 0:
@@ -225,6 +230,7 @@ class _GK:
         if nv == 0.0 or nv <= self.bd_rel * nv0:
             self.open = False
             return False
+        self._room(self.k)
         self.V[:, self.k] = v / nv
         self.open = True
         return True
@@ -249,6 +255,7 @@ class _GK:
             self.breakdowns += 1
             return False
         self.alpha[j] = a
+        self._room(j + 1)
         self.U[:, j] = x / a
         y = self.op.rmatvec(self.U[:, j]) - a * self.V[:, j]
         self.n_products += 1
