@@ -80,6 +80,13 @@ class ImageDataset:
         Class names, ``classes[y]`` names label ``y``.
     info : dict
         Provenance (files, split).
+
+    Examples
+    --------
+    >>> import fimlab as fl
+    >>> d = fl.load_image_dataset("digits")
+    >>> d.image_shape, d.n_classes, d.n_train + d.n_val
+    ((1, 8, 8), 10, 1797)
     """
 
     name: str
@@ -386,6 +393,13 @@ def load_image_dataset(name: str, path=None, n_train: int | None = None,
     ``path`` is required for the originals (``"mnist"``, ``"fashion-mnist"``, ``"cifar10"``,
     ``"svhn"``) and refused for the offline stand-ins; ``n_train``/``n_val`` keep the first
     images of each split.
+
+    Examples
+    --------
+    >>> import fimlab as fl
+    >>> d = fl.load_image_dataset("digits", n_train=100, n_val=20)
+    >>> d.X_train.shape, d.X_val.shape, d.classes[:3]
+    ((100, 1, 8, 8), (20, 1, 8, 8), ('0', '1', '2'))
     """
     check_choice(name, IMAGE_DATASETS, "image data set")
     if name in _NEEDS_FILE:
