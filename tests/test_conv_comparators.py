@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_conv_fisher import explicit_rows
 
 import fimlab as fl
 from fimlab.approx.eigencorrected import projected_second_moments
@@ -28,16 +29,7 @@ def loop_rows(a, g):
     a, g = np.asarray(a), np.asarray(g)
     if a.ndim == 2:
         a, g = a[:, None, :], g[:, :, None, :]
-    N, T, da = a.shape
-    K, dg = g.shape[1], g.shape[3]
-    rows = np.zeros((N * K, da * dg))
-    for n in range(N):
-        for k in range(K):
-            J = np.zeros((dg, da))
-            for t in range(T):
-                J += np.outer(g[n, k, t], a[n, t])
-            rows[n * K + k] = J.ravel(order="F")
-    return rows
+    return explicit_rows(a, g)
 
 
 def loop_fisher(b):
