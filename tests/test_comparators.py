@@ -411,6 +411,16 @@ def test_ngd_ekfac_refreshes_basis_with_inverses_scalings_with_statistics():
     assert opt.stat_refreshes == [0, 1, 2, 3] and opt.inverse_refreshes == [0, 3]
 
 
+def test_with_scalings_refuses_scalings_of_another_shape():
+    rng = np.random.default_rng(0)
+    net = fl.MLP([4, 5, 3], activation="tanh", likelihood="categorical", seed=0)
+    E = fl.EKFAC(fl.factor_batch(net, rng.normal(size=(16, 4))))
+    with pytest.raises(fl.ShapeError, match="one \\(d_a, d_g\\) array per block"):
+        E.with_scalings([E.blocks[0].S])
+    with pytest.raises(fl.ShapeError, match="one \\(d_a, d_g\\) array per block"):
+        E.with_scalings([np.ones((2, 2)), E.blocks[1].S])
+
+
 def test_ngd_two_level_around_ekfac_follows_the_refreshed_scalings():
     """Between inverse refreshes EKFAC's scalings change at every statistics refresh: the
     two-level wrapper must be rebuilt around the rescaled operator (it held the old one)."""

@@ -329,8 +329,12 @@ def _rescaled_def(c, rho):
     return base._blockdiag(out)
 
 
-add("eigencorrected-rescaled", ("EigenCorrected.rescaled", "EigenCorrected.from_terms"),
+add("eigencorrected-rescaled", ("EigenCorrected.rescaled", "EigenCorrected.from_terms",
+                                 "EigenCorrected.with_scalings"),
     {"rescaled(other, ρ=0)": lambda c: _ekfac(c).rescaled(_other_batch(c)).to_dense(),
+     "with_scalings(the other batch's s)": lambda c: _ekfac(c).with_scalings(
+         [projected_second_moments(_other_batch(c).a[l], _other_batch(c).g[l], b.QA, b.QG)
+          for l, b in enumerate(_ekfac(c).blocks)]).to_dense(),
      "from_terms(KFAC factors, other)": lambda c: EigenCorrected.from_terms(
          [[f] for f in KFAC(c.batch).factors], _other_batch(c)).to_dense()},
     lambda c: _rescaled_def(c, 0.0), rtol=1e-8, atol=1e-10)

@@ -315,12 +315,29 @@ class EigenCorrected(BlockDiagonalOperator):
         if not isinstance(batch, FactorBatch) or batch.n_layers != len(self.basis) or any(
                 (batch.d_a[l], batch.d_g[l]) != (b.d_a, b.d_g) for l, b in enumerate(self.blocks)):
             raise ShapeError("rescaled() needs a FactorBatch with the layer sizes of the basis")
-        new = object.__new__(type(self))
-        new.base, new.batch, new.basis = self.base, batch, self.basis
         blocks = self._blocks_for(batch)
         if rho:
             blocks = [EigenbasisBlock(b.QA, b.QG, rho * o.S + (1.0 - rho) * b.S)
                       for b, o in zip(blocks, self.blocks)]
+        return self._with_blocks(batch, blocks)
+
+    def with_scalings(self, scalings):
+        """The same eigenbases with the given per-block scalings ``s`` (``(d_a, d_g)``
+        each, as :attr:`EigenbasisBlock.S`): restores a moving average of the scalings,
+        e.g. from a training checkpoint."""
+        scalings = list(scalings)
+        if len(scalings) != len(self.blocks) or any(
+                tuple(S.shape) != tuple(b.S.shape) for S, b in zip(scalings, self.blocks)):
+            raise ShapeError(
+                f"with_scalings() needs one (d_a, d_g) array per block, shapes "
+                f"{[tuple(b.S.shape) for b in self.blocks]}; got "
+                f"{[tuple(getattr(S, 'shape', ())) for S in scalings]}")
+        return self._with_blocks(self.batch, [EigenbasisBlock(b.QA, b.QG, S)
+                                              for b, S in zip(self.blocks, scalings)])
+
+    def _with_blocks(self, batch, blocks):
+        new = object.__new__(type(self))
+        new.base, new.batch, new.basis = self.base, batch, self.basis
         BlockDiagonalOperator.__init__(new, blocks)
         return new
 

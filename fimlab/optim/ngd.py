@@ -518,8 +518,8 @@ class NGD(Optimizer):
                 ("coarse_batch", self._batch_load(src.get("coarse_batch")))) if v is not None}
             self._build_from_source(self._source)
             if state.get("eigen_scalings") is not None and self._eigen_corrected():
-                self.preconditioner = _with_scalings(
-                    self.preconditioner, [self._to_net(S) for S in state["eigen_scalings"]])
+                self.preconditioner = self.preconditioner.with_scalings(
+                    [self._to_net(S) for S in state["eigen_scalings"]])
                 self._wrap_two_level(self._source.get("coarse_batch", self._latest))
 
     def __repr__(self) -> str:
@@ -531,18 +531,3 @@ def _check_int(value, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise OptionError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
-
-
-def _with_scalings(pre, scalings):
-    """The eigenvalue-corrected operator ``pre`` with the given per-block scalings (its
-    eigenbases kept): what :meth:`EigenCorrected.rescaled` had made of it before a resume."""
-    from ..approx.eigencorrected import EigenbasisBlock
-
-    if len(scalings) != len(pre.blocks):
-        raise ValueError(f"the saved state holds scalings for {len(scalings)} blocks; the "
-                         f"network has {len(pre.blocks)}")
-    new = object.__new__(type(pre))
-    new.base, new.batch, new.basis = pre.base, pre.batch, pre.basis
-    BlockDiagonalOperator.__init__(new, [EigenbasisBlock(b.QA, b.QG, S)
-                                         for b, S in zip(pre.blocks, scalings)])
-    return new
