@@ -199,11 +199,14 @@ class SpectralDensity:
 
     Attributes
     ----------
-    nodes, weights : arrays (probes, m)
+    nodes, weights : arrays (probes, m) or (probes, m + 1)
         Ritz values ``θ_pj`` and weights ``τ_pj²·‖v_p‖²/n`` (each row sums to
         ``‖v_p‖²/n``, 1 for Rademacher probes). A probe whose Krylov space is exhausted
         before ``m`` steps (then its Ritz values are eigenvalues) is padded with copies of
-        its largest Ritz value of weight 0.
+        its largest Ritz value of weight 0. For a Fisher operator or block with a null
+        space, Lanczos runs from the probe's part in the range of ``F`` (the projector
+        from the Gram eigenpairs) and the last column is an exact node at 0 weighted by
+        the probe's null-space part ``‖P₀ v_p‖²/n``.
     n : int
         Dimension.
     grid, density : arrays
@@ -240,7 +243,13 @@ class SpectralDensity:
 
 
 def _slq_nodes(  # xp: host probes (then moved) and the small Lanczos data
-        apply, n, xp, dtype, device, probes, steps, rng):
+        apply, n, xp, dtype, device, probes, steps, rng, project=None):
+    """Quadrature nodes and weights, one row per probe. With ``project`` (the orthogonal
+    projector onto the range of ``A``) each probe is split as ``v = P_r v + P₀ v``:
+    Lanczos runs from ``P_r v`` (its Krylov space stays in the range, so every Ritz value
+    approximates a non-zero eigenvalue), and the null-space part is one exact node at 0
+    of weight ``‖P₀ v‖²/n``. ``vᵀ f(A) v = (P_r v)ᵀ f(A) P_r v + f(0)‖P₀ v‖²`` holds
+    exactly, so the quadrature keeps its exactness for polynomials of degree ≤ 2m − 1."""
     from .backend import from_host, to_numpy
     from .kron import lanczos
 
@@ -249,18 +258,53 @@ def _slq_nodes(  # xp: host probes (then moved) and the small Lanczos data
     for _ in range(probes):
         v = rng.choice(np.array([-1.0, 1.0]), size=n)  # Rademacher: ‖v‖² = n
         v0 = from_host(v, xp, dtype=dtype, device=device)
-        res = lanczos(lambda x, Mx: apply(xp.reshape(x, (-1, 1)))[:, 0], n, xp=xp, dtype=dtype,
-                      device=device, which="both", tol=0.0, max_steps=m, v0=v0,
-                      want_vectors=True, warn=False)
-        # τ_j = first component of the j-th eigenvector of T = q₁ᵀ(Ritz vector j)
-        tau = to_numpy(xp.matrix_transpose(res.vectors) @ v0) / math.sqrt(n)
-        th = np.asarray(res.values, dtype=float)
-        w = np.zeros(m)
-        t = np.full(m, th[-1])  # a Krylov space exhausted early: padded, weight 0
-        t[: th.size], w[: th.size] = th, tau ** 2
+        t, w = np.zeros(m), np.zeros(m)
+        mass = 1.0  # ‖v0‖²/n of the vector Lanczos starts from
+        if project is not None:
+            v0 = project(v0)
+            mass = min(float(to_numpy(xp.sum(v0 * v0))) / n, 1.0)
+        if mass > 0.0:
+            res = lanczos(lambda x, Mx: apply(xp.reshape(x, (-1, 1)))[:, 0], n, xp=xp,
+                          dtype=dtype, device=device, which="both", tol=0.0, max_steps=m,
+                          v0=v0, want_vectors=True, warn=False)
+            # τ_j = first component of the j-th eigenvector of T = q₁ᵀ(Ritz vector j)
+            tau = to_numpy(xp.matrix_transpose(res.vectors) @ v0) / math.sqrt(mass * n)
+            th = np.asarray(res.values, dtype=float)
+            t[:] = th[-1]  # a Krylov space exhausted early: padded, weight 0
+            t[: th.size], w[: th.size] = th, mass * tau ** 2
+        if project is not None:  # the null-space part: one exact node at 0
+            t, w = np.append(t, 0.0), np.append(w, 1.0 - mass)
         nodes.append(t)
         weights.append(w)
     return np.array(nodes), np.array(weights)
+
+
+def _range_projector(op, xp):
+    """``(P_r, eigenvalues of F)`` for a Fisher operator or block ``F = UᵀU/N``:
+    ``P_r v = Uᵀ W_r Λ_r⁻¹ W_rᵀ U v`` from the eigenpairs ``(Λ, W)`` of the Gram matrix
+    ``U Uᵀ`` (``N·K × N·K``), ``r`` its numerical rank; never forms ``P × P``."""
+    from .backend import to_numpy
+    from .curvature import FisherBlock, FisherOperator
+
+    F = FisherOperator(op.batch.layer(op.l)) if isinstance(op, FisherBlock) else op
+    b = F.batch
+    lam, W = xp.linalg.eigh(b.gram())
+    lam_h = np.asarray(to_numpy(lam), dtype=float)
+    top = float(np.max(lam_h)) if lam_h.size else 0.0
+    keep = lam_h > top * lam_h.size * np.finfo(float).eps * 10 if top > 0 else lam_h < 0
+    ev = np.sort(lam_h)[::-1] / b.n_samples
+    idx = [int(i) for i in np.flatnonzero(keep)]
+    if not idx:
+        return (lambda v: v * 0.0), ev, 0
+    Wr = xp.take(W, xp.asarray(idx), axis=1)
+    inv = 1.0 / xp.take(lam, xp.asarray(idx))
+    shape = (b.n_samples, b.n_vectors, 1)
+
+    def project(v):
+        y = xp.reshape(F.jacobian_rows(xp.reshape(v, (-1, 1))), (-1,))
+        c = Wr @ ((xp.matrix_transpose(Wr) @ y) * inv)
+        return xp.reshape(F.jacobian_rows_transpose(xp.reshape(c, shape)), (-1,))
+    return project, ev, len(idx)
 
 
 def spectral_density(  # xp: the quadrature nodes/weights and the density grid are host data
@@ -296,9 +340,13 @@ def spectral_density(  # xp: the quadrature nodes/weights and the density grid a
     zero_rtol : float, optional
         Ritz values ``≤ zero_rtol·max θ`` count as zero (``zero_mass``). Default: for a
         Fisher operator or block (not preconditioned), half its smallest non-zero
-        eigenvalue, exact from the Gram matrix (a Ritz value below it can only be a
-        Lanczos approximation of the zero eigenvalue, which converges slowly to ~1e-8
-        rather than to round-off); ``1e-6`` otherwise.
+        eigenvalue, exact from the Gram matrix; ``1e-6`` otherwise. For a Fisher the zero
+        mass does not depend on it: each probe is split into its range and null-space
+        parts (``P_r v`` by ``Uᵀ W_r Λ_r⁻¹ W_rᵀ U v`` from the ``N·K × N·K`` Gram
+        eigenpairs), Lanczos runs on the range part only, and the null-space part is an
+        exact node at 0 — without the split, a Lanczos approximation of the zero
+        eigenvalue converges slowly (to ~1e-8 relative, not round-off) and with fewer
+        steps than the rank it sat above the threshold, so the zero mass read 0.
     outliers : int
         Also return the ``outliers`` largest eigenvalues exactly, by the ``N·K × N·K``
         Gram matrix (Fisher operators and blocks only).
@@ -315,7 +363,6 @@ def spectral_density(  # xp: the quadrature nodes/weights and the density grid a
     >>> round(d.moment(1), 6), round(d.moment(2), 6)          # Rademacher: exact on diagonals
     (55.0, 385.0)
     """
-    from .backend import to_numpy
     from .curvature import FisherBlock, FisherOperator
 
     probes = _check_pos_int(probes, "probes")
@@ -340,21 +387,21 @@ def spectral_density(  # xp: the quadrature nodes/weights and the density grid a
             Y = S(X)
             return S(base(Y) + lam * Y)
         inner = "Euclidean ⟨x, y⟩ = xᵀy (F̃_λ^{-1/2} F_λ F̃_λ^{-1/2} applied exactly)"
-    nodes, weights = _slq_nodes(apply, n, xp, dtype, device, probes, steps, rng)
-    top = float(np.max(np.abs(nodes))) if nodes.size else 0.0
-    exact_zero, outs, ev = None, None, None
-    if isinstance(op, (FisherOperator, FisherBlock)) and preconditioner is None:
-        b = op.batch.layer(op.l) if isinstance(op, FisherBlock) else op.batch
-        ev = np.sort(np.asarray(to_numpy(xp.linalg.eigvalsh(b.gram())), dtype=float))[::-1]
-        ev = ev / b.n_samples
-        rank = int(np.sum(ev > ev[0] * ev.size * np.finfo(float).eps * 10)) if ev[0] > 0 else 0
+    exact_zero, outs, ev, project = None, None, None, None
+    fisher = isinstance(op, (FisherOperator, FisherBlock)) and preconditioner is None
+    if outliers and not fisher:
+        raise ShapeError("exact outliers need a Fisher operator or block (the Gram route)")
+    if fisher:
+        project, ev, rank = _range_projector(op, xp)
         exact_zero = 1.0 - rank / n
+        if rank == n:
+            project = None  # no null space: plain probes
         if outliers:
             outs = ev[: min(int(outliers), rank)]
-        if zero_rtol is None and rank >= 1 and top > 0:
-            zero_rtol = 0.5 * ev[rank - 1] / top
-    elif outliers:
-        raise ShapeError("exact outliers need a Fisher operator or block (the Gram route)")
+    nodes, weights = _slq_nodes(apply, n, xp, dtype, device, probes, steps, rng, project)
+    top = float(np.max(np.abs(nodes))) if nodes.size else 0.0
+    if fisher and zero_rtol is None and rank >= 1 and top > 0:
+        zero_rtol = 0.5 * ev[rank - 1] / top
     if zero_rtol is None:
         zero_rtol = 1e-6
     zero = nodes <= zero_rtol * top

@@ -66,6 +66,68 @@ def test_slq_outliers_and_zero_mass_of_low_rank_fisher():
     np.testing.assert_allclose(nz, ev[:r], rtol=1e-8)
 
 
+def _spread_batch(N=150, da=60, dg=30, seed=0):
+    """One dense layer whose Fisher (rank N in P = da·dg) spans ~10 orders of magnitude."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(N, da)) * np.logspace(0, -5, da)
+    g = rng.normal(size=(N, 1, dg)) * np.logspace(0, -4, dg)
+    return fl.FactorBatch([a], [g])
+
+
+@pytest.mark.parametrize("steps", [10, 20, 40])
+def test_slq_zero_mass_with_fewer_steps_than_the_rank(steps):
+    """Regression: with m < rank and a wide spectrum, the Ritz values of the null space
+    sat above the zero threshold and the estimated zero mass read 0 (exact 0.917). The
+    probes are now split into range and null-space parts (the Gram eigenpairs)."""
+    b = _spread_batch()
+    F = fl.FisherOperator(b)
+    Fd = F.to_dense()
+    n = Fd.shape[0]
+    ev = np.linalg.eigvalsh(Fd)
+    r = int(np.sum(ev > ev[-1] * n * np.finfo(float).eps * 10))
+    d = fl.spectral_density(F, probes=8, steps=steps, rng=0)
+    assert d.exact_zero_mass == pytest.approx(1 - r / n)
+    P0 = np.eye(n) - np.linalg.pinv(Fd, rcond=1e-12) @ Fd
+    assert abs(d.zero_mass - d.exact_zero_mass) <= 4 * _hutch_sigma(P0, 8) / n
+    np.testing.assert_allclose(d.weights.sum(axis=1), 1.0, atol=1e-12)
+    # every node but the exact one at 0 approximates a non-zero eigenvalue
+    nz = d.nodes[d.weights > 1e-14]
+    nz = nz[nz != 0.0]
+    assert nz.min() >= 0.5 * np.min(ev[ev > ev[-1] * n * np.finfo(float).eps * 10])
+    integral = np.trapezoid(d.density, d.grid)
+    assert integral == pytest.approx(1 - d.zero_mass, abs=1e-6)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16), N=st.integers(1, 5), K=st.integers(1, 2),
+       T=st.integers(0, 3), steps=st.integers(1, 6))
+def test_property_split_probe_quadrature_is_exact_per_probe(seed, N, K, T, steps):
+    """Per probe v: n Σ_j w_j θ_j^i = vᵀ F^i v for i ≤ 2m − 1 when the range part's Krylov
+    space has dimension ≥ m (the Gauss rule of the range part plus the exact node at 0);
+    dense and conv (positional, T positions) blocks, Fisher operators and blocks."""
+    rng = np.random.default_rng(seed)
+    if T == 0:
+        b = fl.FactorBatch([rng.normal(size=(N, 3)), rng.normal(size=(N, 4))],
+                           [rng.normal(size=(N, K, 2)), rng.normal(size=(N, K, 3))])
+    else:
+        b = fl.FactorBatch([rng.normal(size=(N, T, 3))], [rng.normal(size=(N, K, T, 2))])
+    for op in (fl.FisherOperator(b), fl.FisherOperator(b).diagonal_block(0)):
+        Fd = op.to_dense()
+        n = Fd.shape[0]
+        d = fl.spectral_density(op, probes=3, steps=steps, rng=seed)
+        probe_rng = np.random.default_rng(seed)
+        rank = np.linalg.matrix_rank(Fd)
+        m = min(steps, rank)  # the range part's Krylov space has dimension ≤ rank
+        for p in range(3):
+            v = probe_rng.choice(np.array([-1.0, 1.0]), size=n)
+            for i in range(0, 2 * m):
+                exact = v @ np.linalg.matrix_power(Fd, i) @ v
+                got = n * np.sum(d.weights[p] * d.nodes[p] ** i)
+                scale = n * np.linalg.norm(Fd, 2) ** i
+                assert got == pytest.approx(exact, abs=1e-8 * scale), (p, i)
+        assert d.exact_zero_mass == pytest.approx(1 - rank / n)
+
+
 @settings(max_examples=8)
 @given(seed=st.integers(0, 10**6), n=st.integers(3, 30))
 def test_property_slq_exact_on_known_spectra(seed, n):
