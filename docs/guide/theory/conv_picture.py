@@ -24,11 +24,11 @@ Ho = Wo = H - k + 1
 shown = {0: 0, 4: 1, 8: 2}                            # position t -> colour index
 cmap = plt.get_cmap("tab10")
 
-fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(12, 4.6),
+fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(12, 5.8),
                                     gridspec_kw={"width_ratios": [4, 5.2, 3.4]})
 
-ax0.set_title("input of sample $n$ ($4 \\times 4$, one channel)\n"
-              "the patch read at positions $t = 1, 5, 9$", fontsize=11)
+ax0.set_title("input of sample $n$\n($4 \\times 4$, one channel);\n"
+              "patches at $t = 1, 5, 9$", fontsize=15)
 for t, c in shown.items():
     r, q = divmod(t, Wo)
     ax0.add_patch(Rectangle((q + 0.06 * c, r + 0.06 * c), k - 0.12 * c, k - 0.12 * c,
@@ -36,7 +36,7 @@ for t, c in shown.items():
 for r in range(H):
     for q in range(W):
         ax0.text(q + 0.5, r + 0.5, f"{x[0, 0, r, q]:.0f}", ha="center", va="center",
-                 fontsize=12)
+                 fontsize=16)
 ax0.add_patch(Rectangle((0, 0), W, H, fill=False, lw=1, ec="0.5"))
 ax0.set_xlim(-0.2, W + 0.2)
 ax0.set_ylim(H + 0.2, -0.2)
@@ -44,28 +44,27 @@ ax0.set_aspect("equal")
 ax0.axis("off")
 
 ax1.set_title("patch matrix: row $t$ is $\\bar a_{n,t}^\\top$\n"
-              f"($T \\times d_a = {T} \\times {d_a}$, last column: bias 1)", fontsize=11)
+              f"($T \\times d_a = {T} \\times {d_a}$, last column: bias 1)", fontsize=15)
 for t in range(T):
     if t in shown:
         ax1.add_patch(Rectangle((0, t), d_a, 1, color=cmap(shown[t]), alpha=0.35))
-    ax1.text(-0.15, t + 0.5, f"$t = {t + 1}$", ha="right", va="center", fontsize=10)
+    ax1.text(-0.15, t + 0.5, f"$t = {t + 1}$", ha="right", va="center", fontsize=14)
     for j in range(d_a):
-        ax1.text(j + 0.5, t + 0.5, f"{P[t, j]:.0f}", ha="center", va="center", fontsize=11)
+        ax1.text(j + 0.5, t + 0.5, f"{P[t, j]:.0f}", ha="center", va="center", fontsize=15)
 ax1.add_patch(Rectangle((0, 0), d_a, T, fill=False, lw=1.5))
 ax1.plot([d_a - 1, d_a - 1], [0, T], color="0.5", lw=1, ls="--")
-ax1.set_xlim(-1.6, d_a + 0.2)
+ax1.set_xlim(-2.2, d_a + 0.2)
 ax1.set_ylim(T + 0.2, -0.2)
 ax1.set_aspect("equal")
 ax1.axis("off")
 
-ax2.set_title("output map ($T = 3 \\times 3$ positions)\n"
-              "$s_{n,t} = W \\bar a_{n,t}$, same $W$ everywhere;\n"
-              "$g_{nk,t}$ arrives here", fontsize=11)
+ax2.set_title("output map\n($T = 3 \\times 3$ positions):\n"
+              "$s_{n,t} = W \\bar a_{n,t}$,\nthe same $W$ at every $t$", fontsize=15)
 for t in range(T):
     r, q = divmod(t, Wo)
     if t in shown:
         ax2.add_patch(Rectangle((q, r), 1, 1, color=cmap(shown[t]), alpha=0.35))
-    ax2.text(q + 0.5, r + 0.5, f"$t={t + 1}$", ha="center", va="center", fontsize=10)
+    ax2.text(q + 0.5, r + 0.5, f"$t={t + 1}$", ha="center", va="center", fontsize=14)
 ax2.add_patch(Rectangle((0, 0), Wo, Ho, fill=False, lw=1.5))
 for i in range(1, Wo):
     ax2.plot([i, i], [0, Ho], color="0.7", lw=0.8)
