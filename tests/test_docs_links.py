@@ -14,11 +14,19 @@ With a build (``docs/_build/html``, from ``make -C docs html``; skipped otherwis
 internal link of every page of the built site points to a file that exists and, when it
 has a ``#fragment``, to an ``id`` on that page. Offline: external links are only checked
 for form, never fetched.
+
+The taught pages (``TAUGHT``) write their formulas as maths: no code span and no
+plain-text block of Unicode maths. Opt-in (``FIMLAB_DOCS_BROWSER=1``, a headless Chromium
+and a built site): no display equation of the theory and topic pages is wider than the
+article column at 1280 and 800 pixels.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -403,3 +411,56 @@ def test_formula_check_finds_code_formatted_formulas():
            "   \\sigma_1\n")
     assert formula_offences(rst, ".rst") == ["1: code-formatted formula ``A ⊗ G``"]
     assert _section("a\n## one\nb\n## two\nc", "## one", "## two") == "\n## one\nb"
+
+
+# -- the rendered pages (opt-in: a headless browser) ----------------------------------------
+_BROWSER = next((b for b in ("chromium", "chromium-browser", "chrome-headless-shell",
+                             "google-chrome") if shutil.which(b)), None)
+#: the pages whose display equations must fit the article column at 1280 and 800 pixels
+RENDERED = ["conv.html", "kpsvd.html", "papers.html", "two_level.html",
+            "guide/notation.html", "guide/theory/fisher.html", "guide/theory/kfac.html",
+            "guide/theory/kpsvd.html", "guide/theory/kpsvd_algorithms.html",
+            "guide/theory/two_level.html", "guide/theory/kfc.html",
+            "guide/theory/eigencorrected.html", "guide/theory/natural_gradient.html"]
+_HARNESS = """<html><body><pre id="out">pending</pre>
+<iframe id="f" style="width:%dpx;height:2000px"></iframe><script>
+const f = document.getElementById('f'); f.src = %r;
+f.onload = () => setTimeout(() => {
+  const d = f.contentDocument, res = [];
+  d.querySelectorAll('.bd-article mjx-container[display="true"]').forEach(e => {
+    if (e.scrollWidth > e.clientWidth + 2)
+      res.push(e.scrollWidth + '>' + e.clientWidth + ' ' + e.textContent.slice(0, 80));
+  });
+  const n = d.querySelectorAll('mjx-container').length;
+  document.getElementById('out').textContent = 'DONE ' + n + '\\n' + res.join('\\n');
+}, 4000);
+</script></body></html>"""
+
+
+def rendered_overflows(page: Path, width: int, tmp: Path) -> tuple[int, list[str]]:
+    """(number of rendered formulas, display equations wider than their box) of ``page``
+    in a ``width``-pixel window, after MathJax has run."""
+    harness = tmp / f"harness_{width}.html"
+    harness.write_text(_HARNESS % (width, page.resolve().as_uri()), encoding="utf-8")
+    out = subprocess.run(
+        [_BROWSER, "--headless=new", "--no-sandbox", "--disable-gpu",
+         "--allow-file-access-from-files", "--virtual-time-budget=15000", "--dump-dom",
+         harness.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    m = re.search(r'<pre id="out">DONE (\d+)\n?(.*?)</pre>', out, re.S)
+    assert m, f"the harness did not finish on {page}: {out[-300:]}"
+    lines = [s for s in m.group(2).replace("&gt;", ">").splitlines() if s.strip()]
+    return int(m.group(1)), lines
+
+
+@pytest.mark.skipif(not (_BROWSER and os.environ.get("FIMLAB_DOCS_BROWSER")
+                         and (BUILD / "index.html").exists()),
+                    reason="opt-in: FIMLAB_DOCS_BROWSER=1, a headless chromium and a built site")
+@pytest.mark.parametrize("width", [1280, 800])
+def test_rendered_display_equations_fit_the_column(width, tmp_path):
+    problems = []
+    for name in RENDERED:
+        n, wide = rendered_overflows(BUILD / name, width, tmp_path)
+        if n == 0:
+            problems.append(f"{name}: no formula rendered (MathJax did not run?)")
+        problems += [f"{name} at {width} px: {w}" for w in wide]
+    assert not problems, "\n".join(problems)
