@@ -314,7 +314,7 @@ TAUGHT = [
     ("results.md", "## The comparators on every block", "## The KPSVD paper's"),
 ]
 #: characters that only a formula uses (transpose, powers, norms, sums, Greek symbols, ...)
-_FORMULA_CHARS = re.compile(r"[ᵀ²³⁻¹₀₁₂‖Σ⊗√∘λσζθāĀ𝔈≤≥∈⟨⟩]")
+_FORMULA_CHARS = re.compile(r"[ᵀ²³⁻¹₀₁₂‖Σ⊗√∘×λσζθāĀ𝔈≤≥∈⟨⟩]")
 _CODE_SPAN = re.compile(r"(?<!`)(`{1,2})(?!`)([^`\n]+?)(?<!`)\1(?!`)")
 #: a code span that is a command line may name a symbol as an option value
 _COMMAND = re.compile(r"^(fimlab|python|OMP_|PYTHONPATH|--)")
