@@ -14,11 +14,19 @@ With a build (``docs/_build/html``, from ``make -C docs html``; skipped otherwis
 internal link of every page of the built site points to a file that exists and, when it
 has a ``#fragment``, to an ``id`` on that page. Offline: external links are only checked
 for form, never fetched.
+
+The taught pages (``TAUGHT``) write their formulas as maths: no code span and no
+plain-text block of Unicode maths. Opt-in (``FIMLAB_DOCS_BROWSER=1``, a headless Chromium
+and a built site): no display equation of the theory and topic pages is wider than the
+article column at 1280 and 800 pixels.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -292,3 +300,167 @@ def test_built_site_has_the_teaching_pages():
         assert (BUILD / page).exists(), page
     ids = _parse(BUILD / "papers.html").ids
     assert {"eq-k2", "eq-i1", "eq-t4", "methods-table"} <= ids
+
+
+# -- formulas are typeset on the taught pages ----------------------------------------------
+#: The pages (or sections, from one heading to the next one named) that teach the methods,
+#: re-read as a student: their formulas are typeset maths, never code spans or plain-text
+#: blocks of Unicode maths. (Pages of measurements not in this list are other engineers'.)
+TAUGHT = [
+    ("guide/*.rst", None, None), ("guide/theory/*.rst", None, None),
+    ("kpsvd.md", None, None), ("papers.md", None, None), ("two_level.md", None, None),
+    ("backend.md", None, None),
+    ("conv.md", None, "## Batch norm"),
+    ("results.md", "## The comparators on every block", "## The KPSVD paper's"),
+]
+#: characters that only a formula uses (transpose, powers, norms, sums, Greek symbols, ...)
+_FORMULA_CHARS = re.compile(r"[ᵀ²³⁻¹₀₁₂‖Σ⊗√∘×λσζθāĀ𝔈≤≥∈⟨⟩]")
+_CODE_SPAN = re.compile(r"(?<!`)(`{1,2})(?!`)([^`\n]+?)(?<!`)\1(?!`)")
+#: a code span that is a command line may name a symbol as an option value
+_COMMAND = re.compile(r"^(fimlab|python|OMP_|PYTHONPATH|--)")
+
+
+def _prose(text: str, suffix: str) -> list[tuple[int, str]]:
+    """The lines of a page outside code: fenced / indented literal blocks and doctests."""
+    out, fence, literal = [], False, None
+    for i, line in enumerate(text.splitlines(), 1):
+        stripped = line.lstrip()
+        indent = len(line) - len(stripped)
+        if stripped.startswith("```"):
+            fence = not fence
+            continue
+        if fence or stripped.startswith((">>>", "...")):
+            continue
+        if literal is not None:  # inside an rst literal block: until the indentation drops
+            if not stripped or indent > literal:
+                continue
+            literal = None
+        if suffix == ".rst" and (line.rstrip().endswith("::") or
+                                 re.match(r"\s*\.\. (code-block|code|math|plot)::", line)):
+            literal = indent
+            if ".. math::" in line or ".. plot::" in line:
+                continue
+        out.append((i, line))
+    return out
+
+
+def formula_offences(text: str, suffix: str) -> list[str]:
+    """Formulas written as code spans, and (Markdown) plain-text indented formula blocks."""
+    bad, previous = [], ""
+    for i, line in _prose(text, suffix):
+        for m in _CODE_SPAN.finditer(line):
+            span = m.group(2)
+            if _FORMULA_CHARS.search(span) and not _COMMAND.match(span):
+                bad.append(f"{i}: code-formatted formula {m.group(0)}")
+        if (suffix == ".md" and line.startswith("    ") and not previous.strip()
+                and _FORMULA_CHARS.search(line) and "`" not in line):
+            bad.append(f"{i}: plain-text formula block {line.strip()[:60]}")
+        previous = line
+    return bad
+
+
+def _section(text: str, start: str | None, end: str | None) -> str:
+    """The part of ``text`` from the heading ``start`` to the heading ``end`` (blank lines
+    keep the line numbers of the page)."""
+    lines = text.splitlines()
+    a = next(i for i, s in enumerate(lines) if s.startswith(start)) if start else 0
+    b = next(i for i, s in enumerate(lines) if s.startswith(end)) if end else len(lines)
+    return "\n".join([""] * a + lines[a:b])
+
+
+def _taught_pages() -> list[tuple[Path, str | None, str | None]]:
+    return [(p, a, b) for pattern, a, b in TAUGHT for p in sorted(DOCS.glob(pattern))]
+
+
+def test_taught_pages_are_found():
+    names = {str(p.relative_to(DOCS)) for p, _, _ in _taught_pages()}
+    assert {"kpsvd.md", "conv.md", "guide/theory/kfc.rst", "guide/notation.rst"} <= names
+
+
+@pytest.mark.parametrize("page, start, end", _taught_pages(),
+                         ids=lambda v: str(v.relative_to(DOCS)) if isinstance(v, Path) else "")
+def test_taught_pages_typeset_their_formulas(page, start, end):
+    text = _section(page.read_text(encoding="utf-8"), start, end)
+    bad = formula_offences(text, page.suffix)
+    assert not bad, (f"{page.relative_to(ROOT)}: write formulas as maths ($...$ / "
+                     f":math:`...`), not code:\n" + "\n".join(bad[:20]))
+
+
+def test_formula_check_finds_code_formatted_formulas():
+    md = ("The block `F_l = (1/N) Σ_n vec(J_n) vec(J_n)ᵀ` and ``‖F‖_F`` are bad;\n"
+          "`fl.KPSVD(batch)` and $\\|F\\|_F$ are fine, so is `fimlab study --damping λ`.\n"
+          "\n"
+          "    A = (1/N) Σ_n ā_n ā_nᵀ\n"
+          "\n"
+          "```python\n"
+          "x = 1  # σ₁ in a code block is fine\n"
+          "```\n")
+    bad = formula_offences(md, ".md")
+    assert len(bad) == 3, bad
+    assert "1: code-formatted" in bad[0] and "4: plain-text" in bad[2]
+    rst = ("Prose with ``A ⊗ G`` is bad.\n"
+           "\n"
+           ".. code-block:: python\n"
+           "\n"
+           "   y = A ⊗ G  # fine in code\n"
+           "\n"
+           ">>> σ = 1  # fine in a doctest\n"
+           "\n"
+           ".. math::\n"
+           "\n"
+           "   \\sigma_1\n")
+    assert formula_offences(rst, ".rst") == ["1: code-formatted formula ``A ⊗ G``"]
+    assert _section("a\n## one\nb\n## two\nc", "## one", "## two") == "\n## one\nb"
+
+
+# -- the rendered pages (opt-in: a headless browser) ----------------------------------------
+_BROWSER = next((b for b in ("chromium", "chromium-browser", "chrome-headless-shell",
+                             "google-chrome") if shutil.which(b)), None)
+#: the pages whose display equations must fit the article column at 1280 and 800 pixels
+RENDERED = ["conv.html", "kpsvd.html", "papers.html", "two_level.html",
+            "guide/notation.html", "guide/theory/fisher.html", "guide/theory/kfac.html",
+            "guide/theory/kpsvd.html", "guide/theory/kpsvd_algorithms.html",
+            "guide/theory/two_level.html", "guide/theory/kfc.html",
+            "guide/theory/eigencorrected.html", "guide/theory/natural_gradient.html"]
+_HARNESS = """<html><body><pre id="out">pending</pre>
+<iframe id="f" style="width:%dpx;height:2000px"></iframe><script>
+const f = document.getElementById('f'); f.src = %r;
+f.onload = () => setTimeout(() => {
+  const d = f.contentDocument, res = [];
+  d.querySelectorAll('.bd-article mjx-container[display="true"]').forEach(e => {
+    if (e.scrollWidth > e.clientWidth + 2)
+      res.push(e.scrollWidth + '>' + e.clientWidth + ' ' + e.textContent.slice(0, 80));
+  });
+  const n = d.querySelectorAll('mjx-container').length;
+  document.getElementById('out').textContent = 'DONE ' + n + '\\n' + res.join('\\n');
+}, 4000);
+</script></body></html>"""
+
+
+def rendered_overflows(page: Path, width: int, tmp: Path) -> tuple[int, list[str]]:
+    """(number of rendered formulas, display equations wider than their box) of ``page``
+    in a ``width``-pixel window, after MathJax has run."""
+    harness = tmp / f"harness_{width}.html"
+    harness.write_text(_HARNESS % (width, page.resolve().as_uri()), encoding="utf-8")
+    out = subprocess.run(
+        [_BROWSER, "--headless=new", "--no-sandbox", "--disable-gpu",
+         "--allow-file-access-from-files", "--virtual-time-budget=15000", "--dump-dom",
+         harness.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    m = re.search(r'<pre id="out">DONE (\d+)\n?(.*?)</pre>', out, re.S)
+    assert m, f"the harness did not finish on {page}: {out[-300:]}"
+    lines = [s for s in m.group(2).replace("&gt;", ">").splitlines() if s.strip()]
+    return int(m.group(1)), lines
+
+
+@pytest.mark.skipif(not (_BROWSER and os.environ.get("FIMLAB_DOCS_BROWSER")
+                         and (BUILD / "index.html").exists()),
+                    reason="opt-in: FIMLAB_DOCS_BROWSER=1, a headless chromium and a built site")
+@pytest.mark.parametrize("width", [1280, 800])
+def test_rendered_display_equations_fit_the_column(width, tmp_path):
+    problems = []
+    for name in RENDERED:
+        n, wide = rendered_overflows(BUILD / name, width, tmp_path)
+        if n == 0:
+            problems.append(f"{name}: no formula rendered (MathJax did not run?)")
+        problems += [f"{name} at {width} px: {w}" for w in wide]
+    assert not problems, "\n".join(problems)

@@ -35,9 +35,9 @@ Two solvers (``solver=``):
   :class:`~fimlab.ConvergenceWarning` with the residual reached, recorded in the
   block's report. The iterations run on ``products="gram"``: the isometric
   ``m``-dimensional coordinates of ``R(F_l)``
-  (:class:`fimlab.kron.GramCoordinates`, ``O(m²)`` per product), or on
+  (:class:`fimlab.kron.GramCoordinates`, ``O(N²)`` per product), or on
   ``products="matrix-free"``: the papers' ``d_a²``/``d_g²``-long vectors and the
-  products of R3 (``O(m(d_a² + K d_g²))`` per product). Both see the same operator on
+  products of R3 (``O(N(d_a² + K d_g²))`` per product). Both see the same operator on
   its row and column spaces, so power iterations agree to round-off (a test checks
   it); the default is ``"gram"`` for the power-SVD methods and ``"matrix-free"`` for
   Lanczos, whose restarted recurrence amplifies rounding in the null space of
@@ -81,8 +81,8 @@ from .kfac import kfac_factors
 __all__ = ["KPSVD", "KFACCorrected", "Deflation", "Lanczos", "SOLVERS"]
 
 SOLVERS = ("exact", "paper")
-#: where the paper solver runs: the isometric Gram coordinates (default, O(m²) per
-#: product) or the matrix-free d²-long vectors of the papers (O(m (d_a² + K d_g²)))
+#: where the paper solver runs: the isometric Gram coordinates (default, O(N²) per
+#: product) or the matrix-free d²-long vectors of the papers (O(N (d_a² + K d_g²)))
 PRODUCTS = ("gram", "matrix-free")
 
 
@@ -327,9 +327,9 @@ class KPSVD(_KPSVDFamily):
         Relative threshold below which singular values of ``R(F_l)`` count as zero.
     products : {"gram", "matrix-free"}, optional
         Paper solver: run the iterations on the isometric Gram coordinates of
-        ``R(F_l)`` (the default here; ``O(m²)`` per product) or on the matrix-free
+        ``R(F_l)`` (the default here; ``O(N²)`` per product) or on the matrix-free
         products with ``d_a²``/``d_g²``-long vectors as the papers did
-        (``O(m(d_a² + K d_g²))``). Power iterations are the same in both (the map is
+        (``O(N(d_a² + K d_g²))``). Power iterations are the same in both (the map is
         an isometry on the row and column spaces of ``R(F_l)``, which is all the
         iteration sees after its first half step; a test checks they agree); see
         :class:`fimlab.kron.GramCoordinates`.
@@ -581,8 +581,8 @@ class Lanczos(_KPSVDFamily):
         null space of ``R(F_l)`` (the bottom of its spectrum, where the second Ritz
         pair drifts), which the Gram coordinates do not have; so the two
         representations agree in exact arithmetic but not in floating point over
-        many restarts. ``"gram"`` is ``O(m²)`` per product instead of
-        ``O(m(d_a² + K d_g²))``: use it for speed on large blocks.
+        many restarts. ``"gram"`` is ``O(N²)`` per product instead of
+        ``O(N(d_a² + K d_g²))``: use it for speed on large blocks.
 
     Examples
     --------

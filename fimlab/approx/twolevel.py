@@ -103,7 +103,7 @@ def coarse_matrix(R0: CoarseSpace, batch, damping: float):
 
     ``F_c[p,q] = (1/N) Σ_{n,k} u_{p,nk} u_{q,nk} + λ⟨r_p, r_q⟩`` with
     ``u_{p,nk} = g_{i,nk}ᵀ r_p ā_{i,n}`` (docs/papers.md T1): one pass over each layer's factor
-    batch per row, ``O(m·K·P·c/L)`` flops, ``O(m·K·c)`` memory.
+    batch per row, ``O(N·K·P·c/L)`` flops, ``O(N·K·c)`` memory.
 
     Parameters
     ----------
@@ -293,7 +293,7 @@ class TwoLevel:
     -----
     Cost of one :meth:`solve`: one fine solve; for the residual form or a residual-based
     space one Fisher product (``F_λζ_K``) and, for the latter, one or two more fine solves
-    and the coarse matrix (T1, ``O(m·K·P·c/L)``); the additive form with a fixed coarse
+    and the coarse matrix (T1, ``O(N·K·P·c/L)``); the additive form with a fixed coarse
     space costs a fine solve and two thin products with ``R₀``. The coarse matrix of a
     fixed space is computed once, at construction.
 

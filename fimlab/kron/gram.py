@@ -347,8 +347,8 @@ class RearrangedGram:
         route plus ``max_steps`` cheap steps, and never accuracy. ``"auto"`` (default)
         (the class attribute ``method``, default) takes Golub–Kahan for
         ``m > dense_below`` (``96``). A core ``I/m + X Yᵀ`` is
-        applied at ``O(m·rank)`` per step (Golub–Kahan) or updates the cached dense
-        problem at ``O(m²)`` (dense).
+        applied at ``O(N·rank)`` per step (Golub–Kahan) or updates the cached dense
+        problem at ``O(N²)`` (dense).
         """
         method = self.method if method is None else method
         check_choice(method, ("auto", "dense", "lanczos"), "method of RearrangedGram.top")
@@ -549,7 +549,7 @@ class RearrangedGram:
         return GramCoordinates(self, core)
 
     def g_inner(self, G):
-        """``[⟨G_n, G⟩_F]_n = [Σ_k g_nkᵀ G g_nk]_n`` (float64, ``O(m K d_g²)``)."""
+        """``[⟨G_n, G⟩_F]_n = [Σ_k g_nkᵀ G g_nk]_n`` (float64, ``O(N K d_g²)``)."""
         xp, m, K, d_g = self.xp, self.m, self.K, self.d_g
         gf = xp.reshape(self.g, (m * K, d_g))
         G = asarray_on(G, gf, dtype=gf.dtype)
@@ -582,7 +582,7 @@ class GramCoordinates:
     ``r_U × r_V`` matrix ``R̃ = L_Uᵀ C L_V`` (``U Uᵀ = L_U L_Uᵀ``, ``V Vᵀ = L_V L_Vᵀ``),
     a product pair on which the papers' iterative solvers run exactly as on the
     matrix-free ``R`` — the map between the two is an isometry on the row and column
-    spaces of ``R`` — at ``O(m²)`` per product instead of ``O(m (d_a² + K d_g²))``.
+    spaces of ``R`` — at ``O(N²)`` per product instead of ``O(N (d_a² + K d_g²))``.
 
     A right vector ``vec(G)`` has coordinates ``L_V⁺ [⟨G_n, G⟩]_n`` (its projection on
     the row space of ``R``, which is all ``R`` sees); a triplet ``(σ, ũ, ṽ)`` maps back

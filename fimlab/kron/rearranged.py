@@ -20,7 +20,7 @@ def rearranged_matvec(a, g, V):
 
     ``F_l = (1/N) Σ_n (ā_n ā_nᵀ) ⊗ G_n`` with ``G_n = Σ_k g_nk g_nkᵀ``; then
     ``R(F_l) vec(V) = vec((1/N) Σ_n w_n ā_n ā_nᵀ)`` with ``w_n = Σ_k g_nkᵀ V g_nk``:
-    two GEMMs, ``O(m (K d_g² + d_a²))``.
+    two GEMMs, ``O(N (K d_g² + d_a²))``.
 
     Parameters
     ----------
@@ -46,7 +46,7 @@ def rearranged_matvec(a, g, V):
 
 def rearranged_rmatvec(a, g, U):
     """``R(F_l)ᵀ vec(U)`` as a ``d_g × d_g`` matrix (docs/papers.md R3):
-    ``vec((1/N) Σ_n (ā_nᵀ U ā_n) G_n)``, ``O(m (d_a² + K d_g²))``.
+    ``vec((1/N) Σ_n (ā_nᵀ U ā_n) G_n)``, ``O(N (d_a² + K d_g²))``.
 
     ``U`` is ``(d_a, d_a)`` or a stack ``(c, d_a, d_a)``.
     """
@@ -65,7 +65,7 @@ class RearrangedFisher:
     """``R(F_l)`` of one factor-batch layer as a product pair (docs/papers.md R3).
 
     ``shape = (d_a², d_g²)``; ``matvec(x)`` (``x = vec(V)``, length ``d_g²``) and
-    ``rmatvec(y)`` (``y = vec(U)``, length ``d_a²``) cost ``O(m (d_a² + K d_g²))`` and
+    ``rmatvec(y)`` (``y = vec(U)``, length ``d_a²``) cost ``O(N (d_a² + K d_g²))`` and
     never form ``F_l`` or ``R(F_l)``; :meth:`to_dense` forms ``R(F_l) = (1/N) Σ_n
     vec(ā_n ā_nᵀ) vec(G_n)ᵀ`` for tests (memory-guarded).
 

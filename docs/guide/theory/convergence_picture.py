@@ -86,7 +86,7 @@ def rel(est, ref):
     return np.maximum(np.abs(np.asarray(est) - ref) / ref, 1e-16)
 
 
-fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+fig, axes = plt.subplots(2, 1, figsize=(8, 8.6), sharex=True)  # stacked: readable at column width
 for ax, k, ref, series in (
     (axes[0], 1, sigma[0], [("power iteration (KPSVD)", 2, p1),
                             ("Golub–Kahan, full reorth. (exact solver)", 2, gk1),
@@ -99,13 +99,14 @@ for ax, k, ref, series in (
     for (label, cost, est), style in zip(series, ("-o", "-s", "-^")):
         it = np.arange(1, len(est) + 1) * cost
         ax.semilogy(it, rel(est, ref), style, ms=3, label=label)
-    ax.set_title(f"$\\sigma_{k}$ = {ref:.4g}: relative error of the estimate", fontsize=11)
-    ax.set_xlabel("products with $\\mathcal{R}$ or $\\mathcal{R}^\\top$")
+    ax.set_title(f"$\\sigma_{k}$ = {ref:.4g}: relative error of the estimate", fontsize=14)
+    ax.set_ylabel(r"$|\hat\sigma - \sigma| / \sigma$", fontsize=13)
+    ax.tick_params(labelsize=11)
     ax.set_xlim(0, 2 * iters)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=9)
-axes[0].set_ylabel(r"$|\hat\sigma - \sigma| / \sigma$")
-fig.suptitle(f"$\\mathcal{{R}}(F_0)$ of a 8-6-4 tanh network, N = 64 "
-             f"({R.shape[0]} × {R.shape[1]}), $\\sigma_2/\\sigma_1$ = {sigma[1] / sigma[0]:.3f}, "
-             f"$\\sigma_3/\\sigma_2$ = {sigma[2] / sigma[1]:.3f}", fontsize=11)
+    ax.legend(fontsize=11)
+axes[1].set_xlabel("products with $\\mathcal{R}$ or $\\mathcal{R}^\\top$", fontsize=13)
+fig.suptitle(f"$\\mathcal{{R}}(F_0)$ of a 8-6-4 tanh network, $N = 64$ "
+             f"({R.shape[0]} × {R.shape[1]})\n$\\sigma_2/\\sigma_1$ = {sigma[1] / sigma[0]:.3f}, "
+             f"$\\sigma_3/\\sigma_2$ = {sigma[2] / sigma[1]:.3f}", fontsize=14)
 fig.tight_layout()
