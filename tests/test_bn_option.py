@@ -291,6 +291,19 @@ def test_train_include_runs_end_to_end(tmp_path):
     assert cfg["batchnorm"] == "include"
 
 
+@pytest.mark.parametrize("bench", ["cuda-convnet-fast", "small-resnet"])
+def test_train_include_two_level_and_residual_blocks(bench):
+    """Two-level training goes through the same curvature batch (BN blocks included);
+    batch norm inside residual blocks too."""
+    from fimlab.train import run_training
+
+    res = run_training({"benchmark": bench, "method": "KFAC", "iterations": 3, "n_train": 48,
+                        "batch_size": 16, "batchnorm": "include",
+                        "two_level": {"coarse_space": "nicolaides", "form": "residual"}})
+    assert res["status"] == "ok" and len(res["history"]) == 3
+    assert all(np.isfinite(h["train_loss"]) for h in res["history"])
+
+
 # -- errors ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("cfg, match", [
     ({"model": "mlp", "batchnorm": "include"}, "mlp has none"),
