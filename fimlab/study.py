@@ -18,7 +18,7 @@ Outputs, in ``out``: ``study.csv`` (every measurement), ``summary.csv``, ``study
 (``--config``); explicit command-line options win.
 
 Python API: :func:`run_study` takes a dict of the same options and returns a
-:class:`StudyResult`.
+:class:`StudyResult`. The command-line options are in :mod:`fimlab.study_cli`.
 """
 
 from __future__ import annotations
