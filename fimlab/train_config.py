@@ -167,6 +167,7 @@ DEFAULTS: dict = {
     "window": 5,
     "window_weights": "ema",
     "two_level": None,
+    "batchnorm": None,  # network benchmarks: "fixed" (None) or "include" (BN blocks in NGD)
     "eval_samples": None,
     "on_divergence": "return",
     "resume": False,
@@ -250,6 +251,11 @@ def resolve_config(config: dict) -> dict:
             raise OptionError(
                 f"benchmark {bname!r} is a fixed network on its own data (a classifier): "
                 f"drop option(s) {', '.join(bad) or 'likelihood'}")
+    from .study_models import check_batchnorm
+
+    if bench.get("network") or config.get("batchnorm") is not None:  # MLPs: stays None
+        c["batchnorm"] = check_batchnorm(config.get("batchnorm"), not bench.get("network"),
+                                         f"benchmark {bname!r} (an MLP)")
     if c["architecture"] is None:
         c["architecture"] = list(bench["architecture"])
     from ._validation import check_int as _check_int
@@ -306,10 +312,11 @@ def build_optimizer(c: dict, net):
     from .optim import make_optimizer
 
     fam = method_family(c["method"])
-    if fam == "ngd" and hasattr(net, "kinds"):  # a Network: batch norm outside the batch
+    if fam == "ngd" and hasattr(net, "kinds"):  # a Network: batch norm fixed or included
         from .study_models import NetworkNGD
 
-        return NetworkNGD(net, c["method"], lr=c["lr"], **_ngd_options(c))
+        return NetworkNGD(net, c["method"], lr=c["lr"], batchnorm=c["batchnorm"],
+                          **_ngd_options(c))
     if fam == "sgd":
         kw = dict(momentum=c["momentum"], nesterov=c["nesterov"], weight_decay=c["weight_decay"])
     elif fam == "adam":

@@ -213,7 +213,8 @@ def test_experiment_files_run_in_a_tiny_fast_form(path, tmp_path):
                            plot=False, log=lambda *_: None)
         return
     tiny = {"benchmark": "synthetic", "epochs": 1, "n_train": 64, "n_val": 16,
-            "batch_size": 32, "architecture": None, "dataset": None, "dataset_options": None}
+            "batch_size": 32, "architecture": None, "dataset": None, "dataset_options": None,
+            "batchnorm": None}  # the network-only option (checked above) off on the MLP
     res = run_comparison({**exp["common"], **tiny},
                          [{**m, **{k: v for k, v in tiny.items() if k in m}}
                           for m in exp["methods"]],
