@@ -45,6 +45,7 @@ DEFAULTS: dict = {
     "model": "mlp",  # or a CNN / deep batch-norm net (fimlab.study_models.MODELS)
     "batchnorm": "fixed",  # networks: batch-norm scales/shifts fixed, or "include"d as blocks
     "dataset": "digits",
+    "data_path": None,  # a local copy of the original mnist / fashion-mnist / cifar10 / svhn
     "sizes": None,  # None: the dataset's default ([64, 32, 10] for digits)
     "activation": "tanh",
     "likelihood": None,  # None: the dataset's default (categorical for digits)
@@ -157,10 +158,13 @@ def _load_data(c: dict):
     their labels (categorical) — or, for a ``gaussian``/``bernoulli`` likelihood, the
     images themselves as targets (an auto-encoder). ``synthetic``: Gaussian blobs.
     """
-    name = check_choice(c["dataset"], ("digits", "synthetic", "mnist", "curves"), "dataset")
+    name = check_choice(c["dataset"], ("digits", "synthetic", "mnist", "curves")
+                        + _FILE_ONLY, "dataset")
     lik = c.get("likelihood")
     rng = np.random.default_rng([c["seed"], 7])
-    if name == "digits":
+    if c.get("data_path") is not None or name in _FILE_ONLY:
+        X, labels = _load_image_files(c, name)
+    elif name == "digits":
         from sklearn.datasets import load_digits
 
         d = load_digits()
@@ -187,6 +191,30 @@ def _load_data(c: dict):
     if lik == "bernoulli" and (X.min() < 0 or X.max() > 1):
         raise ShapeError(f"dataset {name!r} is not in [0, 1]: use the gaussian likelihood")
     return X, X.copy(), [d_in, 32, 8, 32, d_in], lik
+
+#: image data sets read only from a user's copy of the original files (``data_path``)
+_FILE_ONLY = ("fashion-mnist", "cifar10", "svhn")
+
+
+def _load_image_files(c: dict, name: str):
+    """``(X, labels)`` of the training split of an original image data set read from
+    ``c["data_path"]`` (:func:`fimlab.load_image_dataset`; images flattened row-major,
+    their shape kept in ``c["image_shape"]``)."""
+    from ._errors import DataError
+    from .image_datasets import load_image_dataset
+
+    if name not in ("mnist",) + _FILE_ONLY:
+        raise DataError(f"--data-path reads the original files of mnist, fashion-mnist, "
+                        f"cifar10 or svhn; dataset {name!r} reads none: drop --data-path "
+                        "or choose one of those")
+    if c.get("data_path") is None:
+        raise DataError(f"dataset {name!r} is read from your copy of the original files: "
+                        "pass --data-path DIR (fimlab never downloads data); bundled "
+                        "alternatives: digits, mnist")
+    d = load_image_dataset(name, path=c["data_path"], n_train=c.get("n_samples"))
+    c["image_shape"] = [int(s) for s in d.image_shape]
+    return d.X_train.reshape(d.n_train, -1), d.y_train
+
 
 def _mlp(c: dict, X, y, sizes0, lik0):
     import fimlab as fl

