@@ -30,7 +30,8 @@ _BN = nn.modules.batchnorm._BatchNorm
 _SUPPORTED = (
     "supported: nn.Linear and nn.Conv2d (groups=1; stride, padding, dilation) are the "
     "treated layers (one parameter block each), nn.BatchNorm1d/2d/3d parameters are held "
-    "fixed (as fimlab.Network's factor batch does), and any parameter-free module "
+    "fixed (as fimlab.Network's factor batch does; batchnorm='include' makes each a block "
+    "of its own), and any parameter-free module "
     "(pooling, Flatten, ReLU, ...) is differentiated through"
 )
 _UNSUPPORTED_HINT = (
