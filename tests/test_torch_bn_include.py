@@ -135,7 +135,22 @@ def _exact_fisher_torch_func(model, X, batchnorm="include"):
     return np.einsum("ncp,ncd,ndq->pq", rows, H, rows) / N
 
 
-@pytest.mark.parametrize("cls,shape", [(_BN1d, (4,)), (_BN2d, (2, 6, 6))])
+class _BN1dSeq(nn.Module):
+    """BatchNorm1d on (N, C, L) without a convolution (the vmapped backward, 4-D vectors)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(4, 6)
+        self.bn = nn.BatchNorm1d(2)
+        self.fc2 = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.bn(self.fc1(x).reshape(x.shape[0], 2, 3))
+        return self.fc2(torch.tanh(torch.flatten(h, 1)))
+
+
+@pytest.mark.parametrize("cls,shape", [(_BN1d, (4,)), (_BN2d, (2, 6, 6)),
+                                       (_BN1dSeq, (4,))])
 def test_include_fisher_equals_torch_func_fisher_of_all_parameters(cls, shape):
     gen = torch.Generator().manual_seed(3)
     torch.manual_seed(3)
@@ -172,6 +187,21 @@ def test_call_order_and_blocks_of_a_custom_forward():
     assert [tuple(g.shape) for g in b.g] == [(4, 3, 5), (4, 3, 10), (4, 3, 3)]
     assert flt.layer_names(model, batchnorm="include") == ["fc1", "bn", "fc2"]
     assert flt.layer_names(model) == ["fc1", "fc2"]  # the fixed order follows
+
+
+def test_layers_with_include_treats_the_named_layers_and_every_batch_norm():
+    torch.manual_seed(1)
+    model = _BN1d().double().eval()
+    X = torch.randn(4, 4, dtype=torch.float64)
+    b = flt.factor_batch(model, X, likelihood="categorical", layers=["fc1"],
+                         batchnorm="include")
+    assert b.layer_names == ["fc1", "bn"]
+    assert flt.layer_names(model, layers=["fc1"], batchnorm="include") == ["fc1", "bn"]
+    p = dict(model.named_parameters())
+    theta = flt.flatten(model, p, layers=["fc1"], batchnorm="include")
+    assert theta.shape == (b.n_params,) == (35,)
+    np.testing.assert_array_equal(theta[25:], np.concatenate(
+        [p["bn.weight"].detach().numpy(), p["bn.bias"].detach().numpy()]))
 
 
 # -- θ layout ---------------------------------------------------------------------------
