@@ -15,7 +15,10 @@ The parameter vector ``θ`` keeps fimlab's convention: one block per treated lay
 order the forward pass calls them, each block ``vec([W | b])`` (column-major; ``vec(W)``
 for a layer without bias; a convolution's ``W = weight.reshape(c_out, c_in·k_h·k_w)``).
 Batch-norm scales and shifts are held fixed, as in
-:func:`fimlab.models.network.network_factor_batch`; :func:`to_torch` gives the PyTorch
+:func:`fimlab.models.network.network_factor_batch`, or with ``batchnorm="include"`` each
+affine batch-norm module is a block ``[γ; β]`` of its own (``a`` a column of ones, ``g``
+the rows ``[Σ_t δ ∘ x̂ ; Σ_t δ]``; the same keyword in :func:`flatten`,
+:func:`unflatten`, :func:`layer_names`); :func:`to_torch` gives the PyTorch
 twin of a :class:`fimlab.Network`. :func:`flatten` and :func:`unflatten` map between
 ``θ`` and the model's own ``{name: tensor}`` parameters.
 

@@ -21,13 +21,17 @@ __all__ = ["factor_batch", "flatten", "unflatten", "layer_names", "resolve_likel
 
 # the call order of the treated (nn.Linear, nn.Conv2d) layers, as factor_batch last saw it per model
 _CALL_ORDER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# with batchnorm="include": {tuple(sorted treated names): call order of treated and BN} per model
+_CALL_ORDER_BN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_BATCHNORM = ("fixed", "include")
 
 _TREATED = (nn.Linear, nn.Conv2d)
 _BN = nn.modules.batchnorm._BatchNorm
 _SUPPORTED = (
     "supported: nn.Linear and nn.Conv2d (groups=1; stride, padding, dilation) are the "
     "treated layers (one parameter block each), nn.BatchNorm1d/2d/3d parameters are held "
-    "fixed (as fimlab.Network's factor batch does), and any parameter-free module "
+    "fixed (as fimlab.Network's factor batch does; batchnorm='include' makes each a block "
+    "of its own), and any parameter-free module "
     "(pooling, Flatten, ReLU, ...) is differentiated through"
 )
 _UNSUPPORTED_HINT = (
@@ -38,6 +42,27 @@ _UNSUPPORTED_HINT = (
 
 def _kind(m: nn.Module) -> str:
     return "conv" if isinstance(m, nn.Conv2d) else "linear"
+
+
+def _bn_included(m: nn.Module) -> bool:
+    """An affine batch-norm module with trainable ``[γ | β]`` (a block with "include")."""
+    return (isinstance(m, _BN) and m.weight is not None
+            and any(p.requires_grad for p in m.parameters(recurse=False)))
+
+
+def _select_bn(model: nn.Module) -> dict[str, nn.Module]:
+    """``{name: module}`` of the batch-norm blocks of ``batchnorm="include"``."""
+    out = {}
+    for n, m in model.named_modules():
+        if _bn_included(m):
+            if not all(p.requires_grad for p in m.parameters(recurse=False)):
+                raise ShapeError(
+                    f"{type(m).__name__} {n!r} has a trainable and a frozen parameter; "
+                    "with batchnorm='include' its [γ | β] is one block: freeze both or "
+                    "neither, or pass batchnorm='fixed'"
+                )
+            out[n] = m
+    return out
 
 
 def _check_conv(n: str, m: nn.Conv2d) -> None:
@@ -178,9 +203,23 @@ def _select_layers(model: nn.Module, layers, train: bool = False) -> dict[str, n
     return chosen
 
 
-def layer_names(model: nn.Module, layers=None) -> list[str]:
-    """Names of the treated ``nn.Linear`` / ``nn.Conv2d`` layers in ``θ`` order: the call order seen by
-    the last :func:`factor_batch` on this model, else their registration order."""
+def layer_names(model: nn.Module, layers=None, batchnorm: str = "fixed") -> list[str]:
+    """Names of the blocks in ``θ`` order: the call order seen by the last :func:`factor_batch` on
+    this model, else their registration order.
+
+    ``batchnorm="fixed"`` (default): the treated ``nn.Linear`` / ``nn.Conv2d`` layers.
+    ``batchnorm="include"``: those and the affine, trainable batch-norm modules, in the
+    call order of the last ``factor_batch(..., batchnorm="include")`` with the same
+    ``layers``, else in registration order.
+    """
+    check_choice(batchnorm, _BATCHNORM, "batchnorm")
+    if batchnorm == "include":
+        chosen = _select_layers(model, layers, train=True)
+        bn = _select_bn(model)
+        seen = _CALL_ORDER_BN.get(model, {}).get(tuple(sorted(chosen)))
+        if seen is not None and set(seen) == set(chosen) | set(bn):
+            return list(seen)
+        return [n for n, _ in model.named_modules() if n in chosen or n in bn]
     if layers is not None:
         return list(_select_layers(model, layers, train=True))
     seen = _CALL_ORDER.get(model)
@@ -210,7 +249,7 @@ def _as_tensor(x, dtype, device):
 # -- the factor batch -----------------------------------------------------------------
 def factor_batch(model: nn.Module, X, y=None, *, likelihood=None, fisher: str = "exact",
                  mc_samples: int = 1, rng=None, targets=None, layers=None,
-                 train: bool = False, to: str = "numpy",
+                 train: bool = False, batchnorm: str = "fixed", to: str = "numpy",
                  max_bytes: int | None = None) -> FactorBatch:
     """The factor batch of a PyTorch model on inputs ``X``.
 
@@ -224,8 +263,8 @@ def factor_batch(model: nn.Module, X, y=None, *, likelihood=None, fisher: str = 
         ``forward``: skip connections, branches, ``ModuleList`` are fine; parameter-free
         modules such as pooling, ``Flatten``, activations are differentiated through).
         Its output ``z`` of shape ``(N, C)`` is the likelihood's input (logits or means).
-        Batch-norm scales and shifts are held fixed (not in the batch), as in
-        :func:`fimlab.models.network.network_factor_batch`.
+        Batch-norm scales and shifts are held fixed (not in the batch) unless
+        ``batchnorm="include"``, as in :func:`fimlab.models.network.network_factor_batch`.
     X : tensor or array, shape (N, ...), or an iterable of ``(X, y)`` batches
         Inputs; a ``DataLoader`` (or any iterable of ``(X, y)`` / ``X``) is
         concatenated (within ``max_bytes``).
@@ -259,6 +298,19 @@ def factor_batch(model: nn.Module, X, y=None, *, likelihood=None, fisher: str = 
         batched backward gives (what KFAC sees in training), as
         ``network_factor_batch(..., train=True)``; samples are coupled there, so these are
         not per-sample gradients.
+    batchnorm : {"fixed", "include"}
+        ``"fixed"`` (default): batch-norm scales and shifts are held fixed and have no
+        block. ``"include"``: every affine batch-norm module with trainable parameters
+        (``nn.BatchNorm1d/2d/3d``; ``affine=False`` or frozen ones have none) is a block
+        of its own, in call order among the treated layers, with ``a`` a column of ones
+        ``(N, 1)`` and ``g`` the rows ``[Σ_t δ_nkt ∘ x̂_nt ; Σ_t δ_nkt]`` ``(N, K, 2C)``
+        (``δ`` the vector back-propagated to the module's output, ``x̂ = (x − μ)/√(σ² +
+        eps)`` its normalised input on the running statistics, or on the batch
+        statistics with ``train=True``; ``t`` over the positions): its block is
+        ``[γ; β]`` (``vec([γ | β])``), as ``network_factor_batch(..., batchnorm=
+        "include")``. Use the same keyword in :func:`flatten`, :func:`unflatten` and
+        :func:`layer_names`. ``layers=`` still names only treated layers; the batch-norm
+        blocks are always all of them.
     to : {"numpy", "torch"}
         ``"numpy"`` (default): NumPy arrays in the model's dtype. ``"torch"``: torch
         tensors on the model's device (fimlab's core runs on them through the array API).
@@ -297,10 +349,12 @@ def factor_batch(model: nn.Module, X, y=None, *, likelihood=None, fisher: str = 
     """
     check_choice(fisher, FISHER_TYPES, "Fisher type")
     check_choice(to, ("numpy", "torch"), "array library (to=)")
+    check_choice(batchnorm, _BATCHNORM, "batchnorm")
     if not isinstance(model, nn.Module):
         raise TypeError(f"factor_batch needs a torch.nn.Module, got {type(model).__name__}")
     lik = resolve_likelihood(likelihood)
     mods = _select_layers(model, layers, train=bool(train))
+    bn_mods = _select_bn(model) if batchnorm == "include" else {}
     dtype, device = _model_dtype_device(model, mods)
     if not isinstance(X, (torch.Tensor, np.ndarray)) and isinstance(X, Iterable):
         if y is not None:
@@ -311,7 +365,8 @@ def factor_batch(model: nn.Module, X, y=None, *, likelihood=None, fisher: str = 
     N = Xt.shape[0]
 
     names = {id(m): n for n, m in mods.items()}
-    records: list = []  # (name, module, input, probe) in call order
+    names.update({id(m): n for n, m in bn_mods.items()})
+    records: list = []  # (name, module, input, probe) in call order; x̂ for batch norm
     calls: dict = {}
 
     def hook(mod, inp, out):
@@ -325,6 +380,8 @@ def factor_batch(model: nn.Module, X, y=None, *, likelihood=None, fisher: str = 
                 "layers=[...] without it (it then counts as fixed)"
             )
         x = inp[0]
+        if isinstance(mod, _BN):
+            return _bn_hook(mod, n, x, out, N, records)
         want = 4 if isinstance(mod, nn.Conv2d) else 2
         if x.ndim != want or x.shape[0] != N:
             form = "(N, C, H, W)" if want == 4 else "(N, d_in)"
@@ -344,12 +401,12 @@ def factor_batch(model: nn.Module, X, y=None, *, likelihood=None, fisher: str = 
     bns = [m for m in model.modules() if isinstance(m, _BN)] if train else []
     saved = [(m, m.training, {k: v.clone() for k, v in m.named_buffers(recurse=False)})
              for m in bns]
-    handles = [m.register_forward_hook(hook) for m in mods.values()]
+    handles = [m.register_forward_hook(hook) for m in (*mods.values(), *bn_mods.values())]
     try:
         for m in bns:  # batch statistics; modes and running statistics restored below
             m.train(True)
-        z, grads, K = _run(model, Xt, N, mods, calls, records, handles, lik, fisher, y,
-                           mc_samples, rng, targets)
+        z, grads, K = _run(model, Xt, N, {**mods, **bn_mods}, calls, records, handles, lik,
+                           fisher, y, mc_samples, rng, targets)
     finally:
         for h in handles:
             h.remove()
@@ -361,8 +418,17 @@ def factor_batch(model: nn.Module, X, y=None, *, likelihood=None, fisher: str = 
     a_list, g_list = [], []
     for (_n, mod, x, probe), g in zip(records, grads):
         if g is None:  # the layer does not reach the output
-            g = torch.zeros((N, K, *_positions(probe).shape[1:]), dtype=probe.dtype,
-                            device=probe.device)
+            shape = probe.shape[1:] if isinstance(mod, _BN) else _positions(probe).shape[1:]
+            g = torch.zeros((N, K, *shape), dtype=probe.dtype, device=probe.device)
+        if isinstance(mod, _BN):  # x is x̂ here; rows [Σ_t δ ∘ x̂ ; Σ_t δ] = 1 ⊗ row
+            g = g.detach()
+            dims = tuple(range(3, g.ndim))
+            xh = x[:, None]
+            dg = (g * xh).sum(dim=dims) if dims else g * xh
+            db = g.sum(dim=dims) if dims else g
+            a_list.append(torch.ones((N, 1), dtype=g.dtype, device=g.device))
+            g_list.append(torch.cat([dg, db], dim=2).contiguous())
+            continue
         if isinstance(mod, nn.Conv2d):
             a = _conv_patches(mod, x)
         else:
@@ -377,9 +443,35 @@ def factor_batch(model: nn.Module, X, y=None, *, likelihood=None, fisher: str = 
     batch = FactorBatch(a_list, g_list, fisher=fisher)
     order = [r[0] for r in records]
     batch.layer_names = order
-    if layers is None:
+    if batchnorm == "include":
+        _CALL_ORDER_BN.setdefault(model, {})[tuple(sorted(mods))] = order
+        if layers is None:
+            _CALL_ORDER[model] = [n for n in order if n in mods]
+    elif layers is None:
         _CALL_ORDER[model] = order
     return batch
+
+
+def _bn_hook(mod, n, x, out, N, records):
+    """Record a batch-norm module's normalised input ``x̂`` and add its output probe."""
+    if x.ndim < 2 or x.shape[0] != N:
+        raise ShapeError(
+            f"{type(mod).__name__} {n!r} received inputs of shape {tuple(x.shape)}, not "
+            f"(N, C, ...) with N = {N}; pass batchnorm='fixed'"
+        )
+    with torch.no_grad():
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        if mod.training or mod.running_mean is None:  # the batch statistics it used
+            dims = (0, *range(2, x.ndim))
+            mu = x.mean(dim=dims, keepdim=True)
+            var = x.var(dim=dims, unbiased=False, keepdim=True)
+        else:
+            mu = mod.running_mean.reshape(shape)
+            var = mod.running_var.reshape(shape)
+        xhat = (x.detach() - mu) / torch.sqrt(var + mod.eps)
+    probe = torch.zeros_like(out, requires_grad=True)
+    records.append((n, mod, xhat, probe))
+    return out + probe
 
 
 def _run(model, Xt, N, mods, calls, records, handles, lik, fisher, y, mc_samples, rng,
@@ -412,7 +504,7 @@ def _run(model, Xt, N, mods, calls, records, handles, lik, fisher, y, mc_samples
         try:
             gb = torch.autograd.grad(z, probes, grad_outputs=Vt, is_grads_batched=True,
                                      allow_unused=True)
-            return z, [None if g is None else g.detach().permute(1, 0, 2).contiguous()
+            return z, [None if g is None else g.detach().movedim(0, 1).contiguous()
                        for g in gb], K
         except RuntimeError:  # an operation without a batching rule: K backwards
             pass
@@ -424,7 +516,8 @@ def _run(model, Xt, N, mods, calls, records, handles, lik, fisher, y, mc_samples
         for i, gi in enumerate(gk):
             if gi is None:
                 continue
-            gi = _positions(gi)
+            if not isinstance(records[i][1], _BN):
+                gi = _positions(gi)
             if grads[i] is None:
                 grads[i] = torch.empty((gi.shape[0], K, *gi.shape[1:]), dtype=gi.dtype,
                                        device=gi.device)
@@ -468,16 +561,16 @@ def sample_targets(model_output, likelihood, mc_samples: int = 1, rng=None):
 
 
 # -- θ <-> model parameters -----------------------------------------------------------
-def _layer_params(model, layers):
+def _layer_params(model, layers, batchnorm="fixed"):
     named = dict(model.named_modules())
     out = []
-    for n in layer_names(model, layers):
+    for n in layer_names(model, layers, batchnorm):
         m = named[n]
         out.append((n, m))
     return out
 
 
-def flatten(model: nn.Module, grads=None, layers=None):
+def flatten(model: nn.Module, grads=None, layers=None, batchnorm: str = "fixed"):
     """``θ``-ordered vector of per-parameter tensors: ``[vec([W_0 | b_0]); …]``.
 
     Parameters
@@ -488,6 +581,9 @@ def flatten(model: nn.Module, grads=None, layers=None):
         each parameter's ``.grad``.
     layers : list, optional
         The layers and their order; default :func:`layer_names`.
+    batchnorm : {"fixed", "include"}
+        As in :func:`factor_batch`: with ``"include"`` each affine batch-norm module adds
+        its block ``[γ; β]`` (``"<bn>.weight"`` then ``"<bn>.bias"``) in call order.
 
     Returns
     -------
@@ -511,8 +607,16 @@ def flatten(model: nn.Module, grads=None, layers=None):
     elif not isinstance(grads, Mapping):
         raise TypeError("grads must be a mapping {parameter name: tensor}")
     parts = []
-    for n, m in _layer_params(model, layers):
+    for n, m in _layer_params(model, layers, batchnorm):
         pre = f"{n}." if n else ""
+        if isinstance(m, _BN):
+            for k in ("weight", "bias"):
+                v = _np(grads[pre + k])
+                if tuple(v.shape) != (m.num_features,):
+                    raise ShapeError(f"{pre}{k}: expected shape ({m.num_features},), got "
+                                     f"{tuple(v.shape)}")
+                parts.append(v.ravel())
+            continue
         W = _np(grads[pre + "weight"])
         if tuple(W.shape) != tuple(m.weight.shape):
             raise ShapeError(f"{pre}weight: expected shape {tuple(m.weight.shape)}, got "
@@ -525,14 +629,15 @@ def flatten(model: nn.Module, grads=None, layers=None):
     return np.concatenate(parts)
 
 
-def unflatten(model: nn.Module, theta, layers=None) -> dict:
+def unflatten(model: nn.Module, theta, layers=None, batchnorm: str = "fixed") -> dict:
     """Split ``θ`` into ``{name: tensor}`` in the model's shapes, dtype and device.
 
     Inverse of :func:`flatten`: each layer's block ``vec([W | b])`` becomes
     ``"<layer>.weight"`` ``(d_out, d_in)`` (a convolution's ``(c_out, c_in, k_h, k_w)``) and ``"<layer>.bias"`` ``(d_out,)``. Use it to
-    apply a fimlab direction: ``p.data -= lr * step[name]``.
+    apply a fimlab direction: ``p.data -= lr * step[name]``. With ``batchnorm="include"``
+    a batch-norm block ``[γ; β]`` becomes ``"<bn>.weight"`` and ``"<bn>.bias"`` ``(C,)``.
     """
-    pairs = _layer_params(model, layers)
+    pairs = _layer_params(model, layers, batchnorm)
     total = sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
                 for _, m in pairs)
     if isinstance(theta, torch.Tensor):
@@ -546,6 +651,13 @@ def unflatten(model: nn.Module, theta, layers=None) -> dict:
     out, o = {}, 0
     for n, m in pairs:
         pre = f"{n}." if n else ""
+        if isinstance(m, _BN):
+            C = m.num_features
+            for k in ("weight", "bias"):
+                out[pre + k] = th[o:o + C].to(dtype=m.weight.dtype,
+                                              device=m.weight.device).clone()
+                o += C
+            continue
         r, c = m.weight.shape[0], m.weight[0].numel()
         cols = c + (1 if m.bias is not None else 0)
         blk = th[o:o + r * cols].reshape(cols, r).T.to(dtype=m.weight.dtype,
