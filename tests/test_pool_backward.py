@@ -379,3 +379,35 @@ def test_layers_run_on_array_backend_inputs(xp_backend):
     b_ref, b = network_factor_batch(net, X), network_factor_batch(net, Xb)
     for a1, a2 in zip(b.g, b_ref.g):
         np.testing.assert_allclose(fl.backend.to_numpy(a1), a2, rtol=1e-13)
+
+
+def test_in_place_activation_backward_leaves_callers_arrays_alone():
+    """Between layers :class:`Sequential` runs activations' backward in place on arrays
+    only it holds: the caller's vectors and every recorded ``g`` keep the values of a
+    layer-by-layer backward without in-place steps (the last layer here is an activation,
+    so the first backward step receives the caller's array itself)."""
+    net = Network([Conv2d(2, 3, 3, padding=1), Activation("relu"), MaxPool2d(2),
+                   Activation("tanh"), Flatten(), Linear(12, 4), Activation("sigmoid")],
+                  (2, 4, 4), likelihood="gaussian", seed=4)
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(3, 2, 4, 4))
+    _, caches = net._forward(X)
+    V = rng.normal(size=(3, 2, 4))
+    V0 = V.copy()
+    ref, g = {}, V
+    for lay, c in zip(reversed(net.layers), reversed(caches)):
+        if lay.params is not None:
+            ref[id(lay)] = g
+        g = lay.backward(c, g)
+    recs = net.backward(caches, V)
+    np.testing.assert_array_equal(V, V0)
+    for lay, (_, gg) in zip(net.param_layers, recs):
+        np.testing.assert_array_equal(gg, ref[id(lay)])
+    act = Activation("tanh")
+    h = rng.normal(size=(2, 3))
+    out, c = act.forward(h)
+    G = rng.normal(size=(2, 2, 3))
+    expect = G * (1 - out**2)[:, None]
+    res = act.backward(c, G, inplace=True)
+    assert res is G
+    np.testing.assert_allclose(G, expect, rtol=1e-15)

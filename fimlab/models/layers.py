@@ -53,6 +53,10 @@ class Layer:
 
     params = None
     kind = "none"
+    #: whether :meth:`backward` returns a new array (``True``), its input ``g`` or a view
+    #: of it (``None``: ownership passes through), or may do either (``False``); lets
+    #: :class:`Sequential` run activations' backward in place on arrays only it holds
+    _fresh_grad = False
 
     def out_shape(self, in_shape):
         return tuple(in_shape)
@@ -90,6 +94,8 @@ class Linear(Layer):
     >>> lin.forward(np.ones((5, 3)))[0].shape
     (5, 2)
     """
+
+    _fresh_grad = True
 
     kind = "linear"
 
@@ -215,6 +221,8 @@ class Conv2d(Layer):
     (2, 4, 5, 5)
     """
 
+    _fresh_grad = True
+
     kind = "conv"
 
     def __init__(self, c_in, c_out, kernel_size, stride=1, padding=0, dilation=1, groups=1):
@@ -299,6 +307,8 @@ class Conv2d(Layer):
 
 # -- pooling -------------------------------------------------------------------------------
 class _Pool2d(Layer):
+    _fresh_grad = True
+
     def __init__(self, kernel_size, stride=None, padding=0):
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
@@ -368,6 +378,8 @@ class AvgPool2d(_Pool2d):
 class Flatten(Layer):
     """``(N, C, H, W) → (N, C·H·W)`` (C order, as ``torch.flatten(x, 1)``)."""
 
+    _fresh_grad = None
+
     def out_shape(self, in_shape):
         return (int(np.prod(in_shape)),)
 
@@ -406,6 +418,8 @@ class BatchNorm(Layer):
     >>> np.round(y, 3).tolist()
     [[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]
     """
+
+    _fresh_grad = True
 
     kind = "batchnorm"
 
@@ -500,8 +514,16 @@ class Activation(Layer):
             return out, out * (1.0 - out)
         return h, None
 
-    def backward(self, cache, g):
-        return g if cache is None else g * cache[:, None]
+    @property
+    def _fresh_grad(self):
+        return None if self.name == "linear" else True
+
+    def backward(self, cache, g, inplace: bool = False):
+        """``g ∘ f'(h)``; ``inplace=True`` overwrites ``g`` (for callers that hold the only
+        reference to it, as :class:`Sequential` does between layers)."""
+        if cache is None:
+            return g
+        return np.multiply(g, cache[:, None], out=g if inplace else None)
 
 
 def ReLU():
@@ -549,16 +571,24 @@ class Sequential(Layer):
         ``g`` recorded, its own backward not run) and ``None`` is returned.
         """
         stop = 0 if input_grad else _first_param_layer(self.layers)
+        owned = False  # g is an array that only this loop holds (not the caller's g)
         for i in range(len(self.layers) - 1, stop - 1, -1):
             lay, c = self.layers[i], cache[i]
             if record is not None and lay.params is not None:
                 record[id(lay)] = (c, g)
+                owned = False
             if isinstance(lay, (Sequential, Residual)):
                 g = lay.backward(c, g, record)
-            elif i == stop and not input_grad:
+                owned = isinstance(lay, Residual)  # g + body's: a new array
+                continue
+            if i == stop and not input_grad:
                 return None
+            if isinstance(lay, Activation) and owned and g.flags.writeable:
+                g = lay.backward(c, g, inplace=True)  # no new array of g's size
             else:
                 g = lay.backward(c, g)
+            fresh = lay._fresh_grad
+            owned = owned if fresh is None else bool(fresh)
         return None if not input_grad else g
 
 
