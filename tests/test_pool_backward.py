@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import fimlab as fl
 from fimlab.models import _pool
+from fimlab.models import layers as layers_mod
 from fimlab.models.layers import (
     Activation,
     AvgPool2d,
@@ -206,11 +207,15 @@ CONVS = [
 ]
 
 
+@pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("case", CONVS, ids=lambda c: c[0])
-def test_conv_backward_and_gradients_vs_torch(case):
+def test_conv_backward_and_gradients_vs_torch(case, chunked, monkeypatch):
     """Input gradient, per-vector gradient matrices (:meth:`grad`) and their sum
-    (:meth:`grad_sum`) against PyTorch autograd with copied weights, one vector at a time."""
+    (:meth:`grad_sum`) against PyTorch autograd with copied weights, one vector at a time;
+    ``chunked``: the backward's columns formed one vector at a time (as for large N·K)."""
     torch = pytest.importorskip("torch")
+    if chunked:
+        monkeypatch.setattr(layers_mod, "_COLS_CHUNK_BYTES", 1)
     _, make, shape = case
     rng = np.random.default_rng(5)
     lay = make()

@@ -178,15 +178,20 @@ def fold(cols, in_shape, kernel_size, stride=1, padding=0, dilation=1):
     return _fold_ck(c, in_shape, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
 
 
-def _fold_ck(c, in_shape, kernel_size, stride, padding, dilation):
+#: the convolution's backward forms its columns in chunks of at most this many bytes
+_COLS_CHUNK_BYTES = 8 << 20
+
+
+def _fold_ck(c, in_shape, kernel_size, stride, padding, dilation, out=None):
     """:func:`fold` of columns in the layout ``(M, C, k_h, k_w, H_out, W_out)`` (what the
     convolution's backward GEMM gives): each kernel offset's slab is added, contiguous, to
-    a strided view of the (padded) image."""
+    a strided view of the (padded) image; ``out``: a zero (padded) image to add into."""
     kh, kw = kernel_size
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     C, H, W = in_shape
     M, Ho, Wo = c.shape[0], c.shape[4], c.shape[5]
-    out = np.zeros((M, C, H + 2 * ph, W + 2 * pw), dtype=c.dtype)
+    if out is None:
+        out = np.zeros((M, C, H + 2 * ph, W + 2 * pw), dtype=c.dtype)
     for i in range(kh):
         for j in range(kw):
             r0, c0 = i * dh, j * dw
@@ -277,13 +282,21 @@ class Conv2d(Layer):
         _, in_shape = cache
         N, K, _, Ho, Wo = g.shape
         kh, kw = self.kernel_size
+        M = N * K
         Wt = np.ascontiguousarray(self.params[:, :-1].T)  # (d_in, c_out)
+        gm = np.ascontiguousarray(g).reshape(M, self.c_out, Ho * Wo)
+        (ph, pw), (_, H, W) = self.padding, in_shape
+        out = np.zeros((M, self.c_in, H + 2 * ph, W + 2 * pw), dtype=g.dtype)
         # one GEMM per vector, (d_in, c_out) @ (c_out, T): the columns come out in the
-        # layout (C, k_h, k_w, T) that the fold adds without a transpose
-        cols = Wt @ np.ascontiguousarray(g).reshape(N * K, self.c_out, Ho * Wo)
-        c = cols.reshape(N * K, self.c_in, kh, kw, Ho, Wo)
-        x = _fold_ck(c, in_shape, self.kernel_size, self.stride, self.padding, self.dilation)
-        return x.reshape((N, K) + in_shape)
+        # layout (C, k_h, k_w, T) that the fold adds without a transpose; in chunks of
+        # vectors so that the columns (k_h·k_w times the input's size) are never whole
+        step = max(1, _COLS_CHUNK_BYTES // (self.d_in * Ho * Wo * g.itemsize))
+        for m0 in range(0, M, step):
+            cols = Wt @ gm[m0:m0 + step]
+            c = cols.reshape(cols.shape[0], self.c_in, kh, kw, Ho, Wo)
+            _fold_ck(c, in_shape, self.kernel_size, self.stride, self.padding,
+                     self.dilation, out=out[m0:m0 + step])
+        return out[:, :, ph:ph + H, pw:pw + W].reshape((N, K) + in_shape)
 
     def _positions(self, g):
         N, K, C = g.shape[:3]
