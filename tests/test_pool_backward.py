@@ -199,8 +199,9 @@ def test_max_pool_indices_point_at_the_maxima():
 
 
 # -- convolution backward and gradient products ------------------------------------------------
-CONVS = [
+CONVS = [  # forward by positions (T < d + 1) and by patches (T ≥ d + 1, "many positions")
     ("k3", lambda: Conv2d(2, 3, 3), (2, 6, 6)),
+    ("many positions", lambda: Conv2d(1, 2, 2), (1, 7, 6)),
     ("k3 s2 p1", lambda: Conv2d(2, 3, 3, stride=2, padding=1), (2, 7, 6)),
     ("rect dil", lambda: Conv2d(2, 2, (2, 3), stride=(1, 2), padding=(1, 0), dilation=2),
      (2, 6, 7)),

@@ -274,8 +274,13 @@ class Conv2d(Layer):
         C, H, W = self.out_shape(h.shape[1:])
         p = unfold(h, **self._conf())  # (N, T, d_in)
         ab = np.concatenate([p, np.ones(p.shape[:2] + (1,), dtype=p.dtype)], axis=2)
-        s = ab @ self.params.T  # (N, T, c_out): one GEMM
-        out = s.transpose(0, 2, 1).reshape(N, C, H, W)
+        T, D = ab.shape[1], ab.shape[2]
+        if T >= D:  # many positions, short patches: [W | b] @ ābᵀ per sample gives the
+            # (c_out, T) layout of the output directly (measured faster for the first
+            # convolution of the cuda-convnet, T = 900, d = 28)
+            out = np.matmul(self.params, ab.transpose(0, 2, 1)).reshape(N, C, H, W)
+        else:  # one GEMM over all positions, then the output's transpose
+            out = (ab @ self.params.T).transpose(0, 2, 1).reshape(N, C, H, W)
         return out, (ab, tuple(h.shape[1:]))
 
     def backward(self, cache, g):
@@ -312,10 +317,10 @@ class Conv2d(Layer):
         return gc @ cache[0][:, None]  # (N, K, c_out, d_in+1): one GEMM per (n, k)
 
     def grad_sum(self, cache, g):
-        N = g.shape[0]
-        gs = g.sum(axis=1).reshape(N, self.c_out, -1)  # (N, c_out, T)
-        ab = cache[0]
-        return gs.transpose(1, 0, 2).reshape(self.c_out, -1) @ ab.reshape(-1, ab.shape[2])
+        N, K = g.shape[:2]
+        gs = g[:, 0] if K == 1 else g.sum(axis=1)
+        gs = gs.reshape(N, self.c_out, -1)  # (N, c_out, T)
+        return (gs @ cache[0]).sum(axis=0)  # one GEMM per sample, no transposed copy
 
 
 # -- pooling -------------------------------------------------------------------------------
