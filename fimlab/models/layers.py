@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._errors import ShapeError, UnknownNameError
+from . import _pool
 
 __all__ = [
     "Layer", "Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "Flatten", "BatchNorm",
@@ -52,6 +53,10 @@ class Layer:
 
     params = None
     kind = "none"
+    #: whether :meth:`backward` returns a new array (``True``), its input ``g`` or a view
+    #: of it (``None``: ownership passes through), or may do either (``False``); lets
+    #: :class:`Sequential` run activations' backward in place on arrays only it holds
+    _fresh_grad = False
 
     def out_shape(self, in_shape):
         return tuple(in_shape)
@@ -70,6 +75,11 @@ class Layer:
         per-vector gradient matrices ``(N, K, *params.shape)``."""
         raise NotImplementedError
 
+    def grad_sum(self, cache, g):
+        """``Σ_{n,k}`` of :meth:`grad` (the gradient of a summed loss), shape
+        ``params.shape``; layers override it with one product instead of ``N·K`` matrices."""
+        return self.grad(cache, g).sum(axis=(0, 1))
+
 
 # -- dense ----------------------------------------------------------------------------------
 class Linear(Layer):
@@ -84,6 +94,8 @@ class Linear(Layer):
     >>> lin.forward(np.ones((5, 3)))[0].shape
     (5, 2)
     """
+
+    _fresh_grad = True
 
     kind = "linear"
 
@@ -117,6 +129,9 @@ class Linear(Layer):
 
     def grad(self, cache, g):
         return g[..., :, None] * cache[:, None, None, :]
+
+    def grad_sum(self, cache, g):
+        return g.sum(axis=1).T @ cache
 
 
 # -- convolution ----------------------------------------------------------------------------
@@ -157,17 +172,31 @@ def fold(cols, in_shape, kernel_size, stride=1, padding=0, dilation=1):
     ph, pw = _pair(padding, "padding")
     dh, dw = _pair(dilation, "dilation")
     C, H, W = in_shape
-    Hp, Wp = H + 2 * ph, W + 2 * pw
-    Ho = (Hp - (dh * (kh - 1) + 1)) // sh + 1
-    Wo = (Wp - (dw * (kw - 1) + 1)) // sw + 1
-    M = cols.shape[0]
-    c = cols.reshape(M, Ho, Wo, C, kh, kw)
-    out = np.zeros((M, C, Hp, Wp), dtype=cols.dtype)
+    Ho = (H + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    Wo = (W + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    c = cols.reshape(cols.shape[0], Ho, Wo, C, kh, kw).transpose(0, 3, 4, 5, 1, 2)
+    return _fold_ck(c, in_shape, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+
+
+#: the convolution's backward forms its columns in chunks of at most this many bytes
+_COLS_CHUNK_BYTES = 8 << 20
+
+
+def _fold_ck(c, in_shape, kernel_size, stride, padding, dilation, out=None):
+    """:func:`fold` of columns in the layout ``(M, C, k_h, k_w, H_out, W_out)`` (what the
+    convolution's backward GEMM gives): each kernel offset's slab is added, contiguous, to
+    a strided view of the (padded) image; ``out``: a zero (padded) image to add into."""
+    kh, kw = kernel_size
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    C, H, W = in_shape
+    M, Ho, Wo = c.shape[0], c.shape[4], c.shape[5]
+    if out is None:
+        out = np.zeros((M, C, H + 2 * ph, W + 2 * pw), dtype=c.dtype)
     for i in range(kh):
         for j in range(kw):
             r0, c0 = i * dh, j * dw
             out[:, :, r0:r0 + sh * (Ho - 1) + 1:sh, c0:c0 + sw * (Wo - 1) + 1:sw] += \
-                c[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+                c[:, :, i, j]
     return out[:, :, ph:ph + H, pw:pw + W]
 
 
@@ -196,6 +225,8 @@ class Conv2d(Layer):
     >>> conv.forward(np.ones((2, 3, 5, 5)))[0].shape
     (2, 4, 5, 5)
     """
+
+    _fresh_grad = True
 
     kind = "conv"
 
@@ -243,17 +274,34 @@ class Conv2d(Layer):
         C, H, W = self.out_shape(h.shape[1:])
         p = unfold(h, **self._conf())  # (N, T, d_in)
         ab = np.concatenate([p, np.ones(p.shape[:2] + (1,), dtype=p.dtype)], axis=2)
-        s = ab @ self.params.T  # (N, T, c_out): one GEMM
-        out = s.transpose(0, 2, 1).reshape(N, C, H, W)
+        T, D = ab.shape[1], ab.shape[2]
+        if T >= D:  # many positions, short patches: [W | b] @ ābᵀ per sample gives the
+            # (c_out, T) layout of the output directly (measured faster for the first
+            # convolution of the cuda-convnet, T = 900, d = 28)
+            out = np.matmul(self.params, ab.transpose(0, 2, 1)).reshape(N, C, H, W)
+        else:  # one GEMM over all positions, then the output's transpose
+            out = (ab @ self.params.T).transpose(0, 2, 1).reshape(N, C, H, W)
         return out, (ab, tuple(h.shape[1:]))
 
     def backward(self, cache, g):
         _, in_shape = cache
-        N, K = g.shape[:2]
-        gt = self._positions(g)  # (N, K, T, c_out)
-        cols = gt.reshape(N * K, gt.shape[2], self.c_out) @ self.params[:, :-1]
-        x = fold(cols, in_shape, **self._conf())
-        return x.reshape((N, K) + in_shape)
+        N, K, _, Ho, Wo = g.shape
+        kh, kw = self.kernel_size
+        M = N * K
+        Wt = np.ascontiguousarray(self.params[:, :-1].T)  # (d_in, c_out)
+        gm = np.ascontiguousarray(g).reshape(M, self.c_out, Ho * Wo)
+        (ph, pw), (_, H, W) = self.padding, in_shape
+        out = np.zeros((M, self.c_in, H + 2 * ph, W + 2 * pw), dtype=g.dtype)
+        # one GEMM per vector, (d_in, c_out) @ (c_out, T): the columns come out in the
+        # layout (C, k_h, k_w, T) that the fold adds without a transpose; in chunks of
+        # vectors so that the columns (k_h·k_w times the input's size) are never whole
+        step = max(1, _COLS_CHUNK_BYTES // (self.d_in * Ho * Wo * g.itemsize))
+        for m0 in range(0, M, step):
+            cols = Wt @ gm[m0:m0 + step]
+            c = cols.reshape(cols.shape[0], self.c_in, kh, kw, Ho, Wo)
+            _fold_ck(c, in_shape, self.kernel_size, self.stride, self.padding,
+                     self.dilation, out=out[m0:m0 + step])
+        return out[:, :, ph:ph + H, pw:pw + W].reshape((N, K) + in_shape)
 
     def _positions(self, g):
         N, K, C = g.shape[:3]
@@ -264,11 +312,21 @@ class Conv2d(Layer):
         return cache[0], np.ascontiguousarray(self._positions(g))
 
     def grad(self, cache, g):
-        return np.einsum("nktc,ntd->nkcd", self._positions(g), cache[0])
+        N, K = g.shape[:2]
+        gc = np.ascontiguousarray(g).reshape(N, K, self.c_out, -1)  # (N, K, c_out, T)
+        return gc @ cache[0][:, None]  # (N, K, c_out, d_in+1): one GEMM per (n, k)
+
+    def grad_sum(self, cache, g):
+        N, K = g.shape[:2]
+        gs = g[:, 0] if K == 1 else g.sum(axis=1)
+        gs = gs.reshape(N, self.c_out, -1)  # (N, c_out, T)
+        return (gs @ cache[0]).sum(axis=0)  # one GEMM per sample, no transposed copy
 
 
 # -- pooling -------------------------------------------------------------------------------
 class _Pool2d(Layer):
+    _fresh_grad = True
+
     def __init__(self, kernel_size, stride=None, padding=0):
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
@@ -286,32 +344,18 @@ class _Pool2d(Layer):
             raise ShapeError(f"pooling: input {H}x{W} smaller than kernel {self.kernel_size}")
         return (C, o[0], o[1])
 
-    def _windows(self, h, pad_value):
-        ph, pw = self.padding
-        if ph or pw:
-            h = np.pad(h, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
-        v = np.lib.stride_tricks.sliding_window_view(h, self.kernel_size, axis=(2, 3))
-        return v[:, :, ::self.stride[0], ::self.stride[1]]  # (N, C, Ho, Wo, kh, kw)
-
-    def _scatter(self, w, g, in_shape):
-        """Sum ``g[..., i, j]`` weights back to the (padded) input, one add per offset."""
-        M = g.shape[0]
-        C, H, W = in_shape
-        ph, pw = self.padding
-        sh, sw = self.stride
-        Ho, Wo = g.shape[2], g.shape[3]
-        out = np.zeros((M, C, H + 2 * ph, W + 2 * pw), dtype=g.dtype)
-        kh, kw = self.kernel_size
-        for i in range(kh):
-            for j in range(kw):
-                out[:, :, i:i + sh * (Ho - 1) + 1:sh, j:j + sw * (Wo - 1) + 1:sw] += \
-                    g * w[..., i, j]
-        return out[:, :, ph:ph + H, pw:pw + W]
+    def _conf(self):
+        return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding)
 
 
 class MaxPool2d(_Pool2d):
     """Max pooling (PyTorch's defaults: ``stride = kernel_size``, padding with ``−∞``).
-    Ties go to the first maximum in the window (row-major), as PyTorch's CPU kernel.
+    Ties go to the first maximum in the window (row-major), as PyTorch's CPU kernel: the
+    gradient of a window goes to that one element (summed where overlapping windows chose
+    the same one).
+
+    The forward pass keeps the flat index of each window's maximum; the backward pass
+    scatters by index (:mod:`fimlab.models._pool`; no loop over windows or offsets).
 
     Examples
     --------
@@ -322,20 +366,12 @@ class MaxPool2d(_Pool2d):
 
     def forward(self, h, train=False):
         self.out_shape(h.shape[1:])
-        v = self._windows(h, -np.inf)
-        N, C, Ho, Wo, kh, kw = v.shape
-        flat = v.reshape(N, C, Ho, Wo, kh * kw)
-        idx = np.argmax(flat, axis=-1)
-        out = np.take_along_axis(flat, idx[..., None], axis=-1)[..., 0]
-        mask = (np.arange(kh * kw) == idx[..., None]).reshape(N, C, Ho, Wo, kh, kw)
-        return out, (mask.astype(h.dtype), tuple(h.shape[1:]))
+        out, where = _pool.max_pool_forward(h, **self._conf())
+        return out, (where, tuple(h.shape[1:]))
 
     def backward(self, cache, g):
-        mask, in_shape = cache
-        N, K = g.shape[:2]
-        gm = g.reshape((N * K,) + g.shape[2:])
-        w = np.repeat(mask, K, axis=0)
-        return self._scatter(w, gm, in_shape).reshape((N, K) + in_shape)
+        where, in_shape = cache
+        return _pool.max_pool_backward(g, where, in_shape, **self._conf())
 
 
 class AvgPool2d(_Pool2d):
@@ -350,20 +386,17 @@ class AvgPool2d(_Pool2d):
 
     def forward(self, h, train=False):
         self.out_shape(h.shape[1:])
-        v = self._windows(h, 0.0)
+        v = _pool.pool_windows(h, pad_value=0.0, **self._conf())
         return v.mean(axis=(-2, -1)), tuple(h.shape[1:])
 
     def backward(self, cache, g):
-        in_shape = cache
-        N, K = g.shape[:2]
-        kh, kw = self.kernel_size
-        w = np.full((1, 1, 1, 1, kh, kw), 1.0 / (kh * kw), dtype=g.dtype)
-        gm = g.reshape((N * K,) + g.shape[2:])
-        return self._scatter(w, gm, in_shape).reshape((N, K) + in_shape)
+        return _pool.avg_pool_backward(g, cache, **self._conf())
 
 
 class Flatten(Layer):
     """``(N, C, H, W) → (N, C·H·W)`` (C order, as ``torch.flatten(x, 1)``)."""
+
+    _fresh_grad = None
 
     def out_shape(self, in_shape):
         return (int(np.prod(in_shape)),)
@@ -403,6 +436,8 @@ class BatchNorm(Layer):
     >>> np.round(y, 3).tolist()
     [[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]
     """
+
+    _fresh_grad = True
 
     kind = "batchnorm"
 
@@ -497,8 +532,16 @@ class Activation(Layer):
             return out, out * (1.0 - out)
         return h, None
 
-    def backward(self, cache, g):
-        return g if cache is None else g * cache[:, None]
+    @property
+    def _fresh_grad(self):
+        return None if self.name == "linear" else True
+
+    def backward(self, cache, g, inplace: bool = False):
+        """``g ∘ f'(h)``; ``inplace=True`` overwrites ``g`` (for callers that hold the only
+        reference to it, as :class:`Sequential` does between layers)."""
+        if cache is None:
+            return g
+        return np.multiply(g, cache[:, None], out=g if inplace else None)
 
 
 def ReLU():
@@ -537,15 +580,46 @@ class Sequential(Layer):
             caches.append(c)
         return h, caches
 
-    def backward(self, cache, g, record=None):
-        for lay, c in zip(reversed(self.layers), reversed(cache)):
+    def backward(self, cache, g, record=None, input_grad=True):
+        """Back-propagate ``g`` through the layers (recording ``(cache, g)`` at each layer
+        with parameters in ``record``); returns the gradient at the input.
+
+        ``input_grad=False``: the input gradient is not wanted (the network's input is
+        data), so the back-propagation stops at the first layer with parameters (its
+        ``g`` recorded, its own backward not run) and ``None`` is returned.
+        """
+        stop = 0 if input_grad else _first_param_layer(self.layers)
+        owned = False  # g is an array that only this loop holds (not the caller's g)
+        for i in range(len(self.layers) - 1, stop - 1, -1):
+            lay, c = self.layers[i], cache[i]
             if record is not None and lay.params is not None:
                 record[id(lay)] = (c, g)
+                owned = False
             if isinstance(lay, (Sequential, Residual)):
                 g = lay.backward(c, g, record)
+                owned = isinstance(lay, Residual)  # g + body's: a new array
+                continue
+            if i == stop and not input_grad:
+                return None
+            if isinstance(lay, Activation) and owned and g.flags.writeable:
+                g = lay.backward(c, g, inplace=True)  # no new array of g's size
             else:
                 g = lay.backward(c, g)
-        return g
+            fresh = lay._fresh_grad
+            owned = owned if fresh is None else bool(fresh)
+        return None if not input_grad else g
+
+
+def _first_param_layer(layers):
+    """Index of the first layer with parameters (a container counts if any of its layers
+    has them); ``len(layers)`` if none has."""
+    for i, lay in enumerate(layers):
+        if lay.params is not None:
+            return i
+        if isinstance(lay, (Sequential, Residual)) and \
+                _first_param_layer(lay.layers) < len(lay.layers):
+            return i
+    return len(layers)
 
 
 class Residual(Layer):

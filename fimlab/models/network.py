@@ -206,9 +206,11 @@ class Network:
 
     def backward(self, caches, vectors) -> list:
         """Back-propagate output vectors ``(N, K, d_out)``; returns, per parameter block,
-        ``(cache, g)`` with ``g`` ``(N, K, *out_shape)`` at that layer's output."""
+        ``(cache, g)`` with ``g`` ``(N, K, *out_shape)`` at that layer's output. The
+        gradient at the network's input is not computed (the back-propagation stops at the
+        first layer with parameters)."""
         record: dict = {}
-        Sequential(*self.layers).backward(caches, vectors, record)
+        Sequential(*self.layers).backward(caches, vectors, record, input_grad=False)
         return [record[id(lay)] for lay in self.param_layers]
 
     def update_running_stats(self, X) -> None:
@@ -253,7 +255,7 @@ class Network:
         delta = self.likelihood.dloss(z, y)[:, None, :]
         recs = self.backward(caches, delta)
         N = z.shape[0]
-        return loss, [lay.grad(c, g).sum(axis=(0, 1)) / N
+        return loss, [lay.grad_sum(c, g) / N
                       for lay, (c, g) in zip(self.param_layers, recs)]
 
     def gradient(self, X, y, train: bool | None = None) -> list:
