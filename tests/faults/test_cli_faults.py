@@ -112,12 +112,12 @@ def test_unknown_option_prints_the_subcommand_usage(command, rest, capsys):
     (PermissionError(13, "Permission denied", "/root/x"), 3, "permission denied"),
 ])
 def test_each_error_class_has_its_exit_code(exc, code, words, capsys, monkeypatch):
-    import fimlab.study as study
+    import fimlab.study_cli as study_cli
 
     def boom(*a, **k):
         raise exc
 
-    monkeypatch.setattr(study, "run_study", boom)
+    monkeypatch.setattr(study_cli, "run_study", boom)  # what `fimlab study` calls
     monkeypatch.delenv("FIMLAB_DEBUG", raising=False)
     assert main(["study"]) == code
     err = capsys.readouterr().err.strip().splitlines()
