@@ -279,11 +279,12 @@ def _slq_nodes(  # xp: host probes (then moved) and the small Lanczos data
     return np.array(nodes), np.array(weights)
 
 
-def _range_projector(op, xp):
+def _range_projector(  # xp: the numerical rank is decided on the host Gram eigenvalues
+        op, xp):
     """``(P_r, eigenvalues of F)`` for a Fisher operator or block ``F = UᵀU/N``:
     ``P_r v = Uᵀ W_r Λ_r⁻¹ W_rᵀ U v`` from the eigenpairs ``(Λ, W)`` of the Gram matrix
     ``U Uᵀ`` (``N·K × N·K``), ``r`` its numerical rank; never forms ``P × P``."""
-    from .backend import to_numpy
+    from .backend import device_of, to_numpy
     from .curvature import FisherBlock, FisherOperator
 
     F = FisherOperator(op.batch.layer(op.l)) if isinstance(op, FisherBlock) else op
@@ -296,8 +297,9 @@ def _range_projector(op, xp):
     idx = [int(i) for i in np.flatnonzero(keep)]
     if not idx:
         return (lambda v: v * 0.0), ev, 0
-    Wr = xp.take(W, xp.asarray(idx), axis=1)
-    inv = 1.0 / xp.take(lam, xp.asarray(idx))
+    where = xp.asarray(idx, device=device_of(W))
+    Wr = xp.take(W, where, axis=1)
+    inv = 1.0 / xp.take(lam, where)
     shape = (b.n_samples, b.n_vectors, 1)
 
     def project(v):

@@ -45,6 +45,9 @@ def _killed_run(out, sig, at):
     code = textwrap.dedent(f"""
         import os, signal
         from fimlab.train import run_training
+        # Ctrl-C raises KeyboardInterrupt even when this test runs in the background,
+        # where the shell started it with SIGINT ignored (inherited by this child)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         def cb(rec):
             if rec["iteration"] == {at}:
                 os.kill(os.getpid(), signal.{sig})
