@@ -14,30 +14,15 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
+from test_torch_conv import _net, _randomise_bn  # noqa: E402  (NumPy nets, random BN)
+
 import fimlab.torch as flt  # noqa: E402
 from fimlab import ShapeError, UnknownNameError  # noqa: E402
-from fimlab.models.layers import BatchNorm  # noqa: E402
 from fimlab.models.network import (  # noqa: E402
-    cuda_convnet,
-    deep_bn_linear,
     network_factor_batch,
 )
 
 nn = torch.nn
-
-
-def _randomise_bn(net, rng):
-    for lay in net.param_layers:
-        if isinstance(lay, BatchNorm):
-            lay.params = rng.normal(size=lay.params.shape)
-            lay.running_mean = rng.normal(size=lay.C) * 0.1
-            lay.running_var = rng.uniform(0.5, 2.0, size=lay.C)
-
-
-def _net(which):
-    if which == "convnet":
-        return cuda_convnet(input_shape=(3, 26, 26), channels=(3, 4, 5), seed=1)
-    return deep_bn_linear([6, 5, 4, 3], seed=3)
 
 
 def _randomise_torch_bn(model, gen):
