@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import fimlab as fl
@@ -110,3 +110,46 @@ def test_span_reduction_gives_the_full_problems_operator(N, K, T, da, dg, seed):
         np.testing.assert_allclose(with_red[key], without[key],
                                    atol=1e-7 * max(1.0, np.abs(without[key]).max()),
                                    err_msg=key)
+
+
+@settings(max_examples=15, deadline=None)
+@given(N=st.integers(1, 4), K=st.integers(1, 3), T=st.integers(1, 5), da=st.integers(1, 6),
+       dg=st.integers(1, 5), sym=st.booleans(), seed=st.integers(0, 2**16))
+@example(N=2, K=1, T=2, da=6, dg=5, sym=False, seed=0)  # takes the position route
+def test_inner_kron_on_conv_blocks_both_routes_vs_explicit(N, K, T, da, dg, sym, seed):
+    """⟨F_l, Σ A ⊗ G⟩ of a positional block, by the T × T position route and by the
+    per-sample matrices (forced), against the explicit F_l (any A, G, not only symmetric)."""
+    from fimlab.curvature import FisherBlock
+
+    rng = np.random.default_rng(seed)
+    a, g = rng.normal(size=(N, T, da)), rng.normal(size=(N, K, T, dg))
+    b = fl.FactorBatch([a], [g])
+    terms = []
+    for _ in range(2):
+        A, G = rng.normal(size=(da, da)), rng.normal(size=(dg, dg))
+        terms.append((A + A.T, G + G.T) if sym else (A, G))
+    ref = sum(np.sum(explicit_F(a, g) * np.kron(A, G)) for A, G in terms)
+    blk = FisherBlock(b, 0)
+    got_p = blk.inner_kron(terms)
+    # force the per-sample route: no T × T matrices allowed
+    b.positions = [10**6]
+    got_m = blk.inner_kron(terms)
+    scale = max(1.0, abs(ref))
+    assert got_p == pytest.approx(ref, abs=1e-9 * scale)
+    assert got_m == pytest.approx(ref, abs=1e-9 * scale)
+
+
+def test_inner_kron_takes_the_position_route_on_deep_conv_blocks(monkeypatch):
+    """A ResNet stage-4 shape (d_a ≫ T): no per-sample d_a × d_g matrices are formed."""
+    from fimlab.curvature import FisherBlock
+
+    rng = np.random.default_rng(5)
+    N, K, T, da, dg = 2, 1, 4, 300, 40
+    b = fl.FactorBatch([rng.normal(size=(N, T, da))], [rng.normal(size=(N, K, T, dg))])
+    monkeypatch.setattr(fl.FactorBatch, "jacobian",
+                        lambda self, l: (_ for _ in ()).throw(AssertionError("formed M")))
+    A, G = np.eye(da), np.eye(dg)
+    got = FisherBlock(b, 0).inner_kron([(A, G)])
+    # ⟨F, I ⊗ I⟩ = tr F = (1/N) Σ ‖J_nk‖²_F
+    J = np.einsum("nktg,nta->nkga", b.g[0], b.a[0])
+    assert got == pytest.approx(np.sum(J**2) / N, rel=1e-10)
