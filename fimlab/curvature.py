@@ -460,8 +460,24 @@ class FisherBlock(CurvatureOperator):
         xp = self.xp
         N, K = self.batch.n_samples, self.batch.n_vectors
         if self.batch.positional[self.l]:
+            T, da, dg = self.batch.positions[self.l], self.d_a, self.d_g
+            cost_m = N * K * (da * da * dg + da * dg * dg)
+            cost_p = N * (T * da * da + T * T * da) + N * K * (T * dg * dg + T * T * dg)
+            if cost_p < cost_m and N * K * T * T * 8 <= 256 * 1024**2:
+                # by positions: vec(J)ᵀ (A ⊗ G) vec(J) = Σ_{t,s} (ā_tᵀ A ā_s)(g_tᵀ G g_s)
+                # = ⟨Ā_n A Ā_nᵀ, G_nk G G_nkᵀ⟩ (T × T matrices; rows ā_nt, g_nkt)
+                af = xp.reshape(self.a, (N * T, da))
+                gf = xp.reshape(self.g, (N * K * T, dg))
+                aT = xp.matrix_transpose(self.a)  # (N, d_a, T)
+                gT = xp.matrix_transpose(self.g)  # (N, K, d_g, T)
+                total = 0.0
+                for A, G in terms:
+                    P = xp.reshape(af @ A, (N, T, da)) @ aT
+                    Q = xp.reshape(gf @ G, (N, K, T, dg)) @ gT
+                    total += float(xp.sum(P[:, None, ...] * Q))
+                return total / N
             # vec(J)ᵀ (A ⊗ G) vec(J) = ⟨A M, M G⟩ with M = J_nkᵀ (d_a × d_g)
-            M = xp.reshape(self.batch.jacobian(self.l), (N * K, self.d_a, self.d_g))
+            M = xp.reshape(self.batch.jacobian(self.l), (N * K, da, dg))
             total = 0.0
             for A, G in terms:
                 total += float(xp.sum((A @ M) * (M @ G)))

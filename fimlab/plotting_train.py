@@ -13,24 +13,58 @@ from pathlib import Path
 
 import numpy as np
 
-from .plotting import method_color, plt
+from .plotting import plt
 
-__all__ = ["plot_training"]
+__all__ = ["plot_training", "training_styles"]
 
 _STYLES = ["-", "--", "-.", ":"]
+#: Colours handed out, in order, to the labels whose own colour is taken (tab10, then the
+#: light and dark halves of tab20b/tab20c that tab10 lacks).
+_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+            "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39",
+            "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363"]
 
 
-def _color(label: str, method: str, used: dict) -> str:
-    base = label if label in used else label
-    if base not in used:
-        c = method_color(label)
-        if c in used.values():
-            c = method_color(method) if method_color(method) not in used.values() else None
-        if c is None:
-            cmap = plt.get_cmap("tab20")
-            c = cmap(len(used) % 20)
-        used[base] = c
-    return used[base]
+def training_styles(labels: list[tuple[str, str]]) -> dict[str, tuple[str, str]]:
+    """Colour and line style of each training curve, distinct across the labels.
+
+    ``labels`` holds ``(label, method)`` pairs in drawing order (``method`` the displayed
+    method name, ``"Adam"``, ``"KFAC"``, ...). A label that is a name of
+    :data:`fimlab.plotting.METHOD_COLORS` keeps its project colour; any other label takes
+    its method's project colour when no label uses it, else the first palette colour no
+    label uses; past the palette, colours repeat with the next line style. Returns
+    ``label -> (hex colour, line style)``, injective over distinct labels.
+    """
+    from matplotlib.colors import to_hex
+
+    from .plotting import METHOD_COLORS
+
+    order = list(dict.fromkeys(label for label, _ in labels))
+    method = {}
+    for label, m in labels:
+        method.setdefault(label, m)
+    out: dict[str, tuple[str, str]] = {}
+    for label in order:  # first the labels that have a colour of their own
+        if label in METHOD_COLORS:
+            c = (to_hex(METHOD_COLORS[label]), "-")
+            if c not in out.values():
+                out[label] = c
+    for label in order:
+        if label in out:
+            continue
+        taken = set(out.values())
+        choice = None
+        if method[label] in METHOD_COLORS:
+            c = (to_hex(METHOD_COLORS[method[label]]), "-")
+            choice = c if c not in taken else None
+        if choice is None:
+            choice = next(((c, ls) for ls in _STYLES for c in _PALETTE
+                           if (c, ls) not in taken), None)
+        if choice is None:  # more labels than palette x styles: dotted, ever sparser
+            n = len(taken)
+            choice = (_PALETTE[n % len(_PALETTE)], (0, (1, 1 + n // len(_PALETTE))))
+        out[label] = choice
+    return {label: out[label] for label in order}
 
 
 def plot_training(results: list[dict], path, title: str | None = None) -> Path:
@@ -42,11 +76,12 @@ def plot_training(results: list[dict], path, title: str | None = None) -> Path:
         if r.get("epoch_history"):
             groups.setdefault(r["label"], []).append(r)
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharey="row")
-    used: dict = {}
-    for label, rs in groups.items():
-        from .train_config import display_name
+    from .train_config import display_name
 
-        color = _color(label, display_name(rs[0]["method"]), used)
+    styles = training_styles([(label, display_name(rs[0]["method"]))
+                              for label, rs in groups.items()])
+    for label, rs in groups.items():
+        color, ls = styles[label]
         ok = [r for r in rs if r["status"] != "diverged"]
         bad = [r for r in rs if r["status"] == "diverged"]
         note = (f" ({len(bad)}/{len(rs)} diverged)" if bad else "") + (
@@ -62,7 +97,7 @@ def plot_training(results: list[dict], path, title: str | None = None) -> Path:
                     continue
                 for col, x in enumerate((ep, tm)):
                     ax = axes[row, col]
-                    ax.plot(x, np.nanmean(Y, axis=0), color=color, lw=1.6,
+                    ax.plot(x, np.nanmean(Y, axis=0), color=color, ls=ls, lw=1.6,
                             label=label + note if (first and row == 0 and col == 0) else None)
                     if len(ok) > 1:
                         ax.fill_between(x, np.nanmin(Y, axis=0), np.nanmax(Y, axis=0),

@@ -148,6 +148,22 @@ class _MatrixFreeSpace:
         return psd_sign(A, G)
 
 
+#: the exact conv route works in the span of the patches / vectors when it is at most
+#: this fraction of ``d_a`` / ``d_g`` (``None`` turns the reduction off)
+SPAN_REDUCTION = 0.75
+
+
+def _span_basis(x, xp):
+    """Orthonormal basis ``Q`` (``d × r``) of the span of the rows ``x[..., :]`` when
+    their number ``r`` is at most :data:`SPAN_REDUCTION` ``· d``, else ``None``."""
+    d = int(x.shape[-1])
+    r = math.prod(int(s) for s in x.shape[:-1])
+    if SPAN_REDUCTION is None or r > SPAN_REDUCTION * d:
+        return None
+    Q, _ = xp.linalg.qr(xp.matrix_transpose(xp.reshape(x, (r, d))))
+    return Q
+
+
 class _KPSVDFamily(BlockDiagonalOperator):
     """Shared construction: validation, warm starts, one block per layer, reports."""
 
@@ -278,6 +294,25 @@ class _KPSVDFamily(BlockDiagonalOperator):
         """Exact solver on a convolution block: the leading triplets of ``R(F_l)`` (or of
         ``R(F_l) − vec(A_K)vec(G_K)ᵀ`` for KFAC-corrected) by a dense SVD or Golub–Kahan
         on the matrix-free products (:func:`fimlab.approx.conv_rearranged.conv_top_triplets`)."""
+        xp = array_namespace(a, g)
+        # R(F_l) lives on span{ā_nt} ⊗ span{ā_nt} and span{g_nkt} ⊗ span{g_nkt}: with
+        # orthonormal bases Q_a, Q_g of these spans (when thinner than d_a, d_g), R(F_l) =
+        # (Q_a ⊗ Q_a) R(F̃_l) (Q_g ⊗ Q_g)ᵀ for the batch ã = Q_aᵀā, g̃ = Q_gᵀg, so the
+        # triplets come from the smaller problem and every factor lifts as Q X Qᵀ
+        # (exactly; deep convolutions have d_a = 4,608 against N·T = 256 patches)
+        Qa, Qg = _span_basis(a, xp), _span_basis(g, xp)
+        if Qa is not None or Qg is not None:
+            ac = a if Qa is None else a @ Qa
+            gc = g if Qg is None else g @ Qg
+            terms, rep = self._exact_conv_core(ac, gc, rng, a, g)
+
+            def lift(X, Q):
+                return X if Q is None else Q @ X @ xp.matrix_transpose(Q)
+
+            return [(lift(A, Qa), lift(G, Qg)) for A, G in terms], rep
+        return self._exact_conv_core(a, g, rng, a, g)
+
+    def _exact_conv_core(self, a, g, rng, a0, g0):
         from .conv_rearranged import conv_top_triplets
 
         xp = array_namespace(a, g)
@@ -290,7 +325,7 @@ class _KPSVDFamily(BlockDiagonalOperator):
         if not residual and nrank == 0 and hasattr(self, "_zero_block"):
             return self._zero_block(a, g, rep.method)
         if not residual and nrank < k and hasattr(self, "_rank_error"):
-            raise self._rank_error(nrank, a, g)
+            raise self._rank_error(nrank, a0, g0)
         terms = [sp.term(float(s[j]), U[:, j], V[:, j]) for j in range(k)]
         if residual:
             terms = [(sp.AK, sp.GK)] + terms
