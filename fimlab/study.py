@@ -440,6 +440,8 @@ def _run_study(c: dict, out_dir, progress: bool, verbose: bool) -> StudyResult:
             w.writeheader()
             w.writerows(summary)
         if c["plot"]:
+            from .plotting_study import plot_study
+
             plot_study(result, out)
         if c["two_level"]:
             write_two_level(result, out, plot=c["plot"])
@@ -501,67 +503,6 @@ def format_summary(result: StudyResult) -> str:
                          else f"{s['e2_last']:.4f} ({s['e2_mean']:.4f})")
         lines.append(f"{m + ' ':<16}{sv:<8}" + "".join(f"{x:>{w}}" for x in cells))
     return "\n".join(lines)
-
-
-def plot_study(result: StudyResult, out: Path) -> None:
-    """Write ``study.png`` (E1 top, E2 bottom; mean over blocks) and ``study_blocks.png``."""
-    from .plotting import method_color, plt, solver_style
-
-    rows = result.rows
-    pairs = list(dict.fromkeys((r["method"], r["solver"]) for r in rows))
-    blocks = sorted({r["block"] for r in rows if r["block"] != "all"})
-    c = result.config
-
-    def series(m, s, key, block=None):
-        its = sorted({r["iteration"] for r in rows})
-        ys = []
-        for it in its:
-            vals = [r[key] for r in rows if r["method"] == m and r["solver"] == s
-                    and r["iteration"] == it and r["block"] != "all"
-                    and (block is None or r["block"] == block)]
-            vals = [v for v in vals if v == v]
-            ys.append(np.mean(vals) if vals else np.nan)
-        if c.get("smooth") and len(its) > 1 and not np.isnan(ys).any():
-            from scipy.ndimage import gaussian_filter1d
-
-            step = (its[-1] - its[0]) / (len(its) - 1)  # σ in iterations -> in points
-            ys = list(gaussian_filter1d(np.asarray(ys, float), c["smooth"] / step,
-                                        mode="nearest"))
-        return its, ys
-
-    fig, axes = plt.subplots(2, 1, figsize=(7.5, 7), sharex=True)
-    for m, s in pairs:
-        for ax, key in zip(axes, ("e1", "e2")):
-            its, ys = series(m, s, key)
-            ax.plot(its, ys, color=method_color(m), ls=solver_style(s), marker="o", ms=3,
-                    label=f"{m} ({s})")
-    axes[0].set_ylabel("E1: ‖F − F̃‖_F / ‖F‖_F\n(mean over blocks)")
-    axes[1].set_ylabel("E2: ‖σ(F) − σ(F̃)‖ / ‖σ(F)‖\n(mean over blocks)")
-    axes[1].set_xlabel("Adam iteration")
-    axes[0].set_title(f"{c['dataset']} {'-'.join(map(str, c['sizes']))}, Fisher={c['fisher']}")
-    axes[0].legend(fontsize=7, ncol=2)
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "study.png", dpi=120)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(2, len(blocks), figsize=(3.6 * len(blocks), 6), squeeze=False,
-                             sharex=True)
-    for j, b in enumerate(blocks):
-        for m, s in pairs:
-            for i, key in enumerate(("e1", "e2")):
-                its, ys = series(m, s, key, block=b)
-                axes[i, j].plot(its, ys, color=method_color(m), ls=solver_style(s), marker="o",
-                                ms=2, label=f"{m} ({s})")
-        axes[0, j].set_title(f"block {b}")
-        axes[1, j].set_xlabel("Adam iteration")
-    axes[0, 0].set_ylabel("E1")
-    axes[1, 0].set_ylabel("E2")
-    axes[0, 0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out / "study_blocks.png", dpi=110)
-    plt.close(fig)
 
 
 # -- two-level corrections: E4 / E5 (opt-in, --two-level) --------------------------------
