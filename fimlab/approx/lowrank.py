@@ -3,9 +3,9 @@ the same plus the exact diagonal of the remainder.
 
 ``F = UᵀU/N`` with ``U`` the ``N·K × P`` matrix of per-sample Jacobian rows ``j_nk``. Its
 non-zero eigenvalues are those of the ``N·K × N·K`` Gram matrix ``M = UUᵀ/N``: with
-``M w_i = λ_i w_i``, ``u_i = Uᵀ w_i / √(Nλ_i)`` is a unit eigenvector of ``F``. So
+``M w_i = μ_i w_i``, ``u_i = Uᵀ w_i / √(Nμ_i)`` is a unit eigenvector of ``F``. So
 
-    F_k = Σ_{i≤k} λ_i u_i u_iᵀ = Uᵀ C Λ Cᵀ U,    C = W_k (NΛ)^{-1/2}
+    F_k = Σ_{i≤k} μ_i u_i u_iᵀ = Uᵀ C Λ Cᵀ U,    C = W_k (NΛ)^{-1/2},  Λ = diag(μ_1 … μ_k)
 
 and the basis ``u_i`` need never be formed: a product is ``U``, a ``k``-column GEMM and
 ``Uᵀ``. When ``N·K`` is too large for the Gram matrix, Lanczos on the matrix-free ``F``
@@ -129,7 +129,7 @@ class LowRankBlock(CurvatureOperator):
     With ``gram = (H, C, N, a, g)`` the rows are ``V_l = U_lᵀ C`` for the Jacobian rows
     ``U_l`` of layer ``l`` (arrays ``a``, ``g``; ``H = U_l U_lᵀ``, ``N·K × N·K``), and the
     terms that only involve ``V_l`` come from ``H``: ``V_lᵀV_l = Cᵀ H C`` and, for the
-    Fisher block of those rows, ``Σ_i λ_i v_iᵀ F_l v_i = (1/N) Σ_i λ_i ‖H c_i‖²`` —
+    Fisher block of those rows, ``Σ_i μ_i v_iᵀ F_l v_i = (1/N) Σ_i μ_i ‖H c_i‖²`` —
     ``O((NK)²k)`` instead of ``k`` products with the block. ``V`` may then be a
     callable that forms the rows when something needs them (products, solves).
     """
@@ -195,7 +195,7 @@ class LowRankBlock(CurvatureOperator):
         return out
 
     def fisher_inner(self, Fb) -> float | None:
-        """``⟨F_l, V_lΛV_lᵀ + D_l⟩ = Σ_i λ_i v_iᵀ F_l v_i + Σ diag(F_l)·D_l``."""
+        """``⟨F_l, V_lΛV_lᵀ + D_l⟩ = Σ_i μ_i v_iᵀ F_l v_i + Σ diag(F_l)·D_l``."""
         if not isinstance(Fb, FisherBlock) or Fb.shape != self.shape:
             return None
         xp = self.xp
@@ -219,7 +219,7 @@ class LowRankBlock(CurvatureOperator):
 
 
 def _row_weighted_sq(V, lam, rows: int = 1 << 16):
-    """``Σ_i λ_i V[:, i]²`` (the diagonal of ``V Λ Vᵀ``) a block of rows at a time: one
+    """``Σ_i μ_i V[:, i]²`` (the diagonal of ``V Λ Vᵀ``) a block of rows at a time: one
     ``rows × k`` temporary instead of two ``P × k`` ones (450 MB each for the 2.8 M
     parameters of the MNIST auto-encoder at k = 20)."""
     from ..backend import array_namespace
@@ -252,7 +252,7 @@ def _diag(x, xp):
 
 
 class LowRank(CurvatureOperator):
-    """The best rank-``k`` approximation of the whole Fisher, ``F_k = Σ_{i≤k} λ_i u_i u_iᵀ``.
+    """The best rank-``k`` approximation of the whole Fisher, ``F_k = Σ_{i≤k} μ_i u_i u_iᵀ``.
 
     Parameters
     ----------
@@ -269,7 +269,7 @@ class LowRank(CurvatureOperator):
     explicit : bool, optional
         Form the eigenvectors (``P × k``); default: when they take at most
         :data:`EXPLICIT_MAX_BYTES`. Otherwise (Gram route) they stay implicit,
-        ``u_i = Uᵀw_i/√(Nλ_i)``, applied through the factor batch.
+        ``u_i = Uᵀw_i/√(Nμ_i)``, applied through the factor batch.
 
     Raises
     ------
@@ -279,9 +279,9 @@ class LowRank(CurvatureOperator):
     Notes
     -----
     ``values`` holds ``λ_1 ≥ … ≥ λ_k``. ``solve(v, λ)`` is ``(F_k + λI)⁻¹v =
-    (1/λ)(v − Σ_i λ_i/(λ_i+λ) u_i u_iᵀ v)`` (Woodbury; exact whatever ``rule``). E1 for the
-    whole network is exact by Eckart–Young, ``‖F − F_k‖²_F = ‖F‖²_F − Σ_{i≤k} λ_i²``; per
-    block from ``⟨F_l, (F_k)_ll⟩ = Σ_i λ_i v_iᵀF_l v_i`` and ``‖V_lΛV_lᵀ‖²_F =
+    (1/λ)(v − Σ_i μ_i/(μ_i+λ) u_i u_iᵀ v)`` (Woodbury; exact whatever ``rule``). E1 for the
+    whole network is exact by Eckart–Young, ``‖F − F_k‖²_F = ‖F‖²_F − Σ_{i≤k} μ_i²``; per
+    block from ``⟨F_l, (F_k)_ll⟩ = Σ_i μ_i v_iᵀF_l v_i`` and ``‖V_lΛV_lᵀ‖²_F =
     ‖Λ^{1/2}V_lᵀV_lΛ^{1/2}‖²_F`` (``k``-column products, no block formed). ``blocks`` are
     the diagonal blocks of ``F_k`` (for per-block metrics; ``F_k`` itself is not
     block-diagonal).
@@ -420,15 +420,15 @@ class LowRank(CurvatureOperator):
         return Y
 
     def frobenius_norm_sq(self) -> float:
-        """``‖F_k‖²_F = Σ λ_i²``."""
+        """``‖F_k‖²_F = Σ μ_i²``."""
         return float(sum(float(v) ** 2 for v in self.values))
 
     def trace(self) -> float:
         return float(sum(float(v) for v in self.values))
 
     def fisher_inner(self, F) -> float | None:
-        """``⟨F, F_k⟩_F``: ``Σ_{i≤k} λ_i²`` for the Fisher of the same batch (Eckart–Young),
-        ``Σ_i λ_i u_iᵀ F u_i`` for another Fisher."""
+        """``⟨F, F_k⟩_F``: ``Σ_{i≤k} μ_i²`` for the Fisher of the same batch (Eckart–Young),
+        ``Σ_i μ_i u_iᵀ F u_i`` for another Fisher."""
         if not isinstance(F, FisherOperator) or F.shape != self.shape:
             return None
         if F.batch is self.batch:
@@ -462,11 +462,11 @@ class LowRank(CurvatureOperator):
 class LowRankPlusDiagonal(LowRank):
     """``F_k + diag(F − F_k)``: the best rank-``k`` part plus the exact diagonal of the rest.
 
-    ``diag(F − F_k) = diag(F) − Σ_i λ_i u_i∘²`` is non-negative (``F − F_k`` is positive
+    ``diag(F − F_k) = diag(F) − Σ_i μ_i u_i∘²`` is non-negative (``F − F_k`` is positive
     semi-definite). The eigenvectors are formed explicitly (``P × k``, memory-guarded).
     ``solve`` is Woodbury with the diagonal ``D + λI``; E1 exact from
-    ``⟨F, F_k + D⟩ = Σλ_i² + ⟨diag F, D⟩`` and
-    ``‖F_k + D‖² = Σλ_i² + 2⟨diag F_k, D⟩ + ‖D‖²``.
+    ``⟨F, F_k + D⟩ = Σμ_i² + ⟨diag F, D⟩`` and
+    ``‖F_k + D‖² = Σμ_i² + 2⟨diag F_k, D⟩ + ‖D‖²``.
 
     Examples
     --------
