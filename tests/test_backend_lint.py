@@ -34,7 +34,8 @@ NUMPY_FIRST = {
     "__init__.py", "__main__.py", "_errors.py",  # no arrays
     "cli.py", "study.py", "train.py", "train_config.py", "train_state.py", "sweep.py",
     "plotting.py", "compare.py", "_frontend.py",  # orchestration, I/O, host-side results
-    "plotting_train.py", "study_models.py", "study_spectra.py",
+    "plotting_train.py", "plotting_study.py", "study_models.py", "study_spectra.py",
+    "study_cli.py",
     "datasets.py", "image_datasets.py", "_datafiles.py",  # data is loaded on the host,
     # moved by the model
     "_kernels/numba_impl.py",  # Numba compiles for the CPU; its twin serves other backends
