@@ -60,7 +60,12 @@ def plot_study(result, out: Path) -> None:
     # per block: E1 above E2, at most four blocks a row (readable at page width), one legend
     per_row = min(4, max(len(blocks), 1))
     n_rows = -(-len(blocks) // per_row)
-    fig, axes = plt.subplots(2 * n_rows, per_row, figsize=(3.4 * per_row, 5.2 * n_rows + 0.8),
+    # one legend below, as many columns as fit the width (a label is about 2.1 in wide)
+    n_labels = len(pairs)
+    ncol = max(1, min(4, n_labels, int(3.4 * per_row // 2.1)))
+    legend_h = 0.2 * -(-n_labels // ncol) + 0.3  # inches
+    height = 5.2 * n_rows + legend_h
+    fig, axes = plt.subplots(2 * n_rows, per_row, figsize=(3.4 * per_row, height),
                              squeeze=False, sharex=True)
     for j, b in enumerate(blocks):
         r0, col = 2 * (j // per_row), j % per_row
@@ -79,9 +84,8 @@ def plot_study(result, out: Path) -> None:
         for i in range(2):
             axes[2 * (n_rows - 1) + i, j % per_row].set_visible(False)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(len(labels), 1)),
-               fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.04 + 0.02 * (-(-len(labels) // 4)) / n_rows, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, legend_h / height, 1, 1))
     fig.savefig(out / "study_blocks.png", dpi=110)
     plt.close(fig)
 

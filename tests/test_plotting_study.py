@@ -30,9 +30,10 @@ def test_replot_draws_every_block_four_a_row(study_dir, tmp_path):
     n = len(blocks - {"all"})
     assert n == 5
     w, h = Image.open(paths[1]).size
-    # four panels of 3.4 in a row at 110 dpi, two rows of pairs (E1 over E2) for 5 blocks
+    # four panels of 3.4 in a row at 110 dpi, two rows of pairs (E1 over E2) for 5 blocks,
+    # and the legend: 2 labels in one row (0.2 in a row + 0.3 in)
     assert w == pytest.approx(4 * 3.4 * 110, abs=2)
-    assert h == pytest.approx((5.2 * 2 + 0.8) * 110, abs=2)
+    assert h == pytest.approx((5.2 * 2 + 0.2 + 0.3) * 110, abs=2)
     # the redraw of the run's own figure has the same size
     assert Image.open(study_dir / "study_blocks.png").size == (w, h)
     a = np.asarray(Image.open(paths[1]).convert("L"), dtype=float)
