@@ -143,6 +143,35 @@ class sigint_ignored:
         return False
 
 
+class _SyncCancelRace:
+    """Logging filter that drops one known race of ``distributed``: Ctrl-C during
+    ``distributed.utils.sync`` schedules its ``cancel`` callback before the future it
+    cancels exists, and tornado logs the callback's ``NameError`` with a traceback (the
+    interrupt itself is handled: fimlab prints its one line). Every other record passes."""
+
+    def filter(self, record) -> bool:  # noqa: A003 - logging's name
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, NameError):
+            return True
+        tb = exc.__traceback__
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            if code.co_name == "cancel" and code.co_filename.replace("\\", "/").endswith(
+                    "distributed/utils.py"):
+                return False
+            tb = tb.tb_next
+        return True
+
+
+def filter_dask_interrupt_race() -> None:
+    """Install :class:`_SyncCancelRace` on tornado's callback logger (once)."""
+    import logging
+
+    log = logging.getLogger("tornado.application")
+    if not any(isinstance(f, _SyncCancelRace) for f in log.filters):
+        log.addFilter(_SyncCancelRace())
+
+
 def quiet_dask_logs() -> None:
     """Silence the Dask loggers (used once a sweep was interrupted: shutting the cluster
     down then logs cancelled tasks and closed comms that are expected, not errors)."""

@@ -88,7 +88,10 @@ def connect(address: str, timeout: float = 5.0):
     """
     from distributed import Client
 
+    from .._cli_errors import filter_dask_interrupt_race
     from .._validation import check_real
+
+    filter_dask_interrupt_race()
 
     check_real(timeout, "--connect-timeout (connect_timeout)", lo=0, lo_open=True)
     if not isinstance(address, str) or not address.strip():
@@ -110,7 +113,9 @@ def _local_cluster(n_workers: int, threads_per_run: int = 1):
     libraries start with ``threads_per_run`` threads (environment set at spawn)."""
     from distributed import Client, LocalCluster
 
-    from .._cli_errors import sigint_ignored
+    from .._cli_errors import filter_dask_interrupt_race, sigint_ignored
+
+    filter_dask_interrupt_race()  # a Ctrl-C race inside distributed logs a traceback
 
     with sigint_ignored():  # Ctrl-C reaches this process only; it stops the workers
         cluster = LocalCluster(

@@ -183,3 +183,43 @@ def test_unwritable_out(tmp_path, capsys):  # pragma: no cover - not run as root
         assert "permission denied" in _one_line(capsys, "study")
     finally:
         ro.chmod(0o700)
+
+
+def test_the_distributed_ctrl_c_race_is_filtered_and_nothing_else():
+    """Ctrl-C inside ``distributed.utils.sync`` can make tornado log a NameError of its
+    ``cancel`` callback with a traceback (seen once in CI: the sweep's own one-line message
+    followed it). The filter drops exactly that record: a NameError raised in a function
+    ``cancel`` of a file ``distributed/utils.py``; other records pass."""
+    import logging
+    import sys
+
+    from fimlab._cli_errors import _SyncCancelRace, filter_dask_interrupt_race
+
+    def record_from(filename, name):
+        ns: dict = {}
+        exec(compile(f"def {name}():\n    return future\n", filename, "exec"), ns)
+        try:
+            ns[name]()
+        except NameError:
+            info = sys.exc_info()
+        return logging.LogRecord("tornado.application", logging.ERROR, __file__, 1,
+                                 "Exception in callback", None, info)
+
+    f = _SyncCancelRace()
+    assert not f.filter(record_from("/site-packages/distributed/utils.py", "cancel"))
+    assert f.filter(record_from("/site-packages/distributed/utils.py", "other"))
+    assert f.filter(record_from("/site-packages/mine/utils.py", "cancel"))
+    try:
+        raise ValueError("x")
+    except ValueError:
+        info = sys.exc_info()
+    assert f.filter(logging.LogRecord("t", logging.ERROR, __file__, 1, "m", None, info))
+    assert f.filter(logging.LogRecord("t", logging.ERROR, __file__, 1, "m", None, None))
+    log = logging.getLogger("tornado.application")
+    before = list(log.filters)
+    try:
+        filter_dask_interrupt_race()
+        filter_dask_interrupt_race()
+        assert sum(isinstance(x, _SyncCancelRace) for x in log.filters) == 1
+    finally:
+        log.filters[:] = before
