@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_conv_fisher import explicit_rows
+from test_conv_fisher import explicit_rows, theta_to_torch_order, torch_twin_cnn
 
 import fimlab as fl
 from fimlab.approx.eigencorrected import projected_second_moments
@@ -347,15 +347,7 @@ def test_ekfac_on_cnn_matches_curvlinops():
     nn = torch.nn
     torch.set_num_threads(1)
     rng = np.random.default_rng(6)
-    net = Network([Conv2d(2, 3, 3, padding=1), Activation("relu"), Conv2d(3, 2, 2, stride=2),
-                   Flatten(), Linear(8, 3)], (2, 4, 4), "categorical", seed=0)
-    c1, c2 = nn.Conv2d(2, 3, 3, padding=1).double(), nn.Conv2d(3, 2, 2, stride=2).double()
-    lin = nn.Linear(8, 3).double()
-    with torch.no_grad():
-        for m, W in zip((c1, c2, lin), net.params):
-            m.weight.copy_(torch.tensor(W[:, :-1]).reshape(m.weight.shape))
-            m.bias.copy_(torch.tensor(W[:, -1]))
-    model = nn.Sequential(c1, nn.ReLU(), c2, nn.Flatten(), lin)
+    net, model = torch_twin_cnn(torch)
     X = rng.normal(size=(12, 2, 4, 4))
     data = [(torch.tensor(X), torch.tensor(rng.integers(0, 3, size=12)))]
     params = list(model.parameters())
@@ -368,15 +360,7 @@ def test_ekfac_on_cnn_matches_curvlinops():
     b = network_factor_batch(net, X)
     E = fl.EKFAC(b)
     P = E.shape[0]
-    cols, Id = [], np.eye(P)
-    for j in range(P):  # fimlab's θ (column-major vec of [W | b]) -> torch's order
-        blocks, o = [], 0
-        for (r, c) in net.shapes:
-            M = Id[o:o + r * c, j].reshape((r, c), order="F")
-            blocks += [M[:, :-1].reshape(-1), M[:, -1]]
-            o += r * c
-        cols.append(np.concatenate(blocks))
-    Pt = np.stack(cols, axis=1)
+    Pt = theta_to_torch_order(net)  # fimlab's θ (column-major vec of [W | b]) -> torch's
     D_t = (op @ torch.eye(P, dtype=torch.float64)).detach().numpy()
     D_f = E.to_dense()
     np.testing.assert_allclose(Pt @ D_f @ Pt.T, D_t, rtol=1e-8, atol=1e-10 * np.abs(D_t).max())

@@ -210,22 +210,43 @@ def test_kfc_damped_solves_vs_dense(rule):
         o += sz
 
 
-def test_kfc_matches_curvlinops_expand():
-    """KFC (A carrying 1/T) = curvlinops' KFACLinearOperator(kfac_approx="expand") on the
-    same PyTorch CNN (exact Fisher, mean reduction)."""
-    torch = pytest.importorskip("torch")
-    curvlinops = pytest.importorskip("curvlinops")
-    rng = np.random.default_rng(6)
+def torch_twin_cnn(torch):
+    """A small NumPy CNN and the same network in PyTorch (float64, weights copied)."""
+    nn = torch.nn
     net = Network([Conv2d(2, 3, 3, padding=1), Activation("relu"), Conv2d(3, 2, 2, stride=2),
                    Flatten(), Linear(8, 3)], (2, 4, 4), "categorical", seed=0)
-    nn = torch.nn
     c1, c2 = nn.Conv2d(2, 3, 3, padding=1).double(), nn.Conv2d(3, 2, 2, stride=2).double()
     lin = nn.Linear(8, 3).double()
     with torch.no_grad():
         for m, W in zip((c1, c2, lin), net.params):
             m.weight.copy_(torch.tensor(W[:, :-1]).reshape(m.weight.shape))
             m.bias.copy_(torch.tensor(W[:, -1]))
-    model = nn.Sequential(c1, nn.ReLU(), c2, nn.Flatten(), lin)
+    return net, nn.Sequential(c1, nn.ReLU(), c2, nn.Flatten(), lin)
+
+
+def theta_to_torch_order(net):
+    """The permutation ``Pt`` from fimlab's θ (column-major vec of each ``[W | b]``) to
+    PyTorch's parameter order (weight row-major, then bias), as a dense matrix."""
+    P = sum(r * c for r, c in net.shapes)
+    E, cols = np.eye(P), []
+    for j in range(P):
+        blocks, o = [], 0
+        for (r, c) in net.shapes:
+            M = E[o:o + r * c, j].reshape((r, c), order="F")
+            blocks += [M[:, :-1].reshape(-1), M[:, -1]]
+            o += r * c
+        cols.append(np.concatenate(blocks))
+    return np.stack(cols, axis=1)
+
+
+def test_kfc_matches_curvlinops_expand():
+    """KFC (A carrying 1/T) = curvlinops' KFACLinearOperator(kfac_approx="expand") on the
+    same PyTorch CNN (exact Fisher, mean reduction)."""
+    torch = pytest.importorskip("torch")
+    curvlinops = pytest.importorskip("curvlinops")
+    rng = np.random.default_rng(6)
+    net, model = torch_twin_cnn(torch)
+    nn = torch.nn
     X = rng.normal(size=(5, 2, 4, 4))
     y = rng.integers(0, 3, size=5)
     data = [(torch.tensor(X), torch.tensor(y))]
@@ -241,16 +262,7 @@ def test_kfc_matches_curvlinops_expand():
     # curvlinops indexes θ in PyTorch's parameter order (weight row-major, then bias):
     # a permutation Pt maps fimlab's θ (column-major vec of [W | b]) to it
     P = Kop.shape[0]
-    E = np.eye(P)
-    cols = []
-    for j in range(P):
-        blocks, o = [], 0
-        for (r, c) in net.shapes:
-            M = E[o:o + r * c, j].reshape((r, c), order="F")
-            blocks += [M[:, :-1].reshape(-1), M[:, -1]]
-            o += r * c
-        cols.append(np.concatenate(blocks))
-    Pt = np.stack(cols, axis=1)  # θ (fimlab order) -> torch parameter order
+    Pt = theta_to_torch_order(net)
     D_t = (op @ torch.eye(P, dtype=torch.float64)).detach().numpy()
     D_f = Kop.to_dense()
     np.testing.assert_allclose(Pt @ D_f @ Pt.T, D_t, rtol=1e-8, atol=1e-10)

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 from refs import independent_e1
+from test_study import _record_factor_batches
 
 import fimlab as fl
 from fimlab import cli
@@ -18,19 +19,6 @@ from fimlab.study import run_study
 from fimlab.study_models import NetworkNGD, build_network
 
 pytestmark = pytest.mark.filterwarnings("error::fimlab.ConvergenceWarning")
-
-
-def _record_factor_batches(monkeypatch):
-    seen = []
-    real = fl.factor_batch
-
-    def recording(*args, **kwargs):
-        b = real(*args, **kwargs)
-        seen.append(b)
-        return b
-
-    monkeypatch.setattr(fl, "factor_batch", recording)
-    return seen
 
 
 def _per_sample_vecs(a, g):
