@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_conv_batchnorm_blocks import _randomise_bn
 
 import fimlab as fl
 from fimlab import cli
@@ -181,12 +182,7 @@ def test_gradient_vector_lines_up_with_the_include_batch(widths, n, seed):
     (batch-norm ``[γ; β]`` included); and KFAC equals the Fisher on every 1 ⊗ row block."""
     rng = np.random.default_rng(seed)
     net = nw.deep_bn_linear([3] + widths + [3], seed=seed)
-    theta = net.get_flat()
-    net.set_flat(theta + 0.3 * rng.standard_normal(theta.shape))
-    for lay in net.param_layers:
-        if lay.kind == "batchnorm":
-            lay.running_mean = 0.2 * rng.standard_normal(lay.running_mean.shape)
-            lay.running_var = 0.5 + rng.random(lay.running_var.shape)
+    _randomise_bn(net, rng)
     X, y = rng.standard_normal((n, 3)), rng.integers(0, 3, n)
     b = nw.network_factor_batch(net, X, y, fisher="empirical", batchnorm="include")
     g = gradient_vector(net, net.gradient(X, y, train=False), "include")

@@ -30,8 +30,9 @@ def _nets():
 
 
 def _randomise_bn(net, seed=0):
-    """Non-trivial scales, shifts and running statistics (the init is γ = 1, β = 0)."""
-    rng = np.random.default_rng(seed)
+    """Non-trivial scales, shifts and running statistics (the init is γ = 1, β = 0);
+    ``seed`` an int or a Generator (then its draws continue from here)."""
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     theta = net.get_flat()
     net.set_flat(theta + 0.3 * rng.standard_normal(theta.shape))
     for lay in net.param_layers:
