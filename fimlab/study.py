@@ -198,10 +198,10 @@ _FILE_ONLY = ("fashion-mnist", "cifar10", "svhn")
 
 def _load_image_files(c: dict, name: str):
     """``(X, labels)`` of the training split of an original image data set read from
-    ``c["data_path"]`` (:func:`fimlab.load_image_dataset`; images flattened row-major,
-    their shape kept in ``c["image_shape"]``)."""
+    ``c["data_path"]`` (:func:`fimlab.study_models.file_image_dataset`, as ``fimlab train``
+    reads them; images flattened row-major, their shape kept in ``c["image_shape"]``)."""
     from ._errors import DataError
-    from .image_datasets import load_image_dataset
+    from .study_models import file_image_dataset
 
     if name not in ("mnist",) + _FILE_ONLY:
         raise DataError(f"--data-path reads the original files of mnist, fashion-mnist, "
@@ -211,9 +211,10 @@ def _load_image_files(c: dict, name: str):
         raise DataError(f"dataset {name!r} is read from your copy of the original files: "
                         "pass --data-path DIR (fimlab never downloads data); bundled "
                         "alternatives: digits, mnist")
-    d = load_image_dataset(name, path=c["data_path"], n_train=c.get("n_samples"))
-    c["image_shape"] = [int(s) for s in d.image_shape]
-    return d.X_train.reshape(d.n_train, -1), d.y_train
+    data, shape = file_image_dataset(name, c["data_path"])
+    c["image_shape"] = list(shape)
+    n = c.get("n_samples")
+    return data.X_train[:n], data.y_train[:n]
 
 
 def _mlp(c: dict, X, y, sizes0, lik0):
